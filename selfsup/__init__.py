@@ -1,0 +1,12 @@
+"""selfsup: self-supervised pre-training and an honest verdict on whether it helped.
+
+    import selfsup
+    run = selfsup.pretrain("simclr", "digits", minutes=1)
+    selfsup.evaluate(run.path, "digits")
+"""
+
+from selfsup.api import PretrainConfig, evaluate, pretrain
+from selfsup.errors import SelfsupError
+
+__all__ = ["PretrainConfig", "SelfsupError", "evaluate", "pretrain"]
+__version__ = "0.1.0"

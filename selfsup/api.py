@@ -1,0 +1,79 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from selfsup.config import PretrainConfig, build_config, resolve_config
+from selfsup.data.images import load_images
+from selfsup.errors import SelfsupError
+from selfsup.evaluate import evaluate
+from selfsup.run import RunDir, default_run_name
+
+# Options that may change when a run is resumed (the budget may be extended, display toggled).
+RESUMABLE_OVERRIDES = {"minutes", "epochs", "steps", "progress", "checkpoint_minutes",
+                       "checkpoint_steps", "num_workers", "cache_dir"}
+
+
+def pretrain(
+    method: str | None = None,
+    data: str | None = None,
+    *,
+    config: str | Path | None = None,
+    resume: bool = False,
+    **options: Any,
+) -> RunDir:
+    """Pre-train ``method`` on ``data``; returns the run directory (see :mod:`selfsup.run`).
+
+    ``options`` are :class:`PretrainConfig` fields; ``config`` is a YAML recipe holding any of
+    them. With ``resume=True`` and ``out`` naming an existing run, training continues from its
+    last checkpoint with its saved config (only the budget and display options may change).
+    """
+    from selfsup.engine import fit
+
+    overrides = {"method": method, "data": data, **options}
+    out = overrides.get("out")
+    if resume:
+        if not out:
+            raise SelfsupError("--resume needs --out naming the run to continue")
+        run = RunDir(Path(out))
+        saved = run.read_config()
+        changed = {
+            k for k, v in overrides.items()
+            if v is not None and k not in RESUMABLE_OVERRIDES and k != "out" and saved.get(k) != v
+        }
+        if changed:
+            raise SelfsupError(
+                f"--resume keeps the run's saved config; these options differ from it: "
+                f"{', '.join(sorted(changed))}"
+            )
+        values = {**saved, **{k: v for k, v in overrides.items()
+                              if v is not None and k in RESUMABLE_OVERRIDES}}
+        if any(overrides.get(k) for k in ("minutes", "epochs", "steps")):
+            values.update({k: overrides.get(k) for k in ("minutes", "epochs", "steps")})
+        resolved = build_config(values)
+    else:
+        resolved = resolve_config(config, overrides)
+        if resolved.out is None:
+            resolved = dataclasses.replace(resolved, out=str(default_run_name(resolved.method)))
+        run = RunDir(Path(resolved.out))
+        if run.last_checkpoint.exists() or run.summary.exists():
+            raise SelfsupError(
+                f"{run.path} already holds a run; continue it with --resume or choose --out"
+            )
+    run.path.mkdir(parents=True, exist_ok=True)
+    data_set = load_images(
+        resolved.data,
+        skip_bad=resolved.skip_bad,
+        image_size=resolved.image_size,
+        cache_dir=resolved.cache_dir,
+        progress=resolved.progress,
+    )
+    run.write_config(resolved.to_dict())
+    fit(resolved, data_set, run, resume=resume)
+    return run
+
+
+__all__ = ["PretrainConfig", "evaluate", "pretrain"]

@@ -1,0 +1,160 @@
+"""The pre-training configuration: one dataclass, filled from defaults <- YAML recipe <- CLI.
+
+The run directory keeps the fully resolved result as ``config.yaml``, so a run can be resumed or
+repeated from it alone. Unknown keys and wrong types are refused with the list of valid options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.errors import SelfsupError
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pre-training run needs; every field is also a CLI option and a YAML key."""
+
+    method: str = "simclr"
+    data: str = "digits"
+    out: str | None = None
+    # Budget: the first one reached ends the run. With none given, ``minutes`` defaults to 5.
+    minutes: float | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 256
+    encoder: str = "resnet_small"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    precision: str = "bf16"
+    seed: int = 0
+    # Optimiser: AdamW with linear warm-up then cosine decay over the budget's progress.
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_fraction: float = 0.05
+    grad_clip: float | None = 3.0
+    image_size: int | None = None
+    skip_bad: bool = False
+    num_workers: int = 0
+    channels_last: bool = True
+    checkpoint_minutes: float = 2.0
+    checkpoint_steps: int | None = None
+    monitor_minutes: float = 2.0
+    monitor_size: int = 2000
+    log_every_steps: int = 10
+    progress: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "32"):
+            raise SelfsupError(f"precision must be 'bf16' or '32', not {self.precision!r}")
+        for name in ("minutes", "epochs", "steps", "batch_size", "checkpoint_minutes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SelfsupError(f"{name} must be positive, not {value}")
+        if self.minutes is None and self.epochs is None and self.steps is None:
+            self.minutes = 5.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_fields(cls: type = PretrainConfig) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Coerce ``value`` to ``hint`` where harmless (int -> float); refuse anything else."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(name, value, option)
+            except SelfsupError:
+                continue
+        raise SelfsupError(f"option {name!r}: {value!r} is not a valid {_type_name(hint)}")
+    if origin is tuple:
+        items = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise SelfsupError(f"option {name!r} must be a list of {len(items)} values")
+        return tuple(_check_type(name, v, t) for v, t in zip(value, items, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SelfsupError(f"option {name!r} must be a mapping, not {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise SelfsupError(f"option {name!r}: {value!r} is not a valid {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+def build_config(values: dict[str, Any], cls: type = PretrainConfig) -> Any:
+    """A config from a mapping, refusing unknown keys and wrong types with a helpful message."""
+    fields = config_fields(cls)
+    normalised = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(normalised) - set(fields))
+    if unknown:
+        raise SelfsupError(
+            f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
+        )
+    checked = {key: _check_type(key, value, fields[key]) for key, value in normalised.items()}
+    return cls(**checked)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe (a mapping of option -> value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfsupError(f"recipe {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SelfsupError(f"recipe {path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SelfsupError(f"recipe {path} must be a mapping of option: value")
+    return loaded
+
+
+def resolve_config(
+    recipe: str | Path | None, overrides: dict[str, Any], cls: type = PretrainConfig
+) -> Any:
+    """Defaults, then the recipe's values, then every CLI option the user actually gave."""
+    values = read_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(values, cls)
+
+
+def options_dataclass(cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build a method's or augmentation's own options dataclass from a user mapping."""
+    try:
+        return build_config(values, cls)
+    except SelfsupError as error:
+        raise SelfsupError(f"{what}: {error}") from None

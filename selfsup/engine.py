@@ -1,0 +1,300 @@
+"""The one engine: Lightning trains every method, and nothing else knows about devices.
+
+``fit`` takes a resolved config, data and a run directory, and owns everything a method must not:
+the optimiser and its schedule, precision (bf16 autocast on CPU), the wall-clock budget,
+progress, CSV/TensorBoard logs, atomic checkpoints, ``--resume``, and the shared monitors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from selfsup import atomic
+from selfsup.config import PretrainConfig
+from selfsup.data.datasets import ImageBatchDataset, keep_batch
+from selfsup.data.images import ImageData, image_stats
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.probes import stratified_split
+from selfsup.methods import METHODS, DataInfo, Method
+from selfsup.models import build_encoder
+from selfsup.monitors import CollapseMonitor, KnnMonitor, Throughput
+from selfsup.run import RunDir, save_encoder
+
+log = logging.getLogger("selfsup")
+
+
+@dataclass
+class Budget:
+    """The run's budget; progress (0 to 1) is the furthest along of its limits."""
+
+    minutes: float | None
+    epochs: int | None
+    steps: int | None
+    steps_per_epoch: int
+
+    def progress(self, trainer: pl.Trainer, elapsed_seconds: float) -> float:
+        fractions = [0.0]
+        if self.steps:
+            fractions.append(trainer.global_step / self.steps)
+        if self.epochs:
+            fractions.append(trainer.global_step / (self.epochs * self.steps_per_epoch))
+        if self.minutes:
+            fractions.append(elapsed_seconds / (self.minutes * 60))
+        return min(1.0, max(fractions))
+
+
+def warmup_cosine(progress: float, warmup: float) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at progress 1."""
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
+
+
+class PretrainModule(pl.LightningModule):
+    """Adapts a :class:`Method` to Lightning: optimiser, schedule, logging, RNG state."""
+
+    def __init__(self, method: Method, config: PretrainConfig, budget: Budget) -> None:
+        super().__init__()
+        self.method = method
+        self.config = config
+        self.budget = budget
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.last_embeddings: torch.Tensor | None = None
+        self.progress_fraction = 0.0
+
+    def _elapsed(self) -> float:
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]
+        return timers[0].time_elapsed("train") if timers else 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.progress_fraction = self.budget.progress(self.trainer, self._elapsed())
+        scale = warmup_cosine(self.progress_fraction, self.config.warmup_fraction)
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.config.lr * scale
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not self.method.needs_labels:
+            batch = {"images": batch["images"]}  # labels never reach a pretext loss
+        out = self.method.training_step(batch, self.generator)
+        if not torch.isfinite(out.loss):
+            raise SelfsupError(
+                f"the loss became {out.loss.item()} at step {self.trainer.global_step}; "
+                f"the last good checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt"
+                " (try a lower --lr or --precision 32)"
+            )
+        self.last_embeddings = out.embeddings
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        for name, value in out.logs.items():
+            self.log(f"train/{name}", value)
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.method.on_train_step_end(self.progress_fraction)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, parameter in self.method.named_parameters():
+            if parameter.requires_grad:
+                # Norm scales and biases are not weights to shrink (common practice since BYOL).
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.config.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["selfsup_generator"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "selfsup_generator" in checkpoint:
+            self.generator.set_state(checkpoint["selfsup_generator"])
+
+
+def _quiet_lightning() -> None:
+    """Keep the console for what the user needs; Lightning's CPU advice is noise here."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*GPU available but not used.*",
+        ".*exists and is not empty.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*LeafSpec.*",
+        ".*predict_dataloader.*",
+        ".*Precision bf16-mixed is not supported by the model summary.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def fit(
+    config: PretrainConfig,
+    data: ImageData,
+    run: RunDir,
+    *,
+    resume: bool = False,
+    callbacks: list[pl.Callback] | None = None,
+) -> tuple[Method, dict[str, Any]]:
+    """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
+    _quiet_lightning()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if config.method not in METHODS:
+        METHODS.get(config.method)  # raises the helpful error
+    method_class = METHODS.get(config.method)
+    if method_class.needs_labels and data.labels is None:
+        raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
+    if len(data) < config.batch_size:
+        raise SelfsupError(
+            f"{data.source} has {len(data)} images, fewer than one batch ({config.batch_size}); "
+            "lower --batch-size"
+        )
+
+    height, width, channels = data.images.shape[1:]
+    mean, std = image_stats(data)
+    encoder_options = {"in_channels": channels, "mean": mean, "std": std}
+    encoder_options.update(config.encoder_options)
+    try:
+        encoder = build_encoder(config.encoder, **encoder_options)
+    except TypeError as error:
+        raise SelfsupError(f"encoder {config.encoder!r}: bad encoder_options ({error})") from None
+    info = DataInfo(channels=channels, image_size=height, num_classes=data.num_classes)
+    method = method_class(
+        encoder,
+        info,
+        options=config.method_options,
+        augment_options=config.augment_options,
+        channels_last=config.channels_last,
+    )
+    if config.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+
+    dataset = ImageBatchDataset(data, with_labels=method_class.needs_labels)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,  # contrastive and BatchNorm statistics want full batches
+        collate_fn=keep_batch,
+        num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    budget = Budget(config.minutes, config.epochs, config.steps, len(loader))
+    module = PretrainModule(method, config, budget)
+
+    timer = Timer(duration=timedelta(minutes=config.minutes) if config.minutes else None)
+    monitors: list[pl.Callback] = []
+    knn = None
+    if data.labels is not None and config.monitor_size > 0 and not method_class.needs_labels:
+        knn = _knn_monitor(data, config)
+        monitors.append(knn)
+    collapse = CollapseMonitor(config.log_every_steps)
+    throughput = Throughput(config.log_every_steps, paused_by=[knn] if knn else [])
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename="last",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=config.checkpoint_steps,
+        train_time_interval=(
+            None if config.checkpoint_steps else timedelta(minutes=config.checkpoint_minutes)
+        ),
+    )
+    attempt = run.next_attempt()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
+        max_epochs=config.epochs or -1,
+        max_steps=config.steps or -1,
+        callbacks=[throughput, timer, collapse, *monitors, checkpoint, *(callbacks or [])],
+        logger=[
+            CSVLogger(run.path, name="logs", version=attempt),
+            TensorBoardLogger(run.path, name="tensorboard", version=attempt),
+        ],
+        default_root_dir=run.path,
+        gradient_clip_val=config.grad_clip,
+        log_every_n_steps=config.log_every_steps,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        plugins=[atomic.AtomicCheckpointIO()],
+    )
+    ckpt_path = None
+    if resume:
+        if not run.last_checkpoint.is_file():
+            raise SelfsupError(f"nothing to resume: {run.last_checkpoint} does not exist")
+        ckpt_path = str(run.last_checkpoint)
+    started = time.monotonic()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise SelfsupError(
+            f"interrupted at step {trainer.global_step}; continue with --resume "
+            f"(last checkpoint: {run.last_checkpoint})"
+        )
+    trainer.save_checkpoint(run.last_checkpoint)
+
+    spec = {
+        "name": config.encoder,
+        "options": encoder_options,
+        "image_size": height,
+        "channels": channels,
+        "method": config.method,
+    }
+    save_encoder(run, method.encoder, spec)
+    summary = {
+        "method": config.method,
+        "steps": trainer.global_step,
+        "epochs_completed": trainer.current_epoch,
+        "images_seen": trainer.global_step * config.batch_size,
+        "train_seconds": timer.time_elapsed("train"),
+        "this_attempt_seconds": time.monotonic() - started,
+        "images_per_s": throughput.images_per_second,
+        "precision": config.precision,
+        "batch_size": config.batch_size,
+        "num_images": len(data),
+        "skipped_inputs": len(data.skipped),
+        "final_loss": _final(trainer, "train/loss"),
+        "knn_monitor_accuracy": knn.last_accuracy if knn else None,
+        "collapse": collapse.last,
+    }
+    atomic.write_json(run.summary, summary)
+    run.merge_metrics()
+    return method, summary
+
+
+def _final(trainer: pl.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else None
+
+
+def _knn_monitor(data: ImageData, config: PretrainConfig) -> KnnMonitor:
+    """Bank and queries carved (stratified) from the data; the query share is a quarter."""
+    assert data.labels is not None
+    n = len(data)
+    size = min(config.monitor_size, n)
+    rng = np.random.default_rng(config.seed)
+    subset = rng.choice(n, size=size, replace=False)
+    bank, query = stratified_split(data.labels[subset], 0.25, config.seed)
+    return KnnMonitor(
+        data.images,
+        data.labels,
+        subset[bank],
+        subset[query],
+        every_minutes=config.monitor_minutes,
+        precision=config.precision,
+    )

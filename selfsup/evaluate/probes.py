@@ -1,0 +1,372 @@
+"""Frozen-feature probes: how much a pretrained encoder already knows, read off cached features.
+
+Two standard read-outs, both with the hyper-parameter chosen on a validation split that the caller
+carves from the labelled training data, so the test split never influences a choice:
+
+- a linear probe (multinomial logistic regression on standardised features), the protocol of
+  Chen et al. 2020 (SimCLR) and Kolesnikov et al. 2019 ("Revisiting self-supervised visual
+  representation learning");
+- a weighted k-nearest-neighbour classifier on cosine similarity (Wu et al. 2018, InstDisc), the
+  cheap monitor used by MoCo, SimCLR and DINO (Caron et al. 2021).
+
+Features may be numpy arrays or torch tensors; results hold plain Python numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from selfsup.errors import SelfsupError
+
+__all__ = [
+    "ProbeResult",
+    "knn_classify",
+    "knn_probe",
+    "linear_probe",
+    "stratified_split",
+]
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of one probe: test accuracy, and the validation accuracy that picked `chosen`."""
+
+    accuracy: float
+    val_accuracy: float
+    chosen: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready copy (for eval.json)."""
+        return {
+            "accuracy": float(self.accuracy),
+            "val_accuracy": float(self.val_accuracy),
+            "chosen": dict(self.chosen),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _features(x: Any, name: str) -> np.ndarray:
+    """A finite 2-D float32 numpy matrix from a numpy array or a torch tensor."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise SelfsupError(f"{name}: expected a 2-D feature matrix (n, d), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise SelfsupError(f"{name}: no rows")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise SelfsupError(f"{name}: row {bad} holds NaN or infinity")
+    return x
+
+
+def _labels(y: Any, n: int, name: str) -> np.ndarray:
+    """A 1-D label vector of length n from a numpy array, list or torch tensor."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise SelfsupError(f"{name}: expected a 1-D label vector, got shape {y.shape}")
+    if len(y) != n:
+        raise SelfsupError(f"{name}: {len(y)} labels for {n} feature rows")
+    return y
+
+
+def _splits(
+    train_x: Any, train_y: Any, val_x: Any, val_y: Any, test_x: Any, test_y: Any
+) -> tuple[np.ndarray, ...]:
+    """Validate the three (features, labels) pairs; all must share the feature dimension."""
+    out = []
+    dims = set()
+    for split, x, y in (("train", train_x, train_y), ("val", val_x, val_y),
+                        ("test", test_x, test_y)):
+        fx = _features(x, f"{split} features")
+        out += [fx, _labels(y, len(fx), f"{split} labels")]
+        dims.add(fx.shape[1])
+    if len(dims) != 1:
+        raise SelfsupError(f"train, val and test features differ in width: {sorted(dims)}")
+    return tuple(out)
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(pred == y))
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe
+
+
+def _fit_logreg(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> bool:
+    """Fit in place; return whether lbfgs converged (its ConvergenceWarning is swallowed)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x, y)
+    converged = True
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            converged = False
+        else:  # not ours to hide
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return converged
+
+
+def linear_probe(
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> ProbeResult:
+    """Multinomial logistic regression (lbfgs) on standardised frozen features.
+
+    C (inverse L2 strength) is chosen by validation accuracy with the probe fit on train; ties go
+    to the smaller C (the simpler model). The probe is then refit on train+val with that C and
+    scored on test, which never influences a choice. Fits are warm-started along the C path
+    (the objective is convex, so only the speed changes). `chosen` also records whether the final
+    fit converged within `max_iter`.
+    """
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    grid = sorted({float(c) for c in Cs})
+    if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
+        raise SelfsupError(f"linear probe: Cs must be positive numbers, got {list(Cs)}")
+    if len(np.unique(tr_y)) < 2:
+        raise SelfsupError("linear probe: the training labels hold a single class")
+
+    scaler = StandardScaler().fit(tr_x)
+    tr_s, va_s = scaler.transform(tr_x), scaler.transform(va_x)
+    model = LogisticRegression(C=grid[0], max_iter=max_iter, random_state=seed, warm_start=True)
+    best_c, best_acc, best_model = grid[0], -1.0, model
+    for c in grid:
+        model.set_params(C=c)
+        _fit_logreg(model, tr_s, tr_y)
+        acc = _accuracy(model.predict(va_s), va_y)
+        if acc > best_acc:
+            best_c, best_acc, best_model = c, acc, copy.deepcopy(model)
+
+    all_x = np.concatenate([tr_x, va_x])
+    all_y = np.concatenate([tr_y, va_y])
+    scaler = StandardScaler().fit(all_x)
+    if np.array_equal(np.unique(all_y), best_model.classes_):
+        final = best_model  # warm start from the chosen model: same classes, same shape
+    else:
+        final = LogisticRegression(C=best_c, max_iter=max_iter, random_state=seed)
+    converged = _fit_logreg(final, scaler.transform(all_x), all_y)
+    test_acc = _accuracy(final.predict(scaler.transform(te_x)), te_y)
+    return ProbeResult(
+        accuracy=test_acc,
+        val_accuracy=best_acc,
+        chosen={"C": best_c, "converged": converged},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weighted kNN
+
+
+def _as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(device=device, dtype=torch.float32)
+    else:
+        t = torch.from_numpy(_features(x, name)).to(device)
+    if t.ndim != 2 or t.shape[0] == 0:
+        raise SelfsupError(f"{name}: expected a non-empty 2-D feature matrix, got {tuple(t.shape)}")
+    return t
+
+
+def _encode_labels(bank_y: np.ndarray, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, codes): bank labels as codes 0..C-1 plus the label each code stands for."""
+    if num_classes is None:
+        classes, codes = np.unique(bank_y, return_inverse=True)
+        return classes, codes
+    if not np.issubdtype(bank_y.dtype, np.integer):
+        raise SelfsupError("knn: with num_classes the labels must be integers 0..num_classes-1")
+    if len(bank_y) and (bank_y.min() < 0 or bank_y.max() >= num_classes):
+        raise SelfsupError(
+            f"knn: labels span {bank_y.min()}..{bank_y.max()}, outside 0..{num_classes - 1}"
+        )
+    return np.arange(num_classes), bank_y
+
+
+def _neighbours(
+    bank: torch.Tensor, query: torch.Tensor, k: int, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per query chunk: cosine similarities and bank indices of the k nearest, most similar first.
+
+    One (chunk, n_bank) similarity block at a time, so memory stays bounded for any query count.
+    """
+    bank = torch.nn.functional.normalize(bank, dim=1)
+    for start in range(0, query.shape[0], chunk):
+        q = torch.nn.functional.normalize(query[start:start + chunk], dim=1)
+        sims, idx = torch.topk(q @ bank.T, k, dim=1, largest=True, sorted=True)
+        yield sims, idx
+
+
+def _vote(sims: torch.Tensor, labels: torch.Tensor, temperature: float, n: int) -> torch.Tensor:
+    """Class with the largest sum of exp(sim / T) over the neighbours (InstDisc weighting).
+
+    Shifting by each row's top similarity leaves the winner unchanged and keeps exp finite for
+    small T. Ties go to the lowest class code.
+    """
+    w = torch.exp((sims - sims[:, :1]) / temperature)
+    votes = torch.zeros(sims.shape[0], n, dtype=w.dtype, device=w.device)
+    votes.scatter_add_(1, labels, w)
+    return votes.argmax(dim=1)
+
+
+def _check_knn_args(k: int, temperature: float, chunk: int) -> None:
+    if int(k) < 1:
+        raise SelfsupError(f"knn: k must be at least 1, got {k}")
+    if not temperature > 0:
+        raise SelfsupError(f"knn: temperature must be positive, got {temperature}")
+    if int(chunk) < 1:
+        raise SelfsupError(f"knn: chunk must be at least 1, got {chunk}")
+
+
+def knn_classify(
+    bank_x: Any,
+    bank_y: Any,
+    query_x: Any,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Predict labels by cosine-similarity kNN with votes weighted by exp(sim / T).
+
+    The weighting of Wu et al. 2018 (InstDisc), as in the SimCLR/MoCo/DINO kNN monitors: a close
+    neighbour outvotes several far ones. k is clipped to the bank size. Labels may be any sortable
+    values; with `num_classes` they must be integers in [0, num_classes). Runs on the device of
+    `bank_x` when it is a torch tensor, else on CPU; returns a numpy array of labels.
+    """
+    _check_knn_args(k, temperature, chunk)
+    device = bank_x.device if isinstance(bank_x, torch.Tensor) else torch.device("cpu")
+    bank = _as_tensor(bank_x, "bank features", device)
+    query = _as_tensor(query_x, "query features", device)
+    if bank.shape[1] != query.shape[1]:
+        raise SelfsupError(f"knn: bank width {bank.shape[1]} != query width {query.shape[1]}")
+    classes, codes = _encode_labels(_labels(bank_y, bank.shape[0], "bank labels"), num_classes)
+    codes_t = torch.as_tensor(codes, dtype=torch.long, device=device)
+    k = min(int(k), bank.shape[0])
+    with torch.no_grad():
+        pred = [
+            _vote(sims, codes_t[idx], temperature, len(classes))
+            for sims, idx in _neighbours(bank, query, k, int(chunk))
+        ]
+    return classes[torch.cat(pred).cpu().numpy()]
+
+
+def knn_probe(
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    ks: Sequence[int] = (10, 20, 50, 100, 200),
+    temperatures: Sequence[float] = (0.07,),
+) -> ProbeResult:
+    """Weighted kNN with (k, T) chosen on validation, train as the bank; test uses train+val.
+
+    ks are first clipped to the train size (duplicates dropped), so the reported k is the one
+    actually used. The neighbours of the validation set are found once for the largest k and
+    reused for every (k, T). Ties go to the first setting in (ks, temperatures) order.
+    """
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    if not ks or not temperatures:
+        raise SelfsupError("knn probe: ks and temperatures must not be empty")
+    for k, t in itertools.product(ks, temperatures):
+        _check_knn_args(k, t, 1)
+    grid_k = list(dict.fromkeys(min(int(k), len(tr_x)) for k in ks))
+    grid_t = [float(t) for t in dict.fromkeys(temperatures)]
+
+    classes, codes = np.unique(tr_y, return_inverse=True)
+    codes_t = torch.as_tensor(codes, dtype=torch.long)
+    bank, query = torch.from_numpy(tr_x), torch.from_numpy(va_x)
+    with torch.no_grad():
+        found = list(_neighbours(bank, query, max(grid_k), 1024))
+        sims = torch.cat([s for s, _ in found])
+        near = codes_t[torch.cat([i for _, i in found])]
+        best: tuple[float, int, float] = (-1.0, grid_k[0], grid_t[0])
+        for k, t in itertools.product(grid_k, grid_t):
+            pred = classes[_vote(sims[:, :k], near[:, :k], t, len(classes)).numpy()]
+            acc = _accuracy(pred, va_y)
+            if acc > best[0]:
+                best = (acc, k, t)
+    val_acc, k, t = best
+    pred = knn_classify(np.concatenate([tr_x, va_x]), np.concatenate([tr_y, va_y]), te_x,
+                        k=k, temperature=t)
+    return ProbeResult(
+        accuracy=_accuracy(pred, te_y),
+        val_accuracy=val_acc,
+        chosen={"k": k, "temperature": t},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def stratified_split(labels: Any, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, disjoint (train, val) indices covering all rows, stratified by class.
+
+    Uses scikit-learn's stratified `train_test_split`; where stratification is impossible (a
+    class with a single example, or fewer val/train slots than classes) it falls back to an
+    unstratified split. Either way every class with at least two examples then keeps one in
+    train (moved back from val if needed), so the probe can learn it. Same seed, same split.
+    """
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise SelfsupError(f"labels: expected a 1-D label vector, got shape {y.shape}")
+    n = len(y)
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise SelfsupError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    if n < 2:
+        raise SelfsupError(f"cannot split {n} labelled example(s) into train and val")
+    idx = np.arange(n)
+    try:
+        train, val = train_test_split(idx, test_size=float(val_fraction), stratify=y,
+                                      random_state=seed)
+    except ValueError:
+        try:
+            train, val = train_test_split(idx, test_size=float(val_fraction), random_state=seed)
+        except ValueError as err:  # one side would be empty
+            raise SelfsupError(f"cannot split {n} examples with val_fraction {val_fraction}: "
+                               f"{err}") from None
+
+    classes, counts = np.unique(y, return_counts=True)
+    missing = classes[(counts >= 2) & ~np.isin(classes, y[train])]
+    if len(missing):
+        keep = np.ones(len(val), dtype=bool)
+        moved = []
+        for c in missing:
+            j = int(np.flatnonzero(y[val] == c)[0])
+            keep[j] = False
+            moved.append(val[j])
+        train, val = np.concatenate([train, moved]), val[keep]
+    if len(val) == 0:
+        raise SelfsupError(f"val_fraction {val_fraction} leaves no validation examples")
+    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)

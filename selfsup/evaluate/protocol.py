@@ -1,0 +1,194 @@
+"""`selfsup evaluate`: does the pre-trained encoder beat training on the labels alone?
+
+Frozen features are extracted once; a linear probe and a kNN probe are fitted on them with their
+hyper-parameters chosen on a validation split carved from the labelled training data. The
+reference is the supervised baseline: the same encoder architecture trained from scratch on the
+same labels, by the same engine, for the same CPU time as the pre-training took. The test split
+is touched only to score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfsup import atomic
+from selfsup.config import build_config
+from selfsup.data.images import ImageData, load_images
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
+from selfsup.run import RunDir, as_run, load_encoder
+
+
+def subset(data: ImageData, indices: np.ndarray, source: str) -> ImageData:
+    """An in-memory ImageData of the given rows (sorted, for sequential memmap reads)."""
+    rows = np.sort(indices)
+    labels = data.labels[rows] if data.labels is not None else None
+    return dataclasses.replace(data, images=np.asarray(data.images[rows]), labels=labels,
+                               source=source)
+
+
+def _labelled(path: str, image_size: int, **reader: Any) -> ImageData:
+    data = load_images(path, image_size=image_size, **reader)
+    if data.labels is None:
+        raise SelfsupError(
+            f"{path} has no labels: evaluation needs class sub-folders or an npz with 'labels'"
+        )
+    return data
+
+
+def evaluate(
+    run_path: str | Path,
+    data: str,
+    test: str | None = None,
+    *,
+    baseline: bool = True,
+    baseline_minutes: float | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Probe the run's frozen encoder and train the supervised baseline; write ``eval.json``."""
+    run = as_run(run_path)
+    encoder, spec = load_encoder(run)
+    pretrain_config = run.read_config()
+    summary = run.read_summary()
+    reader = {"skip_bad": skip_bad, "progress": progress, "cache_dir": cache_dir}
+
+    labelled = _labelled(data, spec["image_size"], **reader)
+    if labelled.images.shape[-1] != spec["channels"]:
+        raise SelfsupError(
+            f"{data} has {labelled.images.shape[-1]} channels; the encoder expects "
+            f"{spec['channels']}"
+        )
+    if test is None:
+        train_idx, test_idx = stratified_split(labelled.labels, test_fraction, seed)
+        train = subset(labelled, train_idx, f"{data} (train part)")
+        test_data = subset(labelled, test_idx, f"{data} (held-out {test_fraction:.0%})")
+        test_source = f"{test_fraction:.0%} of {data}, stratified, seed {seed}"
+    else:
+        train = labelled
+        test_data = _labelled(test, spec["image_size"], **reader)
+        test_source = test
+        if test_data.class_names != train.class_names:
+            raise SelfsupError(
+                f"{test} has classes {test_data.class_names}, {data} has {train.class_names}"
+            )
+
+    precision = pretrain_config.get("precision", "bf16")
+    train_x = extract_features(encoder, train.images, precision=precision)
+    test_x = extract_features(encoder, test_data.images, precision=precision)
+    fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
+    split = (
+        train_x[fit_idx], train.labels[fit_idx],
+        train_x[val_idx], train.labels[val_idx],
+        test_x, test_data.labels,
+    )
+    linear = linear_probe(*split, seed=seed)
+    knn = knn_probe(*split)
+
+    result: dict[str, Any] = {
+        "run": str(run.path),
+        "method": spec["method"],
+        "encoder": spec["name"],
+        "train_data": data,
+        "test_data": test_source,
+        "num_train": len(train),
+        "num_val_for_probe_choices": len(val_idx),
+        "num_test": len(test_data),
+        "num_classes": train.num_classes,
+        "chance_accuracy": float(np.bincount(test_data.labels).max() / len(test_data)),
+        "pretrain_seconds": summary["train_seconds"],
+        "linear": linear.as_dict(),
+        "knn": knn.as_dict(),
+    }
+    if baseline:
+        minutes = baseline_minutes or summary["train_seconds"] / 60
+        result["supervised"] = supervised_baseline(
+            run, pretrain_config, train, test_data, minutes, seed, progress
+        )
+        result["linear_over_supervised"] = (
+            linear.accuracy / result["supervised"]["accuracy"]
+            if result["supervised"]["accuracy"] > 0
+            else None
+        )
+    atomic.write_json(run.eval, result)
+    return result
+
+
+def supervised_baseline(
+    run: RunDir,
+    pretrain_config: dict[str, Any],
+    train: ImageData,
+    test: ImageData,
+    minutes: float,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The same encoder from scratch on the labels for ``minutes``; its test accuracy.
+
+    Kept in ``<run>/baseline/``; a finished baseline with the same data, budget and seed is
+    reused rather than retrained.
+    """
+    from selfsup.engine import fit  # the engine pulls in Lightning; import it only when needed
+
+    key = {
+        "train": train.source,
+        "num_train": len(train),
+        "test": test.source,
+        "minutes": round(minutes, 3),
+        "seed": seed,
+        "encoder": pretrain_config.get("encoder"),
+        "encoder_options": pretrain_config.get("encoder_options", {}),
+    }
+    record = run.path / "baseline.json"
+    if record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["result"]
+
+    config = build_config(
+        {
+            "method": "supervised",
+            "data": train.source,
+            "minutes": minutes,
+            "batch_size": pretrain_config.get("batch_size", 256),
+            "encoder": pretrain_config.get("encoder", "resnet_small"),
+            "encoder_options": pretrain_config.get("encoder_options", {}),
+            "precision": pretrain_config.get("precision", "bf16"),
+            "channels_last": pretrain_config.get("channels_last", True),
+            "lr": pretrain_config.get("lr", 2e-3),
+            "seed": seed,
+            "progress": progress,
+            "checkpoint_minutes": max(2.0, minutes / 5),
+        }
+    )
+    baseline_run = RunDir(run.path / "baseline")
+    baseline_run.path.mkdir(parents=True, exist_ok=True)
+    baseline_run.write_config(config.to_dict())
+    config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
+    method, summary = fit(config, train, baseline_run)
+    method.eval()
+    features = torch.from_numpy(
+        extract_features(method.encoder, test.images, precision=config.precision)
+    )
+    with torch.no_grad():
+        predicted = method.classifier(features).argmax(1).numpy()
+    result = {
+        "accuracy": float((predicted == test.labels).mean()),
+        "minutes": minutes,
+        "steps": summary["steps"],
+        "images_per_s": summary["images_per_s"],
+        "run": str(baseline_run.path),
+    }
+    atomic.write_json(record, {"key": key, "result": result})
+    return result

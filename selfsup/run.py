@@ -1,0 +1,138 @@
+"""The run directory: one layout that every verb reads and writes.
+
+    runs/<name>/
+      config.yaml            the fully resolved pre-training config
+      checkpoints/last.ckpt  Lightning checkpoint (atomic), what --resume continues from
+      logs/<attempt>/        Lightning CSV logs of each (resumed) attempt; tensorboard/ beside
+      metrics.csv            all attempts' metrics, merged
+      pretrain.json          summary: steps, images seen, wall time, throughput, final monitors
+      encoder.safetensors    the encoder's weights ...
+      encoder.json           ... and how to rebuild it (registry name + options)
+      eval.json              what `selfsup evaluate` measured
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from selfsup import atomic
+from selfsup.errors import SelfsupError
+from selfsup.models import ImageEncoder, build_encoder
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "pretrain.json"
+
+    @property
+    def encoder_weights(self) -> Path:
+        return self.path / "encoder.safetensors"
+
+    @property
+    def encoder_spec(self) -> Path:
+        return self.path / "encoder.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval.json"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic.write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config.is_file():
+            raise SelfsupError(f"{self.path} is not a selfsup run (no config.yaml)")
+        return yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+
+    def read_summary(self) -> dict[str, Any]:
+        if not self.summary.is_file():
+            raise SelfsupError(f"{self.path} has no finished pre-training (no pretrain.json)")
+        return json.loads(self.summary.read_text(encoding="utf-8"))
+
+    def merge_metrics(self) -> None:
+        """Concatenate every attempt's CSV log into ``metrics.csv`` (a union of the columns)."""
+        rows: list[dict[str, str]] = []
+        for path in sorted(self.logs.glob("*/metrics.csv"), key=lambda p: int(p.parent.name)):
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows.extend(csv.DictReader(handle))
+        if not rows:
+            return
+        columns = sorted({key for row in rows for key in row})
+        with atomic.atomic_path(self.metrics) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def next_attempt(self) -> str:
+        done = [int(p.name) for p in self.logs.glob("*") if p.name.isdigit()]
+        return str(max(done) + 1 if done else 0)
+
+
+def save_encoder(run: RunDir, encoder: ImageEncoder, spec: dict[str, Any]) -> None:
+    """Export the encoder: weights as safetensors, and the registry name + options to rebuild it."""
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    with atomic.atomic_path(run.encoder_weights) as tmp:
+        save_file(state, str(tmp))
+    atomic.write_json(run.encoder_spec, {**spec, "embed_dim": encoder.embed_dim})
+
+
+def load_encoder(run: RunDir) -> tuple[ImageEncoder, dict[str, Any]]:
+    """Rebuild an exported encoder (eval mode) and return it with its spec."""
+    if not run.encoder_spec.is_file() or not run.encoder_weights.is_file():
+        raise SelfsupError(
+            f"{run.path} has no exported encoder (encoder.json + encoder.safetensors); "
+            "did its pre-training finish?"
+        )
+    spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
+    encoder = build_encoder(spec["name"], **spec["options"])
+    encoder.load_state_dict(load_file(str(run.encoder_weights)))
+    return encoder.eval(), spec
+
+
+def default_run_name(method: str, root: Path = Path("runs")) -> Path:
+    """runs/<method>-<n> with the first n not taken."""
+    n = 1
+    while (root / f"{method}-{n}").exists():
+        n += 1
+    return root / f"{method}-{n}"
+
+
+def as_run(path: str | Path) -> RunDir:
+    run = RunDir(Path(path))
+    if not run.path.is_dir():
+        raise SelfsupError(f"run directory {run.path} does not exist")
+    return run
+
+
+__all__ = ["RunDir", "as_run", "default_run_name", "load_encoder", "save_encoder"]

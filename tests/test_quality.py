@@ -1,0 +1,98 @@
+"""Label-free collapse signals: embedding std (SimSiam) and effective rank (RankMe)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.quality import collapse_signals, effective_rank, embedding_std
+
+# Hand-worked example. Rows normalise to (3/5, 4/5), (1, 0), (0, 1).
+# Column 1: mean 8/15, population variance (1 + 49 + 64) / 225 / 3 = 114/675.
+# Column 2: mean 3/5, population variance (1 + 9 + 4) / 25 / 3 = 14/75.
+# Z^T Z = [[10, 12], [12, 20]]: eigenvalues 15 +- 13, singular values sqrt(28), sqrt(2).
+Z3 = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+Z3_STD = (math.sqrt(114 / 675) + math.sqrt(14 / 75)) / 2
+
+
+def z3_rank(eps: float) -> float:
+    s = [math.sqrt(28), math.sqrt(2)]
+    p = [v / sum(s) + eps for v in s]
+    return math.exp(-sum(q * math.log(q) for q in p))
+
+
+def test_embedding_std_hand_computed():
+    assert embedding_std(Z3) == pytest.approx(Z3_STD, abs=1e-6)
+    assert embedding_std(torch.from_numpy(Z3)) == pytest.approx(Z3_STD, abs=1e-6)
+
+
+def test_effective_rank_hand_computed():
+    assert effective_rank(Z3, eps=0.0) == pytest.approx(z3_rank(0.0), abs=1e-9)
+    assert effective_rank(Z3) == pytest.approx(z3_rank(1e-7), abs=1e-9)
+    assert 1.0 < effective_rank(Z3) < 2.0
+
+
+def test_embedding_std_collapsed_is_zero():
+    z = np.tile(np.array([[0.3, -1.2, 4.0, 0.5]], dtype=np.float32), (64, 1))
+    assert embedding_std(z) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_embedding_std_gaussian_near_reference():
+    d = 64
+    z = torch.randn(20000, d, generator=torch.Generator().manual_seed(0))
+    ref = 1 / math.sqrt(d)
+    assert abs(embedding_std(z) - ref) < 0.1 * ref
+
+
+def test_effective_rank_equal_singular_values():
+    assert effective_rank(np.eye(8)) == pytest.approx(8.0, abs=1e-4)
+    q, _ = torch.linalg.qr(torch.randn(100, 32, generator=torch.Generator().manual_seed(1),
+                                       dtype=torch.float64))
+    assert effective_rank(3.0 * q, eps=0.0) == pytest.approx(32.0, abs=1e-4)
+
+
+def test_effective_rank_rank_one():
+    rng = np.random.default_rng(0)
+    z = np.outer(rng.normal(size=50), rng.normal(size=6))
+    assert effective_rank(z) == pytest.approx(1.0, abs=1e-4)
+    assert effective_rank(np.zeros((5, 3))) == 0.0
+
+
+def test_effective_rank_is_on_raw_not_centred_z():
+    # Rows all equal: centring would leave nothing, the raw matrix has rank 1 (RankMe uses raw Z).
+    z = np.tile(np.array([[1.0, 2.0, 3.0]]), (10, 1))
+    assert effective_rank(z) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_collapse_signals_keys_and_values():
+    sig = collapse_signals(Z3)
+    assert set(sig) == {"embedding_std", "embedding_std_ref", "std_ratio", "effective_rank",
+                        "effective_rank_frac"}
+    assert all(type(v) is float for v in sig.values())
+    assert sig["embedding_std"] == pytest.approx(Z3_STD, abs=1e-6)
+    assert sig["embedding_std_ref"] == pytest.approx(1 / math.sqrt(2))
+    assert sig["std_ratio"] == pytest.approx(Z3_STD * math.sqrt(2), abs=1e-6)
+    assert sig["effective_rank"] == pytest.approx(z3_rank(1e-7), abs=1e-9)
+    assert sig["effective_rank_frac"] == pytest.approx(z3_rank(1e-7) / 2, abs=1e-9)
+
+
+def test_collapse_signals_flag_collapse():
+    healthy = collapse_signals(torch.randn(500, 16, generator=torch.Generator().manual_seed(2)))
+    collapsed = collapse_signals(np.ones((500, 16), dtype=np.float32))
+    assert healthy["std_ratio"] > 0.9 and collapsed["std_ratio"] < 1e-6
+    assert healthy["effective_rank_frac"] > 0.9
+    assert collapsed["effective_rank"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_requires_grad_input_and_bad_shape():
+    z = torch.randn(20, 4, requires_grad=True)
+    assert isinstance(embedding_std(z), float)
+    assert isinstance(effective_rank(z), float)
+    with pytest.raises(SelfsupError):
+        embedding_std(np.ones(5))
+    with pytest.raises(SelfsupError):
+        effective_rank(np.ones((0, 3)))
