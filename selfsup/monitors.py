@@ -73,15 +73,23 @@ class CollapseMonitor(pl.Callback):
         self.every_steps = max(1, every_steps)
         self.last: dict[str, float] = {}
 
-    @rank_zero_only
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         embeddings = pl_module.last_embeddings
-        if embeddings is None or trainer.global_step % self.every_steps:
+        if embeddings is None:
             return
         self.last = collapse_signals(embeddings.float())
         if trainer.logger is not None:
             logged = {f"collapse/{k}": v for k, v in self.last.items()}
             trainer.logger.log_metrics(logged, trainer.global_step)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_steps == 0:
+            self._measure(trainer, pl_module)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._measure(trainer, pl_module)
 
 
 class Throughput(pl.Callback):
