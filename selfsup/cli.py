@@ -24,7 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, Any] | None:
@@ -71,7 +70,9 @@ def pretrain(
     skip_bad: Annotated[
         bool | None, typer.Option("--skip-bad", help="Skip unreadable images (counted).")
     ] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes [0].")] = None,
+    num_workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes [0].")
+    ] = None,
     checkpoint_minutes: Annotated[
         float | None, typer.Option(help="Minutes between checkpoints [2].")
     ] = None,
@@ -200,12 +201,12 @@ def demo(
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except SelfsupError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
@@ -218,3 +219,4 @@ def main() -> None:
         if isinstance(error, click.exceptions.Abort):
             sys.exit(1)
         raise
+    sys.exit(result if isinstance(result, int) else 0)

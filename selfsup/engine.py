@@ -107,7 +107,7 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
-        for name, parameter in self.method.named_parameters():
+        for parameter in self.method.parameters():
             if parameter.requires_grad:
                 # Norm scales and biases are not weights to shrink (common practice since BYOL).
                 (no_decay if parameter.ndim <= 1 else decay).append(parameter)

@@ -81,4 +81,4 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def on_train_step_end(self, progress: float) -> None:
-        """Per-step hook (EMA teachers, schedules); ``progress`` runs from 0 to 1 over the budget."""
+        """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""

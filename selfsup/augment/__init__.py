@@ -1,0 +1,5 @@
+"""Batched tensor augmentations with per-sample random parameters (no per-image PIL loop)."""
+
+from selfsup.augment.image import BatchedImageAugment, ImageAugmentConfig, to_float_images
+
+__all__ = ["BatchedImageAugment", "ImageAugmentConfig", "to_float_images"]

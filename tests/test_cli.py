@@ -1,0 +1,75 @@
+"""The command line: help for every verb, and bad input -> one message, exit code 2."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from selfsup.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "evaluate", "demo"])
+def test_help_explains_every_verb(monkeypatch, capsys, verb):
+    code, out, _ = run_cli(monkeypatch, capsys, verb, "--help")
+    assert code == 0 and "Usage" in out
+
+
+def test_pretrain_help_lists_the_budget_options(monkeypatch, capsys):
+    _, out, _ = run_cli(monkeypatch, capsys, "pretrain", "--help")
+    for option in ("--minutes", "--epochs", "--steps", "--resume", "--config", "--precision"):
+        assert option in out
+
+
+def bad_inputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    wrong_keys = tmp_path / "wrong.npz"
+    np.savez(wrong_keys, pictures=np.zeros((4, 8, 8, 3), np.uint8))
+    counts = tmp_path / "counts.npz"
+    np.savez(counts, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.zeros(3, np.int64))
+    return {
+        "missing": (str(tmp_path / "nope"), "nope"),
+        "empty folder": (str(empty), "empty"),
+        "corrupt image": (str(broken), "a.jpg"),
+        "npz keys": (str(wrong_keys), "wrong.npz"),
+        "label count": (str(counts), "counts.npz"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "empty folder", "corrupt image", "npz keys", "label count"]
+)
+def test_bad_data_is_one_clear_message_and_exit_2(monkeypatch, capsys, tmp_path, case):
+    path, named = bad_inputs(tmp_path)[case]
+    code, _, err = run_cli(
+        monkeypatch, capsys, "pretrain", "simclr", "--data", path, "--steps", "1",
+        "--out", str(tmp_path / "run"), "--no-progress",
+    )
+    assert code == 2
+    assert "Traceback" not in err and named in err
+    assert len([line for line in err.strip().splitlines() if line.strip()]) <= 3
+
+
+def test_unknown_method_and_encoder(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclrr", "--steps", "1",
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and "simclr" in err
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--encoder", "vgg",
+                           "--steps", "1", "--out", str(tmp_path / "r2"), "--no-progress")
+    assert code == 2 and "resnet18" in err
+
+
+def test_evaluate_a_directory_that_is_not_a_run(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(tmp_path), "--data", "digits")
+    assert code == 2 and "encoder" in err
