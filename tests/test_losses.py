@@ -7,7 +7,7 @@ from selfsup.methods.losses import nt_xent
 
 
 def nt_xent_reference(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
-    """Eq. 1 of SimCLR written out loop by loop: l(i, j) = -log exp(s_ij/t) / sum_k!=i exp(s_ik/t)."""
+    """SimCLR eq. 1 written out loop by loop: l(i,j) = -log exp(s_ij/t) / sum_k!=i exp(s_ik/t)."""
     z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2]).double()]
     n = len(z1)
     total = 0.0
