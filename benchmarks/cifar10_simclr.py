@@ -63,7 +63,7 @@ class PILTwoViews(Dataset):
             self.augment = PILAugment(ImageAugmentConfig(), random.Random(os.getpid()))
         image = Image.fromarray(self.images[index])
         views = [self.augment(image) for _ in range(2)]
-        return tuple(torch.from_numpy(v).permute(2, 0, 1).float().div_(255) for v in views)
+        return tuple(torch.from_numpy(v.copy()).permute(2, 0, 1).float().div_(255) for v in views)
 
 
 def simclr_model(encoder_name: str, channels_last: bool):

@@ -71,7 +71,6 @@ def pretrain(
         cache_dir=resolved.cache_dir,
         progress=resolved.progress,
     )
-    run.write_config(resolved.to_dict())
     fit(resolved, data_set, run, resume=resume)
     return run
 

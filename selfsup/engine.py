@@ -7,6 +7,7 @@ progress, CSV/TensorBoard logs, atomic checkpoints, ``--resume``, and the shared
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -152,8 +153,6 @@ def fit(
     """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
     _quiet_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    if config.method not in METHODS:
-        METHODS.get(config.method)  # raises the helpful error
     method_class = METHODS.get(config.method)
     if method_class.needs_labels and data.labels is None:
         raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
@@ -181,6 +180,12 @@ def fit(
     )
     if config.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    # The run keeps the fully resolved config: the method's and augmentation's defaults included.
+    resolved = {
+        "method_options": dataclasses.asdict(method.options),
+        "augment_options": dataclasses.asdict(method.augment.config),
+    }
+    run.write_config({**config.to_dict(), **_plain(resolved)})
 
     dataset = ImageBatchDataset(data, with_labels=method_class.needs_labels)
     loader = DataLoader(
@@ -275,6 +280,15 @@ def fit(
     atomic.write_json(run.summary, summary)
     run.merge_metrics()
     return method, summary
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so that YAML's safe dumper can write the value."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _final(trainer: pl.Trainer, key: str) -> float | None:

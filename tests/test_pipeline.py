@@ -86,3 +86,11 @@ def test_resume_through_the_api_extends_the_budget(tmp_path):
         selfsup.pretrain("simclr", out=out, steps=5, resume=True, batch_size=32)
     run = selfsup.pretrain("simclr", out=out, steps=5, resume=True, progress=False)
     assert json.loads(run.summary.read_text())["steps"] == 5
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    import selfsup.methods.simclr as simclr
+
+    monkeypatch.setattr(simclr, "nt_xent", lambda z1, z2, t: (z1.sum() + z2.sum()) * float("nan"))
+    with pytest.raises(SelfsupError, match=r"loss became nan at step 0.*last\.ckpt"):
+        selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=3, **TINY)

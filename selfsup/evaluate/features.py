@@ -34,7 +34,7 @@ def extract_features(
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            chunk = np.asarray(images[start : start + batch_size])
+            chunk = np.array(images[start : start + batch_size])  # a writable copy
             batch = to_float_images(torch.from_numpy(chunk))
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)

@@ -174,7 +174,6 @@ def supervised_baseline(
     )
     baseline_run = RunDir(run.path / "baseline")
     baseline_run.path.mkdir(parents=True, exist_ok=True)
-    baseline_run.write_config(config.to_dict())
     config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
     method, summary = fit(config, train, baseline_run)
     method.eval()
