@@ -1,6 +1,15 @@
 """Pretext methods, one file each, registered by name (``METHODS.get("simclr")``)."""
 
-from selfsup.methods import simclr, supervised  # noqa: F401  (registration on import)
+from selfsup.methods import (  # noqa: F401  (registration on import)
+    barlowtwins,
+    byol,
+    dino,
+    mocov2,
+    mocov3,
+    simclr,
+    supervised,
+    vicreg,
+)
 from selfsup.methods.base import DataInfo, Method, StepOutput
 from selfsup.methods.registry import METHODS
 

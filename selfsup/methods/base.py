@@ -6,6 +6,7 @@ uint8 images (labels only if it declares ``needs_labels``), makes its views, and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,6 +17,14 @@ from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import options_dataclass
 from selfsup.models import ImageEncoder
 
+# BYOL's asymmetric augmentation (Grill et al. 2020, table 6), shared by the methods that
+# adopted it (MoCo v3, DINO, Barlow Twins): colour jitter with a weaker saturation and hue, and
+# view 2 solarized with probability 0.2. Its Gaussian blur (probability 1.0 / 0.1) is left out,
+# as in solo-learn's CIFAR recipes: at 32x32 a sigma of up to 2 pixels erases the object. For
+# large images add it back with augment_options blur_p (it then applies to both views).
+BYOL_COLOUR: dict[str, Any] = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+BYOL_VIEWS: tuple[dict[str, Any], ...] = ({"solarize_p": 0.0}, {"solarize_p": 0.2})
+
 
 @dataclass
 class DataInfo:
@@ -24,6 +33,7 @@ class DataInfo:
     channels: int
     image_size: int
     num_classes: int | None = None
+    num_images: int | None = None  # where known; MoCo keeps its queue of keys below it
 
 
 @dataclass
@@ -47,6 +57,9 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = False
     # Overrides of ImageAugmentConfig's defaults that suit this method (the user's win over them).
     augment_defaults: ClassVar[dict[str, Any]] = {}
+    # Asymmetric recipes (BYOL, Grill et al. 2020, table 6): further defaults for view 0, 1, ...
+    # of ``views`` (cycled when there are more views). The user's augment_options still win.
+    view_augment_defaults: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def __init__(
         self,
@@ -62,15 +75,58 @@ class Method(nn.Module):
         self.options = options_dataclass(
             self.Options, options or {}, f"options of method {type(self).__name__}"
         )
-        augment_values = {**self.augment_defaults, **(augment_options or {})}
-        self.augment = BatchedImageAugment(
-            options_dataclass(ImageAugmentConfig, augment_values, "augment_options")
-        )
+        user = augment_options or {}
+        self.augment = _build_augment({**self.augment_defaults, **user})
+        # A plain list: augmentations hold no weights, and the state dict stays as it was.
+        self.view_augments = [
+            _build_augment({**self.augment_defaults, **overrides, **user})
+            for overrides in self.view_augment_defaults
+        ]
         self.channels_last = channels_last
 
-    def views(self, images: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-        """``count`` independently augmented views of the batch, stacked view-major (count*B)."""
-        stacked = torch.cat([self.augment(images, generator) for _ in range(count)])
+    def views(
+        self,
+        images: torch.Tensor,
+        count: int,
+        generator: torch.Generator,
+        augment: BatchedImageAugment | None = None,
+    ) -> torch.Tensor:
+        """``count`` independently augmented views of the batch, stacked view-major (count*B).
+
+        View i uses ``augment`` if given, else the method's recipe for view i
+        (``view_augment_defaults``), else the method's one recipe.
+        """
+        recipes = [augment] if augment is not None else self.view_augments or [self.augment]
+        return self._stack([recipes[i % len(recipes)](images, generator) for i in range(count)])
+
+    def augment_variant(self, **changes: Any) -> BatchedImageAugment:
+        """The method's augmentation with some fields changed (e.g. multi-crop's local crops)."""
+        return BatchedImageAugment(dataclasses.replace(self.augment.config, **changes))
+
+    def multi_crop(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        global_views: int,
+        local_augment: BatchedImageAugment,
+        local_views: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Multi-crop (SwAV, Caron et al. 2020, sec. 3.3; DINO): ``global_views`` views at the
+        data's size, as ``views`` makes them, and ``local_views`` crops by ``local_augment``
+        (smaller areas at a smaller ``output_size``; see :meth:`augment_variant`).
+
+        Two stacks, each view-major, because one tensor holds one image size; the local stack
+        is None when ``local_views`` is 0. Small crops add views for little compute: a 16x16
+        crop costs a quarter of a 32x32 one.
+        """
+        global_stack = self.views(images, global_views, generator)
+        if local_views == 0:
+            return global_stack, None
+        local_stack = self._stack([local_augment(images, generator) for _ in range(local_views)])
+        return global_stack, local_stack
+
+    def _stack(self, views: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.cat(views)
         if self.channels_last:
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         return stacked
@@ -82,3 +138,7 @@ class Method(nn.Module):
 
     def on_train_step_end(self, progress: float) -> None:
         """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""
+
+
+def _build_augment(values: dict[str, Any]) -> BatchedImageAugment:
+    return BatchedImageAugment(options_dataclass(ImageAugmentConfig, values, "augment_options"))

@@ -2,20 +2,97 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ProjectionHead(nn.Sequential):
-    """Linear -> BatchNorm -> ReLU -> Linear: SimCLR's non-linear projection g(h).
+    """MLP ``(Linear -> [BatchNorm] -> ReLU) x (layers - 1) -> Linear [-> BatchNorm]``.
 
-    Chen et al. 2020 (sec. 4.2) show the loss is better applied after such a head, while the
-    representation before it (h) transfers better; the head is discarded after pre-training.
+    SimCLR's non-linear projection g(h) (Chen et al. 2020, sec. 4.2): the loss is better applied
+    after such a head, while the representation before it (h) transfers better. The same shape,
+    sized differently, is MoCo v2's head (no BatchNorm), BYOL's and MoCo v3's projector, and
+    Barlow Twins' and VICReg's 3-layer "expander". ``last_batch_norm`` adds a BatchNorm without
+    affine parameters after the output layer, as MoCo v3 does (Chen, Xie, He 2021, sec. 4).
+    Linear layers followed by BatchNorm have no bias (BatchNorm removes it anyway).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        layers: int = 2,
+        batch_norm: bool = True,
+        last_batch_norm: bool = False,
+    ) -> None:
+        if layers < 1:
+            raise ValueError("a projection head needs at least one layer")
+        modules: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            modules.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
+            if batch_norm:
+                modules.append(nn.BatchNorm1d(hidden_dim))
+            modules.append(nn.ReLU(inplace=True))
+            dim = hidden_dim
+        modules.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
+        if last_batch_norm:
+            modules.append(nn.BatchNorm1d(out_dim, affine=False))
+        super().__init__(*modules)
+
+
+class PredictionHead(ProjectionHead):
+    """BYOL's predictor q (Grill et al. 2020, sec. 3.1): Linear -> BatchNorm -> ReLU -> Linear,
+    ``dim -> hidden_dim -> dim``, on the online branch only.
+
+    The asymmetry it creates between the online and the target branch is what keeps BYOL and
+    MoCo v3 from collapsing to a constant without negatives.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__(dim, hidden_dim, dim, layers=2)
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al. 2021, sec. 3.1 and appendix): a 3-layer MLP with GELU to a
+    ``bottleneck_dim`` vector, L2-normalised, then a weight-normalised linear layer to
+    ``out_dim`` prototype scores.
+
+    The last layer's rows are normalised to length 1 on every call: weight normalisation with
+    its gain frozen at 1, the paper's default (``norm_last_layer``), which it found to stabilise
+    training. The scores are cosines, later divided by temperatures as low as 0.04, so they are
+    computed in float32 even under bf16 autocast (a bf16 cosine is off by up to ~0.004).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+    ) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError("a DINO head needs at least one MLP layer")
+        modules: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            modules += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            dim = hidden_dim
+        modules.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*modules)
+        self.prototypes = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(features)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = F.normalize(x.float(), dim=-1)
+            return F.linear(x, F.normalize(self.prototypes.weight.float(), dim=1))

@@ -1,6 +1,6 @@
 """Encoders, registered by name (``ENCODERS.get("resnet18")``)."""
 
-from selfsup.models import resnet  # noqa: F401  (registers the ResNets)
+from selfsup.models import resnet, vit  # noqa: F401  (registration on import)
 from selfsup.models.base import ImageEncoder
 from selfsup.models.registry import ENCODERS
 
