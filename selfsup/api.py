@@ -31,7 +31,7 @@ def pretrain(
     them. With ``resume=True`` and ``out`` naming an existing run, training continues from its
     last checkpoint with its saved config (only the budget and display options may change).
     """
-    from selfsup.engine import fit
+    from selfsup.engine import check_options, fit
 
     overrides = {"method": method, "data": data, **options}
     out = overrides.get("out")
@@ -63,6 +63,7 @@ def pretrain(
             raise SelfsupError(
                 f"{run.path} already holds a run; continue it with --resume or choose --out"
             )
+    check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
     run.path.mkdir(parents=True, exist_ok=True)
     data_set = load_images(
         resolved.data,

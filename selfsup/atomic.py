@@ -44,6 +44,21 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_leftovers(*folders: str | Path) -> list[Path]:
+    """Delete the temporaries of writes that were killed (SIGKILL or power loss skip clean-up).
+
+    A killed checkpoint write leaves a file as large as a checkpoint; a run calls this on its own
+    folders as it starts, when no other writer can be using them. Returns what it removed.
+    """
+    removed = []
+    for folder in folders:
+        for tmp in Path(folder).glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

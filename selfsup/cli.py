@@ -76,6 +76,9 @@ def pretrain(
     checkpoint_minutes: Annotated[
         float | None, typer.Option(help="Minutes between checkpoints [2].")
     ] = None,
+    checkpoint_steps: Annotated[
+        int | None, typer.Option(help="Steps between checkpoints (instead of minutes).")
+    ] = None,
     method_option: Annotated[
         list[str] | None, typer.Option(help="Method option KEY=VALUE, e.g. temperature=0.2.")
     ] = None,
@@ -116,6 +119,7 @@ def pretrain(
         skip_bad=skip_bad,
         num_workers=num_workers,
         checkpoint_minutes=checkpoint_minutes,
+        checkpoint_steps=checkpoint_steps,
         method_options=_pairs(method_option, "--method-option"),
         augment_options=_pairs(augment_option, "--augment-option"),
         encoder_options=_pairs(encoder_option, "--encoder-option"),
@@ -179,6 +183,14 @@ def print_eval(result: dict[str, Any]) -> None:
         table.add_row("linear / supervised", f"{ratio:.3f}" if ratio is not None else "n/a", "")
     table.add_row("chance (majority class)", f"{result['chance_accuracy']:.4f}", "")
     console.print(table)
+    if "supervised" in result and result["linear_over_supervised"] is not None:
+        linear, sup = result["linear"]["accuracy"], result["supervised"]["accuracy"]
+        verdict = "beats" if linear > sup else "does not beat"
+        console.print(
+            f"Verdict: with all {result['num_train']} labels, the self-supervised encoder + linear "
+            f"probe {verdict} the supervised baseline ({linear:.1%} vs {sup:.1%}, "
+            f"{result['linear_over_supervised']:.0%} of it) at the same CPU-time budget."
+        )
     console.print(f"written to {Path(result['run']) / 'eval.json'}")
 
 

@@ -7,8 +7,10 @@ repeated from it alone. Unknown keys and wrong types are refused with the list o
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,19 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "32"):
             raise SelfsupError(f"precision must be 'bf16' or '32', not {self.precision!r}")
-        for name in ("minutes", "epochs", "steps", "batch_size", "checkpoint_minutes"):
+        positive = ("minutes", "epochs", "steps", "batch_size", "checkpoint_minutes", "lr",
+                    "checkpoint_steps", "monitor_minutes", "log_every_steps", "image_size")
+        for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SelfsupError(f"{name} must be positive, not {value}")
+        for name in ("weight_decay", "num_workers", "monitor_size", "grad_clip"):
+            if (getattr(self, name) or 0) < 0:
+                raise SelfsupError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise SelfsupError(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
+        if not 0 <= self.seed < 2**32:  # numpy's and Lightning's seeding take 32-bit seeds
+            raise SelfsupError(f"seed must be in [0, 2**32), not {self.seed}")
         if self.minutes is None and self.epochs is None and self.steps is None:
             self.minutes = 5.0
 
@@ -97,7 +108,14 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
             raise SelfsupError(f"option {name!r} must be a mapping, not {value!r}")
         return dict(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        # NaN and infinity pass every range check (comparisons are False) and fail much later.
+        if not math.isfinite(number):
+            raise SelfsupError(f"option {name!r}: {value!r} is not a finite number")
+        return number
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is bool and isinstance(value, bool):
@@ -117,14 +135,26 @@ def _type_name(hint: Any) -> str:
 def build_config(values: dict[str, Any], cls: type = PretrainConfig) -> Any:
     """A config from a mapping, refusing unknown keys and wrong types with a helpful message."""
     fields = config_fields(cls)
-    normalised = {str(key).replace("-", "_"): value for key, value in values.items()}
+    valid = ", ".join(sorted(fields)) or "(none)"
+    normalised = _normalised(values)
     unknown = sorted(set(normalised) - set(fields))
     if unknown:
-        raise SelfsupError(
-            f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
-        )
+        raise SelfsupError(f"unknown option(s) {', '.join(unknown)}; valid options: {valid}")
     checked = {key: _check_type(key, value, fields[key]) for key, value in normalised.items()}
     return cls(**checked)
+
+
+def _normalised(values: Mapping[Any, Any]) -> dict[str, Any]:
+    """Keys as field names ("batch-size" -> "batch_size"); one option spelt both ways is refused."""
+    if not isinstance(values, Mapping):
+        raise SelfsupError(f"options must be a mapping of name: value, not {values!r}")
+    normalised: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in normalised:  # which of the two was meant?
+            raise SelfsupError(f"option {name!r} is given twice")
+        normalised[name] = value
+    return normalised
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -147,8 +177,8 @@ def resolve_config(
     recipe: str | Path | None, overrides: dict[str, Any], cls: type = PretrainConfig
 ) -> Any:
     """Defaults, then the recipe's values, then every CLI option the user actually gave."""
-    values = read_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = _normalised(read_recipe(recipe)) if recipe else {}
+    values.update(_normalised({k: v for k, v in overrides.items() if v is not None}))
     return build_config(values, cls)
 
 

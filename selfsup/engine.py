@@ -8,9 +8,11 @@ progress, CSV/TensorBoard logs, atomic checkpoints, ``--resume``, and the shared
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
+import typing
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,16 +23,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
 
 from selfsup import atomic
-from selfsup.config import PretrainConfig
-from selfsup.data.datasets import ImageBatchDataset, keep_batch
+from selfsup.augment import ImageAugmentConfig
+from selfsup.config import PretrainConfig, options_dataclass
+from selfsup.data.datasets import ImageBatchDataset, ResumableLoader, keep_batch
 from selfsup.data.images import ImageData, image_stats
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.probes import stratified_split
 from selfsup.methods import METHODS, DataInfo, Method
-from selfsup.models import build_encoder
+from selfsup.models import ENCODERS, build_encoder
 from selfsup.monitors import CollapseMonitor, KnnMonitor, Throughput
 from selfsup.run import RunDir, save_encoder
 
@@ -142,6 +144,56 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+#: Encoder arguments the engine sets from the data; the user's encoder_options are the rest.
+_ENGINE_SET = {"in_channels", "mean", "std"}
+
+
+def encoder_option_names(name: str) -> list[str] | None:
+    """The options the registered encoder ``name`` accepts, or None where they cannot be listed.
+
+    A constructor that passes ``**options`` on to the class it returns (as the ViTs do) accepts
+    that class's arguments too, so the search follows the return annotation one level down.
+    """
+    target: Any = ENCODERS.get(name)
+    names: set[str] = set()
+    for _ in range(2):
+        try:
+            parameters = list(inspect.signature(target).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return sorted(names - _ENGINE_SET)
+        try:
+            target = typing.get_type_hints(target).get("return")
+        except Exception:  # an annotation that does not resolve at run time
+            return None
+        if not isinstance(target, type):
+            return None
+    return None
+
+
+def check_options(config: PretrainConfig) -> None:
+    """Refuse an unknown method, encoder or nested option before the data is read.
+
+    Decoding a folder can take minutes; a typo in ``--method-option`` should not wait for it.
+    ``fit`` checks the values again when it builds the method (ranges included).
+    """
+    method_class = METHODS.get(config.method)
+    options_dataclass(
+        method_class.Options, config.method_options, f"options of method {method_class.__name__}"
+    )
+    augment = {**method_class.augment_defaults, **config.augment_options}
+    options_dataclass(ImageAugmentConfig, augment, "augment_options").validate()
+    valid = encoder_option_names(config.encoder)
+    unknown = sorted(set(map(str, config.encoder_options)) - set(valid or []))
+    if valid is not None and unknown:
+        raise SelfsupError(
+            f"encoder {config.encoder!r}: unknown encoder_options {', '.join(unknown)}; "
+            f"valid options: {', '.join(valid) or '(none)'}"
+        )
+
+
 def fit(
     config: PretrainConfig,
     data: ImageData,
@@ -168,9 +220,14 @@ def fit(
     encoder_options.update(config.encoder_options)
     try:
         encoder = build_encoder(config.encoder, **encoder_options)
-    except TypeError as error:
-        raise SelfsupError(f"encoder {config.encoder!r}: bad encoder_options ({error})") from None
-    info = DataInfo(channels=channels, image_size=height, num_classes=data.num_classes)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. width=-1: a negative tensor size
+        raise SelfsupError(
+            f"encoder {config.encoder!r}: bad encoder_options ({error}); "
+            f"valid options: {', '.join(encoder_option_names(config.encoder) or ['(unknown)'])}"
+        ) from None
+    info = DataInfo(
+        channels=channels, image_size=height, num_classes=data.num_classes, num_images=len(data)
+    )
     method = method_class(
         encoder,
         info,
@@ -188,15 +245,14 @@ def fit(
     run.write_config({**config.to_dict(), **_plain(resolved)})
 
     dataset = ImageBatchDataset(data, with_labels=method_class.needs_labels)
-    loader = DataLoader(
+    loader = ResumableLoader(  # shuffled by (seed, epoch); a resumed run continues the epoch
         dataset,
         batch_size=config.batch_size,
-        shuffle=True,
+        seed=config.seed,
         drop_last=True,  # contrastive and BatchNorm statistics want full batches
         collate_fn=keep_batch,
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
     )
     budget = Budget(config.minutes, config.epochs, config.steps, len(loader))
     module = PretrainModule(method, config, budget)
@@ -239,6 +295,7 @@ def fit(
         num_sanity_val_steps=0,
         plugins=[atomic.AtomicCheckpointIO()],
     )
+    atomic.remove_leftovers(run.path, run.checkpoints)  # of an earlier attempt that was killed
     ckpt_path = None
     if resume:
         if not run.last_checkpoint.is_file():

@@ -24,7 +24,8 @@ def test_help_explains_every_verb(monkeypatch, capsys, verb):
 
 def test_pretrain_help_lists_the_budget_options(monkeypatch, capsys):
     _, out, _ = run_cli(monkeypatch, capsys, "pretrain", "--help")
-    for option in ("--minutes", "--epochs", "--steps", "--resume", "--config", "--precision"):
+    for option in ("--minutes", "--epochs", "--steps", "--resume", "--config", "--precision",
+                   "--checkpoint-steps"):
         assert option in out
 
 
@@ -73,3 +74,10 @@ def test_unknown_method_and_encoder(monkeypatch, capsys, tmp_path):
 def test_evaluate_a_directory_that_is_not_a_run(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(tmp_path), "--data", "digits")
     assert code == 2 and "encoder" in err
+
+
+def test_a_misspelt_nested_option_lists_the_valid_ones(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--steps", "1",
+                           "--method-option", "temprature=0.2", "--out", str(tmp_path / "r"))
+    assert code == 2 and "Traceback" not in err
+    assert "temprature" in err and "temperature" in err and "projection_dim" in err

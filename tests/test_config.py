@@ -1,5 +1,6 @@
 import pytest
 
+import selfsup
 from selfsup.config import PretrainConfig, build_config, resolve_config
 from selfsup.errors import SelfsupError
 
@@ -37,3 +38,56 @@ def test_recipe_that_is_not_a_mapping(tmp_path):
     recipe.write_text("- a\n- b\n")
     with pytest.raises(SelfsupError, match="mapping"):
         resolve_config(recipe, {})
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"lr": float("nan")}, "'lr'"),  # NaN passed every range check, then trained to NaN
+        ({"minutes": float("inf")}, "'minutes'"),
+        ({"lr": 10**400}, "'lr'"),  # was an OverflowError
+        ({"seed": -1}, "seed"),  # numpy refuses negative seeds, Lightning ignores big ones
+        ({"seed": 2**32}, "seed"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"checkpoint_steps": 0}, "checkpoint_steps"),
+        ({"batch-size": 8, "batch_size": 16}, "given twice"),
+    ],
+)
+def test_values_that_used_to_fail_later_are_refused_naming_the_key(values, named):
+    with pytest.raises(SelfsupError, match=named):
+        build_config(values)
+
+
+def test_a_mapping_is_required():
+    with pytest.raises(SelfsupError, match="mapping"):
+        build_config(["steps", 3])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "named", "listed"),
+    [
+        ({"method_options": {"temprature": 0.1}}, "temprature", ["temperature", "projection_dim"]),
+        ({"method_options": {"temperature": "warm"}}, "'temperature'", []),
+        ({"augment_options": {"flip": 0.5}}, "flip", ["flip_p", "crop_scale"]),
+        ({"augment_options": {"flip_p": 2}}, "flip_p", []),
+        ({"encoder_options": {"widht": 8}}, "widht", ["width", "depths"]),
+        ({"encoder": "resnet18", "encoder_options": {"depths": [1, 1]}}, "depths", ["width"]),
+    ],
+)
+def test_nested_option_errors_name_the_option_and_list_the_valid_ones(
+    tmp_path, options, named, listed
+):
+    # The data path does not exist: the options are checked before any data is read.
+    with pytest.raises(SelfsupError) as error:
+        selfsup.pretrain("simclr", str(tmp_path / "nothing-here"), out=str(tmp_path / "run"),
+                         steps=1, progress=False, **options)
+    message = str(error.value)
+    assert named in message and all(name in message for name in listed), message
+    assert "nothing-here" not in message and not (tmp_path / "run").exists()
+
+
+def test_encoder_option_values_the_encoder_rejects_list_the_valid_options(tmp_path):
+    with pytest.raises(SelfsupError, match=r"width=-1|negative.*valid options: depths, width"):
+        selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=1, progress=False,
+                         encoder_options={"width": -1})

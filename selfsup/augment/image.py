@@ -82,8 +82,11 @@ class ImageAugmentConfig:
                 raise SelfsupError(f"augment config: {name}={getattr(self, name)!r} must be >= 0")
         if not 0.0 <= self.hue <= 0.5:
             raise SelfsupError(f"augment config: hue={self.hue!r} must be in [0, 0.5]")
-        if self.output_size is not None and self.output_size < 1:
-            raise SelfsupError(f"augment config: output_size={self.output_size!r} must be >= 1")
+        # The cap only stops absurd values (a typo, 2**32) before they become a tensor-size error.
+        if self.output_size is not None and not 1 <= self.output_size <= 4096:
+            raise SelfsupError(
+                f"augment config: output_size={self.output_size!r} must be in [1, 4096]"
+            )
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:

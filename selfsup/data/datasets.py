@@ -1,16 +1,23 @@
 """PyTorch views over an :class:`ImageData`: whole batches fetched with one fancy index.
 
 ``__getitems__`` lets the DataLoader ask for a batch at once, so a batch of 256 small images
-costs one memmap slice instead of 256 Python calls and a collate.
+costs one memmap slice instead of 256 Python calls and a collate. ``ResumableLoader`` shuffles
+by (seed, epoch) and remembers its place, so a resumed run sees the batches it would have seen.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from selfsup.data.images import ImageData
+
+log = logging.getLogger("selfsup")
 
 
 class ImageBatchDataset(Dataset):
@@ -46,3 +53,75 @@ class ImageBatchDataset(Dataset):
 def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Collate for ``__getitems__`` datasets: the batch is already stacked."""
     return batch
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The shuffle of one epoch, a function of (seed, epoch) alone, so it can be drawn again."""
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+class _EpochSampler(Sampler[int]):
+    """Indices of one epoch's order from position ``start``; the loader sets both per epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return self.size  # the whole epoch: Lightning counts the batches already done itself
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_order(self.seed, self.epoch, self.size)[self.start :].tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A shuffling DataLoader whose position Lightning saves and restores with a checkpoint.
+
+    Lightning treats a loader with ``state_dict``/``load_state_dict`` as resumable: it stores the
+    state in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and hands it back
+    before the resumed run's first batch. The state is the epoch, its permutation seed and the
+    batches handed out so far, so a run resumed mid-epoch gets the rest of that epoch in the same
+    order, and every later epoch reshuffles from (seed, epoch) exactly as an uninterrupted run.
+    Batches are counted as they leave the loader, so worker prefetching does not skew the count.
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, **kwargs: Any) -> None:
+        self._order = _EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
+        super().__init__(dataset, batch_size=batch_size, sampler=self._order, **kwargs)
+        self.epoch = 0  # the epoch being (or about to be) handed out
+        self.batches = 0  # how many of its batches have left the loader
+        self._continue = True  # the next iteration continues (epoch, batches) as they are
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: its body runs at the first next(), so an iter() without batches (Lightning
+        # creates one before each epoch starts) does not count as an epoch.
+        if self._continue:
+            self._continue = False
+        else:
+            self.epoch, self.batches = self.epoch + 1, 0
+        if self.batches >= len(self):  # the saved epoch was complete: the next one starts
+            self.epoch, self.batches = self.epoch + 1, 0
+        self._order.epoch, self._order.start = self.epoch, self.batches * self.batch_size
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "seed": self._order.seed,
+            "size": self._order.size,
+            "epoch": self.epoch,
+            "batches": self.batches,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batches, self._continue = int(state["epoch"]), int(state["batches"]), True
+        self._order.seed = int(state["seed"])
+        if int(state["size"]) != self._order.size:
+            log.warning(
+                "the data has %d items but the checkpoint's epoch had %d; this epoch restarts"
+                " with a fresh order",
+                self._order.size,
+                state["size"],
+            )
+            self.batches = 0

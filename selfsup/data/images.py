@@ -46,6 +46,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 #: Keys searched, in order, for the images and the labels of an .npz file.
 NPZ_IMAGE_KEYS = ("images", "x", "X")
 NPZ_LABEL_KEYS = ("labels", "y")
+#: Labels are class indices below this; larger values are ids to renumber, not classes.
+MAX_CLASSES = 1_000_000
 #: Background that transparent pixels are composited onto before alpha is dropped.
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -218,12 +220,20 @@ def load_npz(path: str | Path, *, image_size: int | None = None) -> ImageData:
             raise SelfsupError(
                 f"{lwhere}: labels must be >= 0, found {int(labels[bad])} at index {bad}"
             )
+        top = int(labels.max())  # before the cast: uint64 above 2**63 would turn negative
+        if top >= MAX_CLASSES:  # also keeps the default names list (one per class) small
+            raise SelfsupError(
+                f"{lwhere}: labels must be class indices 0..K-1 with K at most {MAX_CLASSES},"
+                f" found {top} at index {int(np.argmax(labels))}; renumber them first"
+            )
         labels = labels.astype(np.int64)
-        top = int(labels.max())
         if names is not None:
             if names.ndim != 1 or names.dtype.kind not in "US":
                 raise SelfsupError(f"{p} key 'class_names': must be a 1-D array of strings")
-            class_names = [str(s) for s in names.tolist()]
+            class_names = [
+                s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s)
+                for s in names.tolist()
+            ]
             if top >= len(class_names):
                 raise SelfsupError(
                     f"{lwhere}: label {top} has no name; key 'class_names' lists only"

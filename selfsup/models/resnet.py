@@ -80,15 +80,26 @@ class ResNet(ImageEncoder):
         return self.feature_map(images).mean(dim=(2, 3))
 
 
+# mean and std are spelt out rather than passed as **kwargs so that the signature lists exactly
+# the options a user may set (the engine names them in its error for a bad encoder option).
 @ENCODERS.register("resnet18")
-def resnet18(in_channels: int = 3, width: int = 64, **stats) -> ResNet:
+def resnet18(
+    in_channels: int = 3,
+    width: int = 64,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> ResNet:
     """ResNet-18 with a CIFAR stem: 4 stages of 2 blocks, widths 64-128-256-512 (512-d output)."""
-    return ResNet(in_channels, (2, 2, 2, 2), [width * m for m in (1, 2, 4, 8)], **stats)
+    return ResNet(in_channels, (2, 2, 2, 2), [width * m for m in (1, 2, 4, 8)], mean, std)
 
 
 @ENCODERS.register("resnet_small")
 def resnet_small(
-    in_channels: int = 3, width: int = 32, depths: Sequence[int] = (1, 1, 1, 1), **stats
+    in_channels: int = 3,
+    width: int = 32,
+    depths: Sequence[int] = (1, 1, 1, 1),
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> ResNet:
     """A CPU-budget ResNet: one block per stage, widths 32-64-128-256 (256-d output) by default."""
-    return ResNet(in_channels, tuple(depths), [width * m for m in (1, 2, 4, 8)], **stats)
+    return ResNet(in_channels, tuple(depths), [width * m for m in (1, 2, 4, 8)], mean, std)
