@@ -185,7 +185,7 @@ def print_eval(result: dict[str, Any]) -> None:
     console.print(table)
     if "supervised" in result and result["linear_over_supervised"] is not None:
         linear, sup = result["linear"]["accuracy"], result["supervised"]["accuracy"]
-        verdict = "beats" if linear > sup else "does not beat"
+        verdict = "beats" if linear > sup else "matches" if linear == sup else "does not beat"
         console.print(
             f"Verdict: with all {result['num_train']} labels, the self-supervised encoder + linear "
             f"probe {verdict} the supervised baseline ({linear:.1%} vs {sup:.1%}, "

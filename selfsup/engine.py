@@ -138,6 +138,7 @@ def _quiet_lightning() -> None:
         ".*exists and is not empty.*",
         ".*Checkpoint directory .* exists and is not empty.*",
         ".*LeafSpec.*",
+        ".*number of training batches .* is smaller than the logging interval.*",
         ".*predict_dataloader.*",
         ".*Precision bf16-mixed is not supported by the model summary.*",
     ):
