@@ -204,7 +204,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "pretrain_minutes": summary["train_seconds"] / 60,
         "steps": summary["steps"],
-        "epochs": summary["images_seen"] / summary["num_images"],
+        "epochs": summary["samples_seen"] / summary["num_samples"],
         "train_images_per_s": summary["images_per_s"],
         "knn": evaluation["knn"]["accuracy"],
         "knn_k": evaluation["knn"]["chosen"]["k"],

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.config import PretrainConfig, build_config, resolve_config
-from selfsup.data.images import load_images
+from selfsup.data.base import load_data
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import evaluate
 from selfsup.run import RunDir, default_run_name
@@ -31,7 +31,8 @@ def pretrain(
     them. With ``resume=True`` and ``out`` naming an existing run, training continues from its
     last checkpoint with its saved config (only the budget and display options may change).
     """
-    from selfsup.engine import check_options, fit
+    from selfsup.engine import check_options, fit, with_default_encoder
+    from selfsup.methods import METHODS
 
     overrides = {"method": method, "data": data, **options}
     out = overrides.get("out")
@@ -63,15 +64,10 @@ def pretrain(
             raise SelfsupError(
                 f"{run.path} already holds a run; continue it with --resume or choose --out"
             )
+    resolved = with_default_encoder(resolved)
     check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
     run.path.mkdir(parents=True, exist_ok=True)
-    data_set = load_images(
-        resolved.data,
-        skip_bad=resolved.skip_bad,
-        image_size=resolved.image_size,
-        cache_dir=resolved.cache_dir,
-        progress=resolved.progress,
-    )
+    data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved)
     fit(resolved, data_set, run, resume=resume)
     return run
 

@@ -88,6 +88,10 @@ def pretrain(
     encoder_option: Annotated[
         list[str] | None, typer.Option(help="Encoder option KEY=VALUE, e.g. width=64.")
     ] = None,
+    data_option: Annotated[
+        list[str] | None,
+        typer.Option(help="Reader option KEY=VALUE of the method's data (text, series)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
@@ -123,6 +127,7 @@ def pretrain(
         method_options=_pairs(method_option, "--method-option"),
         augment_options=_pairs(augment_option, "--augment-option"),
         encoder_options=_pairs(encoder_option, "--encoder-option"),
+        data_options=_pairs(data_option, "--data-option"),
         progress=progress,
     )
     summary = run.read_summary()

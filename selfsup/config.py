@@ -32,8 +32,11 @@ class PretrainConfig:
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 256
-    encoder: str = "resnet_small"
+    # None: the method's default encoder (resnet_small for images).
+    encoder: str | None = None
     encoder_options: dict[str, Any] = field(default_factory=dict)
+    # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
+    data_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
     augment_options: dict[str, Any] = field(default_factory=dict)
     precision: str = "bf16"

@@ -25,13 +25,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup import atomic
-from selfsup.augment import ImageAugmentConfig
 from selfsup.config import PretrainConfig, options_dataclass
-from selfsup.data.datasets import ImageBatchDataset, ResumableLoader, keep_batch
-from selfsup.data.images import ImageData, image_stats
+from selfsup.data.base import TrainData
+from selfsup.data.datasets import ResumableLoader, keep_batch
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.probes import stratified_split
-from selfsup.methods import METHODS, DataInfo, Method
+from selfsup.methods import METHODS, Method
 from selfsup.models import ENCODERS, build_encoder
 from selfsup.monitors import CollapseMonitor, KnnMonitor, Throughput
 from selfsup.run import RunDir, save_encoder
@@ -89,8 +88,8 @@ class PretrainModule(pl.LightningModule):
             group["lr"] = self.config.lr * scale
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if not self.method.needs_labels:
-            batch = {"images": batch["images"]}  # labels never reach a pretext loss
+        if not self.method.needs_labels:  # labels never reach a pretext loss
+            batch = {key: value for key, value in batch.items() if key != "labels"}
         out = self.method.training_step(batch, self.generator)
         if not torch.isfinite(out.loss):
             raise SelfsupError(
@@ -174,18 +173,28 @@ def encoder_option_names(name: str) -> list[str] | None:
     return None
 
 
+def with_default_encoder(config: PretrainConfig) -> PretrainConfig:
+    """The config with ``encoder`` filled in from the method's default when the user named none."""
+    if config.encoder is not None:
+        return config
+    return dataclasses.replace(config, encoder=METHODS.get(config.method).default_encoder)
+
+
 def check_options(config: PretrainConfig) -> None:
     """Refuse an unknown method, encoder or nested option before the data is read.
 
     Decoding a folder can take minutes; a typo in ``--method-option`` should not wait for it.
     ``fit`` checks the values again when it builds the method (ranges included).
     """
+    config = with_default_encoder(config)
     method_class = METHODS.get(config.method)
     options_dataclass(
         method_class.Options, config.method_options, f"options of method {method_class.__name__}"
     )
-    augment = {**method_class.augment_defaults, **config.augment_options}
-    options_dataclass(ImageAugmentConfig, augment, "augment_options").validate()
+    try:
+        method_class.check_augment_options(config.augment_options)
+    except ValueError as error:
+        raise SelfsupError(f"method {config.method!r}: {error}") from None
     valid = encoder_option_names(config.encoder)
     unknown = sorted(set(map(str, config.encoder_options)) - set(valid or []))
     if valid is not None and unknown:
@@ -197,7 +206,7 @@ def check_options(config: PretrainConfig) -> None:
 
 def fit(
     config: PretrainConfig,
-    data: ImageData,
+    data: TrainData,
     run: RunDir,
     *,
     resume: bool = False,
@@ -205,20 +214,23 @@ def fit(
 ) -> tuple[Method, dict[str, Any]]:
     """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
     _quiet_lightning()
+    config = with_default_encoder(config)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     method_class = METHODS.get(config.method)
+    if method_class.modality != data.modality:
+        raise SelfsupError(
+            f"method {config.method!r} trains on {method_class.modality} data; "
+            f"{data.source} was read as {data.modality} data"
+        )
     if method_class.needs_labels and data.labels is None:
         raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
     if len(data) < config.batch_size:
         raise SelfsupError(
-            f"{data.source} has {len(data)} images, fewer than one batch ({config.batch_size}); "
+            f"{data.source} has {len(data)} samples, fewer than one batch ({config.batch_size}); "
             "lower --batch-size"
         )
 
-    height, width, channels = data.images.shape[1:]
-    mean, std = image_stats(data)
-    encoder_options = {"in_channels": channels, "mean": mean, "std": std}
-    encoder_options.update(config.encoder_options)
+    encoder_options = {**data.encoder_inputs(), **config.encoder_options}
     try:
         encoder = build_encoder(config.encoder, **encoder_options)
     except (TypeError, ValueError, RuntimeError) as error:  # e.g. width=-1: a negative tensor size
@@ -226,9 +238,7 @@ def fit(
             f"encoder {config.encoder!r}: bad encoder_options ({error}); "
             f"valid options: {', '.join(encoder_option_names(config.encoder) or ['(unknown)'])}"
         ) from None
-    info = DataInfo(
-        channels=channels, image_size=height, num_classes=data.num_classes, num_images=len(data)
-    )
+    info = data.data_info()
     method = method_class(
         encoder,
         info,
@@ -239,13 +249,9 @@ def fit(
     if config.channels_last:
         method = method.to(memory_format=torch.channels_last)
     # The run keeps the fully resolved config: the method's and augmentation's defaults included.
-    resolved = {
-        "method_options": dataclasses.asdict(method.options),
-        "augment_options": dataclasses.asdict(method.augment.config),
-    }
-    run.write_config({**config.to_dict(), **_plain(resolved)})
+    run.write_config({**config.to_dict(), **_plain(method.resolved_options())})
 
-    dataset = ImageBatchDataset(data, with_labels=method_class.needs_labels)
+    dataset = data.batch_dataset(with_labels=method_class.needs_labels)
     loader = ResumableLoader(  # shuffled by (seed, epoch); a resumed run continues the epoch
         dataset,
         batch_size=config.batch_size,
@@ -283,7 +289,10 @@ def fit(
         precision="bf16-mixed" if config.precision == "bf16" else "32-true",
         max_epochs=config.epochs or -1,
         max_steps=config.steps or -1,
-        callbacks=[throughput, timer, collapse, *monitors, checkpoint, *(callbacks or [])],
+        callbacks=[
+            throughput, timer, collapse, *monitors, checkpoint,
+            *method.callbacks(run), *(callbacks or []),
+        ],
         logger=[
             CSVLogger(run.path, name="logs", version=attempt),
             TensorBoardLogger(run.path, name="tensorboard", version=attempt),
@@ -310,26 +319,28 @@ def fit(
             f"(last checkpoint: {run.last_checkpoint})"
         )
     trainer.save_checkpoint(run.last_checkpoint)
+    method.on_fit_end(run)
 
     spec = {
+        **data.encoder_spec(),
         "name": config.encoder,
         "options": encoder_options,
-        "image_size": height,
-        "channels": channels,
         "method": config.method,
+        "modality": data.modality,
     }
     save_encoder(run, method.encoder, spec)
     summary = {
         "method": config.method,
         "steps": trainer.global_step,
         "epochs_completed": trainer.current_epoch,
-        "images_seen": trainer.global_step * config.batch_size,
+        "samples_seen": trainer.global_step * config.batch_size,
         "train_seconds": timer.time_elapsed("train"),
         "this_attempt_seconds": time.monotonic() - started,
-        "images_per_s": throughput.images_per_second,
+        "samples_per_s": throughput.images_per_second,
+        "images_per_s": throughput.images_per_second,  # the same figure, as image runs call it
         "precision": config.precision,
         "batch_size": config.batch_size,
-        "num_images": len(data),
+        "num_samples": len(data),
         "skipped_inputs": len(data.skipped),
         "final_loss": _final(trainer, "train/loss"),
         "knn_monitor_accuracy": knn.last_accuracy if knn else None,
@@ -354,7 +365,7 @@ def _final(trainer: pl.Trainer, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def _knn_monitor(data: ImageData, config: PretrainConfig) -> KnnMonitor:
+def _knn_monitor(data: TrainData, config: PretrainConfig) -> KnnMonitor:
     """Bank and queries carved (stratified) from the data; the query share is a quarter."""
     assert data.labels is not None
     n = len(data)
@@ -363,8 +374,7 @@ def _knn_monitor(data: ImageData, config: PretrainConfig) -> KnnMonitor:
     subset = rng.choice(n, size=size, replace=False)
     bank, query = stratified_split(data.labels[subset], 0.25, config.seed)
     return KnnMonitor(
-        data.images,
-        data.labels,
+        data,
         subset[bank],
         subset[query],
         every_minutes=config.monitor_minutes,

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
+from selfsup.data.base import TrainData
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_classify
 from selfsup.evaluate.quality import collapse_signals
@@ -26,16 +27,17 @@ class KnnMonitor(pl.Callback):
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        data: TrainData,
         bank: np.ndarray,
         query: np.ndarray,
         every_minutes: float,
         precision: str,
         k: int = 20,
     ) -> None:
-        self.bank_images, self.bank_labels = images[np.sort(bank)], labels[np.sort(bank)]
-        self.query_images, self.query_labels = images[np.sort(query)], labels[np.sort(query)]
+        assert data.labels is not None
+        # Small in-memory copies: a monitor must not page a large memmap in at every check.
+        self.bank = data.subset(bank, f"{data.source} (kNN monitor bank)")
+        self.query = data.subset(query, f"{data.source} (kNN monitor queries)")
         self.every_seconds = every_minutes * 60
         self.precision = precision
         self.k = k
@@ -45,10 +47,10 @@ class KnnMonitor(pl.Callback):
 
     def measure(self, pl_module: pl.LightningModule) -> float:
         encoder = pl_module.method.encoder
-        bank = extract_features(encoder, self.bank_images, precision=self.precision)
-        query = extract_features(encoder, self.query_images, precision=self.precision)
-        predicted = knn_classify(bank, self.bank_labels, query, k=self.k)
-        return float((predicted == self.query_labels).mean())
+        bank = extract_features(encoder, self.bank, precision=self.precision)
+        query = extract_features(encoder, self.query, precision=self.precision)
+        predicted = knn_classify(bank, self.bank.labels, query, k=self.k)
+        return float((predicted == self.query.labels).mean())
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.monotonic()
@@ -114,7 +116,7 @@ class Throughput(pl.Callback):
         now, paused = time.perf_counter(), self._paused()
         if self._last is not None:  # the first step (warm-up, start-up) is not counted
             elapsed = now - self._last[0] - (paused - self._last[1])
-            images = len(batch["images"])
+            images = len(next(iter(batch.values())))  # samples, however many views each
             self.images += images
             self.seconds += elapsed
             self._window = (self._window[0] + images, self._window[1] + elapsed)

@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from selfsup import atomic
 from selfsup.errors import SelfsupError
-from selfsup.models import ImageEncoder, build_encoder
+from selfsup.models import build_encoder
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class RunDir:
         return str(max(done) + 1 if done else 0)
 
 
-def save_encoder(run: RunDir, encoder: ImageEncoder, spec: dict[str, Any]) -> None:
+def save_encoder(run: RunDir, encoder: nn.Module, spec: dict[str, Any]) -> None:
     """Export the encoder: weights as safetensors, and the registry name + options to rebuild it."""
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     with atomic.atomic_path(run.encoder_weights) as tmp:
@@ -107,7 +108,7 @@ def save_encoder(run: RunDir, encoder: ImageEncoder, spec: dict[str, Any]) -> No
     atomic.write_json(run.encoder_spec, {**spec, "embed_dim": encoder.embed_dim})
 
 
-def load_encoder(run: RunDir) -> tuple[ImageEncoder, dict[str, Any]]:
+def load_encoder(run: RunDir) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported encoder (eval mode) and return it with its spec."""
     if not run.encoder_spec.is_file() or not run.encoder_weights.is_file():
         raise SelfsupError(

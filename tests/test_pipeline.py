@@ -26,7 +26,7 @@ TINY = {
 def test_pretrain_then_evaluate_on_digits(tmp_path):
     run = selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=6, **TINY)
     summary = json.loads(run.summary.read_text())
-    assert summary["steps"] == 6 and summary["images_seen"] == 6 * 64
+    assert summary["steps"] == 6 and summary["samples_seen"] == 6 * 64
     assert summary["knn_monitor_accuracy"] is not None
     assert 0 < summary["collapse"]["std_ratio"] <= 1.5
     encoder, spec = load_encoder(run)

@@ -24,9 +24,9 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -77,6 +77,50 @@ class ImageData:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    # -- the TrainData protocol (selfsup/data/base.py) --
+
+    modality = "image"
+
+    def data_info(self) -> Any:
+        from selfsup.methods.base import DataInfo
+
+        return DataInfo(
+            channels=self.images.shape[-1],
+            image_size=self.images.shape[1],
+            num_classes=self.num_classes,
+            num_images=len(self),
+        )
+
+    def encoder_inputs(self) -> dict[str, Any]:
+        mean, std = image_stats(self)
+        return {"in_channels": int(self.images.shape[-1]), "mean": mean, "std": std}
+
+    def encoder_spec(self) -> dict[str, Any]:
+        return {"image_size": int(self.images.shape[1]), "channels": int(self.images.shape[-1])}
+
+    def batch_dataset(self, with_labels: bool) -> Any:
+        from selfsup.data.datasets import ImageBatchDataset
+
+        return ImageBatchDataset(self, with_labels=with_labels)
+
+    def inputs(self, indices: np.ndarray) -> Any:
+        """Float (B, C, H, W) images in [0, 1] of those rows (read in file order)."""
+        import torch
+
+        from selfsup.augment import to_float_images
+
+        rows = np.asarray(indices)
+        order = np.argsort(rows)
+        chunk = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        chunk[order] = self.images[rows[order]]
+        return to_float_images(torch.from_numpy(chunk))
+
+    def subset(self, indices: np.ndarray, source: str) -> ImageData:
+        """An in-memory ImageData of the given rows (sorted, for sequential memmap reads)."""
+        rows = np.sort(np.asarray(indices))
+        labels = self.labels[rows] if self.labels is not None else None
+        return replace(self, images=np.asarray(self.images[rows]), labels=labels, source=source)
 
 
 def load_images(
@@ -860,3 +904,29 @@ class _Progress:
     def advance(self, k: int) -> None:
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task, k)
+
+
+def _read_image_data(path: str, options: dict[str, Any], config: Any) -> ImageData:
+    """The "image" reader of the registry: the config's reader fields; images take no options."""
+    if options:
+        raise SelfsupError(
+            f"image data takes no data_options (got {', '.join(map(str, options))}); use "
+            "--image-size, --skip-bad and --cache-dir"
+        )
+    return load_images(
+        path,
+        skip_bad=config.skip_bad,
+        image_size=config.image_size,
+        cache_dir=config.cache_dir,
+        progress=config.progress,
+    )
+
+
+def _register() -> None:
+    from selfsup.data.base import READERS
+
+    if "image" not in READERS:
+        READERS.register("image")(_read_image_data)
+
+
+_register()

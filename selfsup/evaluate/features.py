@@ -6,24 +6,33 @@ import contextlib
 
 import numpy as np
 import torch
+from torch import nn
 
-from selfsup.augment import to_float_images
-from selfsup.models import ImageEncoder
+from selfsup.data.base import TrainData
 
 
 @torch.inference_mode()
 def extract_features(
-    encoder: ImageEncoder,
-    images: np.ndarray,
+    encoder: nn.Module,
+    data: TrainData | np.ndarray,
+    indices: np.ndarray | None = None,
     *,
     batch_size: int = 512,
     precision: str = "bf16",
     channels_last: bool = True,
 ) -> np.ndarray:
-    """Embeddings (N, D) float32 of uint8 images (N, H, W, C), un-augmented, encoder in eval mode.
+    """Embeddings (N, D) float32 of ``data``'s samples (all, or ``indices``), un-augmented,
+    encoder in eval mode.
 
-    The encoder's train/eval mode is restored afterwards, so monitors may call this mid-training.
+    ``data`` is any reader's :class:`TrainData` (its ``inputs`` make the encoder's input), or a
+    uint8 image array (N, H, W, C). The encoder's train/eval mode is restored afterwards, so
+    monitors may call this mid-training.
     """
+    if isinstance(data, np.ndarray):
+        from selfsup.data.images import ImageData
+
+        data = ImageData(images=data, labels=None, class_names=None, source="array")
+    rows = np.arange(len(data)) if indices is None else np.asarray(indices)
     was_training = encoder.training
     encoder.eval()
     autocast = (
@@ -33,10 +42,9 @@ def extract_features(
     )
     out = []
     try:
-        for start in range(0, len(images), batch_size):
-            chunk = np.array(images[start : start + batch_size])  # a writable copy
-            batch = to_float_images(torch.from_numpy(chunk))
-            if channels_last:
+        for start in range(0, len(rows), batch_size):
+            batch = data.inputs(rows[start : start + batch_size])
+            if channels_last and batch.ndim == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out.append(encoder(batch).float())

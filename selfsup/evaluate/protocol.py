@@ -18,29 +18,51 @@ import numpy as np
 import torch
 
 from selfsup import atomic
-from selfsup.config import build_config
-from selfsup.data.images import ImageData, load_images
+from selfsup.config import PretrainConfig, build_config
+from selfsup.data.base import TrainData, load_data
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.run import RunDir, as_run, load_encoder
 
 
-def subset(data: ImageData, indices: np.ndarray, source: str) -> ImageData:
-    """An in-memory ImageData of the given rows (sorted, for sequential memmap reads)."""
-    rows = np.sort(indices)
-    labels = data.labels[rows] if data.labels is not None else None
-    return dataclasses.replace(data, images=np.asarray(data.images[rows]), labels=labels,
-                               source=source)
+def subset(data: TrainData, indices: np.ndarray, source: str) -> TrainData:
+    """The data restricted to ``indices`` (in memory for images; see each reader)."""
+    return data.subset(indices, source)
 
 
-def _labelled(path: str, image_size: int, **reader: Any) -> ImageData:
-    data = load_images(path, image_size=image_size, **reader)
+def reader_config(
+    pretrain_config: dict[str, Any], spec: dict[str, Any], **overrides: Any
+) -> PretrainConfig:
+    """The run's reader settings (image size, data options) for reading evaluation data."""
+    values = {
+        "method": pretrain_config.get("method", spec.get("method", "simclr")),
+        "encoder": spec.get("name"),
+        "image_size": spec.get("image_size"),
+        "data_options": pretrain_config.get("data_options", {}),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(values)
+
+
+def load_labelled(path: str, modality: str, config: PretrainConfig) -> TrainData:
+    """Labelled data of the run's modality, read the way the run's training data was read."""
+    data = load_data(modality, path, config)
     if data.labels is None:
         raise SelfsupError(
-            f"{path} has no labels: evaluation needs class sub-folders or an npz with 'labels'"
+            f"{path} has no labels: evaluation needs labelled data (class sub-folders, an npz "
+            "with 'labels', a label column...)"
         )
     return data
+
+
+def check_matches(data: TrainData, spec: dict[str, Any]) -> None:
+    """Refuse data whose shape differs from what the encoder was trained on (e.g. channels)."""
+    for key, value in data.encoder_spec().items():
+        if key in spec and spec[key] != value:
+            raise SelfsupError(
+                f"{data.source} has {key} {value}; the run's encoder expects {spec[key]}"
+            )
 
 
 def evaluate(
@@ -62,14 +84,12 @@ def evaluate(
     encoder, spec = load_encoder(run)
     pretrain_config = run.read_config()
     summary = run.read_summary()
-    reader = {"skip_bad": skip_bad, "progress": progress, "cache_dir": cache_dir}
-
-    labelled = _labelled(data, spec["image_size"], **reader)
-    if labelled.images.shape[-1] != spec["channels"]:
-        raise SelfsupError(
-            f"{data} has {labelled.images.shape[-1]} channels; the encoder expects "
-            f"{spec['channels']}"
-        )
+    modality = spec.get("modality", "image")
+    reader = reader_config(
+        pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir
+    )
+    labelled = load_labelled(data, modality, reader)
+    check_matches(labelled, spec)
     if test is None:
         train_idx, test_idx = stratified_split(labelled.labels, test_fraction, seed)
         train = subset(labelled, train_idx, f"{data} (train part)")
@@ -77,16 +97,17 @@ def evaluate(
         test_source = f"{test_fraction:.0%} of {data}, stratified, seed {seed}"
     else:
         train = labelled
-        test_data = _labelled(test, spec["image_size"], **reader)
+        test_data = load_labelled(test, modality, reader)
+        check_matches(test_data, spec)
         test_source = test
-        if test_data.class_names != train.class_names:
+        if getattr(test_data, "class_names", None) != getattr(train, "class_names", None):
             raise SelfsupError(
                 f"{test} has classes {test_data.class_names}, {data} has {train.class_names}"
             )
 
     precision = pretrain_config.get("precision", "bf16")
-    train_x = extract_features(encoder, train.images, precision=precision)
-    test_x = extract_features(encoder, test_data.images, precision=precision)
+    train_x = extract_features(encoder, train, precision=precision)
+    test_x = extract_features(encoder, test_data, precision=precision)
     fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
     split = (
         train_x[fit_idx], train.labels[fit_idx],
@@ -128,8 +149,8 @@ def evaluate(
 def supervised_baseline(
     run: RunDir,
     pretrain_config: dict[str, Any],
-    train: ImageData,
-    test: ImageData,
+    train: TrainData,
+    test: TrainData,
     minutes: float,
     seed: int,
     progress: bool,
@@ -156,14 +177,18 @@ def supervised_baseline(
         if saved.get("key") == key:
             return saved["result"]
 
+    from selfsup.methods import METHODS
+
+    method = METHODS.get(pretrain_config.get("method", "simclr"))
     config = build_config(
         {
-            "method": "supervised",
+            "method": method.baseline_method,
             "data": train.source,
             "minutes": minutes,
             "batch_size": pretrain_config.get("batch_size", 256),
-            "encoder": pretrain_config.get("encoder", "resnet_small"),
+            "encoder": pretrain_config.get("encoder") or method.default_encoder,
             "encoder_options": pretrain_config.get("encoder_options", {}),
+            "data_options": pretrain_config.get("data_options", {}),
             "precision": pretrain_config.get("precision", "bf16"),
             "channels_last": pretrain_config.get("channels_last", True),
             "lr": pretrain_config.get("lr", 2e-3),
@@ -175,13 +200,13 @@ def supervised_baseline(
     baseline_run = RunDir(run.path / "baseline")
     baseline_run.path.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
-    method, summary = fit(config, train, baseline_run)
-    method.eval()
+    trained, summary = fit(config, train, baseline_run)
+    trained.eval()
     features = torch.from_numpy(
-        extract_features(method.encoder, test.images, precision=config.precision)
+        extract_features(trained.encoder, test, precision=config.precision)
     )
     with torch.no_grad():
-        predicted = method.classifier(features).argmax(1).numpy()
+        predicted = trained.classifier(features).argmax(1).numpy()
     result = {
         "accuracy": float((predicted == test.labels).mean()),
         "minutes": minutes,

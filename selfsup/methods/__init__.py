@@ -10,7 +10,7 @@ from selfsup.methods import (  # noqa: F401  (registration on import)
     supervised,
     vicreg,
 )
-from selfsup.methods.base import DataInfo, Method, StepOutput
+from selfsup.methods.base import DataInfo, ImageMethod, Method, StepOutput
 from selfsup.methods.registry import METHODS
 
-__all__ = ["METHODS", "DataInfo", "Method", "StepOutput"]
+__all__ = ["METHODS", "DataInfo", "ImageMethod", "Method", "StepOutput"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, Method, StepOutput
+from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, ImageMethod, StepOutput
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import barlow_twins_loss
 from selfsup.methods.registry import METHODS
@@ -38,7 +38,7 @@ class BarlowTwinsOptions:
 
 
 @METHODS.register("barlowtwins")
-class BarlowTwins(Method):
+class BarlowTwins(ImageMethod):
     """One encoder and projector for both views; the loss is on their cross-correlation."""
 
     Options = BarlowTwinsOptions

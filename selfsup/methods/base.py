@@ -1,14 +1,16 @@
 """The method seam: a pretext task owns its views, heads and loss; the engine owns the rest.
 
-A method never sees devices, precision, logging or checkpoints. It receives a batch of raw
-uint8 images (labels only if it declares ``needs_labels``), makes its views, and returns a loss.
+A method never sees devices, precision, logging or checkpoints. It receives a raw batch of its
+modality (uint8 images, token windows, series; labels only if it declares ``needs_labels``),
+makes its views or masks, and returns a loss. :class:`Method` is modality-free;
+:class:`ImageMethod` adds the batched image augmentations every image method shares.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,6 +18,11 @@ from torch import nn
 from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import options_dataclass
 from selfsup.models import ImageEncoder
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from selfsup.run import RunDir
 
 # BYOL's asymmetric augmentation (Grill et al. 2020, table 6), shared by the methods that
 # adopted it (MoCo v3, DINO, Barlow Twins): colour jitter with a weaker saturation and hue, and
@@ -30,10 +37,13 @@ BYOL_VIEWS: tuple[dict[str, Any], ...] = ({"solarize_p": 0.0}, {"solarize_p": 0.
 class DataInfo:
     """What a method may know about the data it trains on."""
 
-    channels: int
-    image_size: int
+    channels: int | None = None  # images and series
+    image_size: int | None = None  # images
     num_classes: int | None = None
-    num_images: int | None = None  # where known; MoCo keeps its queue of keys below it
+    num_images: int | None = None  # samples, where known; MoCo keeps its queue of keys below it
+    vocab_size: int | None = None  # text
+    length: int | None = None  # text: context window; series: (longest) length
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,10 +61,65 @@ class NoOptions:
 
 
 class Method(nn.Module):
-    """Base class of every method. Subclasses set ``Options`` and implement ``training_step``."""
+    """Base class of every method. Subclasses set ``Options`` and implement ``training_step``.
+
+    ``modality`` picks the reader (selfsup/data/base.py) and ``default_encoder`` the encoder
+    used when the user names none; ``baseline_method`` is the supervised method that
+    `selfsup evaluate` trains as this method's reference.
+    """
 
     Options: ClassVar[type] = NoOptions
+    modality: ClassVar[str] = "image"
+    default_encoder: ClassVar[str] = "resnet_small"
+    baseline_method: ClassVar[str] = "supervised"
     needs_labels: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        info: DataInfo,
+        options: dict[str, Any] | None = None,
+        augment_options: dict[str, Any] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.info = info
+        self.options = options_dataclass(
+            self.Options, options or {}, f"options of method {type(self).__name__}"
+        )
+        self.augment_options = dict(augment_options or {})
+        self.channels_last = channels_last
+
+    def training_step(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def on_train_step_end(self, progress: float) -> None:
+        """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""
+
+    def callbacks(self, run: RunDir) -> list[pl.Callback]:
+        """Extra Lightning callbacks for this method's run (e.g. MAE's reconstruction images)."""
+        return []
+
+    def on_fit_end(self, run: RunDir) -> None:
+        """After training, before the encoder is exported: write method-specific artefacts."""
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The method's options with defaults filled in, recorded in the run's config.yaml."""
+        return {"method_options": dataclasses.asdict(self.options)}
+
+    @classmethod
+    def check_augment_options(cls, augment_options: dict[str, Any]) -> None:
+        """Refuse bad augmentation options before the data is read (image methods check theirs)."""
+        if augment_options:
+            raise ValueError(f"method takes no augment_options: {', '.join(augment_options)}")
+
+
+class ImageMethod(Method):
+    """An image method: batched augmentations (selfsup/augment) and the view recipes."""
+
     # Overrides of ImageAugmentConfig's defaults that suit this method (the user's win over them).
     augment_defaults: ClassVar[dict[str, Any]] = {}
     # Asymmetric recipes (BYOL, Grill et al. 2020, table 6): further defaults for view 0, 1, ...
@@ -69,12 +134,7 @@ class Method(nn.Module):
         augment_options: dict[str, Any] | None = None,
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.info = info
-        self.options = options_dataclass(
-            self.Options, options or {}, f"options of method {type(self).__name__}"
-        )
+        super().__init__(encoder, info, options, augment_options, channels_last)
         user = augment_options or {}
         self.augment = _build_augment({**self.augment_defaults, **user})
         # A plain list: augmentations hold no weights, and the state dict stays as it was.
@@ -82,7 +142,15 @@ class Method(nn.Module):
             _build_augment({**self.augment_defaults, **overrides, **user})
             for overrides in self.view_augment_defaults
         ]
-        self.channels_last = channels_last
+
+    def resolved_options(self) -> dict[str, Any]:
+        return {**super().resolved_options(),
+                "augment_options": dataclasses.asdict(self.augment.config)}
+
+    @classmethod
+    def check_augment_options(cls, augment_options: dict[str, Any]) -> None:
+        values = {**cls.augment_defaults, **augment_options}
+        options_dataclass(ImageAugmentConfig, values, "augment_options").validate()
 
     def views(
         self,
@@ -131,13 +199,6 @@ class Method(nn.Module):
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         return stacked
 
-    def training_step(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator
-    ) -> StepOutput:
-        raise NotImplementedError
-
-    def on_train_step_end(self, progress: float) -> None:
-        """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""
 
 
 def _build_augment(values: dict[str, Any]) -> BatchedImageAugment:

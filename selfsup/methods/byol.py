@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, Method, StepOutput
+from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, ImageMethod, StepOutput
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import byol_loss
 from selfsup.methods.momentum import MomentumTeacher
@@ -37,7 +37,7 @@ class BYOLOptions:
 
 
 @METHODS.register("byol")
-class BYOL(Method):
+class BYOL(ImageMethod):
     """Online encoder -> projector -> predictor regresses the target's projection."""
 
     Options = BYOLOptions

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, Method, StepOutput
+from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, ImageMethod, StepOutput
 from selfsup.methods.heads import DINOHead
 from selfsup.methods.losses import dino_loss
 from selfsup.methods.momentum import MomentumTeacher
@@ -57,7 +57,7 @@ class DINOOptions:
 
 
 @METHODS.register("dino")
-class DINO(Method):
+class DINO(ImageMethod):
     """Student encoder + DINO head; their EMA copy is the teacher; a running centre."""
 
     Options = DINOOptions

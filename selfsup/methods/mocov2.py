@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import ImageMethod, StepOutput
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import info_nce
 from selfsup.methods.momentum import MomentumTeacher
@@ -48,7 +48,7 @@ class MoCoV2Options:
 
 
 @METHODS.register("mocov2")
-class MoCoV2(Method):
+class MoCoV2(ImageMethod):
     """Query encoder + MLP head, their EMA copy as the key encoder, a FIFO queue of keys."""
 
     Options = MoCoV2Options

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, Method, StepOutput
+from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, ImageMethod, StepOutput
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import info_nce
 from selfsup.methods.momentum import MomentumTeacher
@@ -48,7 +48,7 @@ class MoCoV3Options:
 
 
 @METHODS.register("mocov3")
-class MoCoV3(Method):
+class MoCoV3(ImageMethod):
     """Symmetric InfoNCE between predicted queries and momentum keys of the other view."""
 
     Options = MoCoV3Options

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import ImageMethod, StepOutput
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import nt_xent
 from selfsup.methods.registry import METHODS
@@ -26,7 +26,7 @@ class SimCLROptions:
 
 
 @METHODS.register("simclr")
-class SimCLR(Method):
+class SimCLR(ImageMethod):
     """Contrastive learning with the NT-Xent loss over the other views in the batch."""
 
     Options = SimCLROptions

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import ImageMethod, StepOutput
 from selfsup.methods.registry import METHODS
 
 
 @METHODS.register("supervised")
-class Supervised(Method):
+class Supervised(ImageMethod):
     """Cross-entropy on a linear classifier over the encoder's embedding."""
 
     needs_labels = True

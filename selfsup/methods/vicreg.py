@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods.base import BYOL_COLOUR, Method, StepOutput
+from selfsup.methods.base import BYOL_COLOUR, ImageMethod, StepOutput
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import vicreg_terms
 from selfsup.methods.registry import METHODS
@@ -40,7 +40,7 @@ class VICRegOptions:
 
 
 @METHODS.register("vicreg")
-class VICReg(Method):
+class VICReg(ImageMethod):
     """One encoder and expander for both views; the three terms are logged separately."""
 
     Options = VICRegOptions

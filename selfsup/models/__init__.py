@@ -1,5 +1,7 @@
 """Encoders, registered by name (``ENCODERS.get("resnet18")``)."""
 
+import torch
+
 from selfsup.models import resnet, vit  # noqa: F401  (registration on import)
 from selfsup.models.base import ImageEncoder
 from selfsup.models.registry import ENCODERS
@@ -7,6 +9,6 @@ from selfsup.models.registry import ENCODERS
 __all__ = ["ENCODERS", "ImageEncoder", "build_encoder"]
 
 
-def build_encoder(name: str, **options) -> ImageEncoder:
+def build_encoder(name: str, **options) -> torch.nn.Module:
     """Build a registered encoder by name with its keyword options."""
     return ENCODERS.get(name)(**options)

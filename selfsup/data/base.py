@@ -1,0 +1,83 @@
+"""The reader seam: what every modality's data offers the engine, the monitors and the probes.
+
+A reader turns a path into a :class:`TrainData`. The engine never asks what is inside a batch:
+it asks the data how to build the encoder (``encoder_inputs``), what a method may know
+(``data_info``), and for a batch-indexable dataset. Probes and monitors ask for un-augmented,
+model-ready ``inputs`` of some samples. Images, text and series each implement this once.
+
+Readers are registered per modality and imported lazily, so that reading images never pays for
+importing ``tokenizers`` or ``transformers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from selfsup.registry import Registry
+
+if TYPE_CHECKING:
+    from selfsup.config import PretrainConfig
+    from selfsup.methods.base import DataInfo
+
+
+@runtime_checkable
+class TrainData(Protocol):
+    """What a reader returns, whatever the modality."""
+
+    modality: str  # "image" | "text" | "series"
+    source: str  # the path (or built-in name) it came from, for messages
+    labels: np.ndarray | None  # int64 class per sample, or None
+    skipped: list  # inputs skipped under --skip-bad, for the counts in the log and summary
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int | None: ...
+
+    def data_info(self) -> DataInfo:
+        """What a method may know about this data (sizes, vocabulary, classes)."""
+        ...
+
+    def encoder_inputs(self) -> dict[str, Any]:
+        """Encoder constructor arguments that follow from the data (channels, statistics...)."""
+        ...
+
+    def encoder_spec(self) -> dict[str, Any]:
+        """Fields recorded in encoder.json so that later data can be checked against it."""
+        ...
+
+    def batch_dataset(self, with_labels: bool) -> Dataset:
+        """A dataset whose ``__getitems__`` returns one stacked batch as a dict of tensors."""
+        ...
+
+    def inputs(self, indices: np.ndarray) -> torch.Tensor:
+        """Un-augmented, model-ready encoder inputs of those samples (for probes and monitors)."""
+        ...
+
+    def subset(self, indices: np.ndarray, source: str) -> TrainData:
+        """The same data restricted to ``indices`` (for train/test splits and label subsets)."""
+        ...
+
+
+#: modality -> ``load(path, options, config) -> TrainData``; ``options`` are ``data_options``.
+READERS: Registry = Registry("data modality")
+
+#: Where each modality's reader lives (imported on first use, where it registers itself).
+_READER_MODULES = {
+    "image": "selfsup.data.images",
+    "text": "selfsup.data.tokens",
+    "series": "selfsup.data.series",
+}
+
+
+def load_data(modality: str, path: str, config: PretrainConfig) -> TrainData:
+    """Read ``path`` with the reader of ``modality``, passing the config's ``data_options``."""
+    if modality not in READERS and modality in _READER_MODULES:
+        importlib.import_module(_READER_MODULES[modality])
+    reader = READERS.get(modality)
+    return reader(path, dict(config.data_options), config)
