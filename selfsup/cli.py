@@ -92,6 +92,10 @@ def pretrain(
         list[str] | None,
         typer.Option(help="Reader option KEY=VALUE of the method's data (text, series)."),
     ] = None,
+    skip_nonfinite: Annotated[
+        bool | None,
+        typer.Option("--skip-nonfinite", help="Skip (and count) steps whose loss is NaN/inf."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
@@ -128,6 +132,7 @@ def pretrain(
         augment_options=_pairs(augment_option, "--augment-option"),
         encoder_options=_pairs(encoder_option, "--encoder-option"),
         data_options=_pairs(data_option, "--data-option"),
+        skip_nonfinite=skip_nonfinite,
         progress=progress,
     )
     summary = run.read_summary()

@@ -46,6 +46,8 @@ class PretrainConfig:
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05
     grad_clip: float | None = 3.0
+    # A step whose loss is NaN/inf is skipped (no update, counted) instead of ending the run.
+    skip_nonfinite: bool = False
     image_size: int | None = None
     skip_bad: bool = False
     num_workers: int = 0

@@ -76,6 +76,7 @@ class PretrainModule(pl.LightningModule):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.last_embeddings: torch.Tensor | None = None
         self.progress_fraction = 0.0
+        self.skipped_steps: list[int] = []  # steps whose loss was not finite (--skip-nonfinite)
 
     def _elapsed(self) -> float:
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]
@@ -87,15 +88,26 @@ class PretrainModule(pl.LightningModule):
         for group in self.optimizers().param_groups:
             group["lr"] = self.config.lr * scale
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor | None:
         if not self.method.needs_labels:  # labels never reach a pretext loss
             batch = {key: value for key, value in batch.items() if key != "labels"}
         out = self.method.training_step(batch, self.generator)
         if not torch.isfinite(out.loss):
+            if self.config.skip_nonfinite:
+                # Returning None makes Lightning skip backward and the optimiser step.
+                self.skipped_steps.append(self.trainer.global_step)
+                log.warning(
+                    "the loss became %s at step %d; step skipped (%d so far, --skip-nonfinite)",
+                    out.loss.item(), self.trainer.global_step, len(self.skipped_steps),
+                )
+                self.log("train/skipped_nonfinite", float(len(self.skipped_steps)))
+                return None
             raise SelfsupError(
                 f"the loss became {out.loss.item()} at step {self.trainer.global_step}; "
                 f"the last good checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt"
-                " (try a lower --lr or --precision 32)"
+                " (try a lower --lr or --precision 32, or skip such steps with --skip-nonfinite)"
             )
         self.last_embeddings = out.embeddings
         self.log("train/loss", out.loss, prog_bar=True)
@@ -121,10 +133,12 @@ class PretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selfsup_generator"] = self.generator.get_state()
+        checkpoint["selfsup_skipped_steps"] = list(self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "selfsup_generator" in checkpoint:
             self.generator.set_state(checkpoint["selfsup_generator"])
+        self.skipped_steps = list(checkpoint.get("selfsup_skipped_steps", []))
 
 
 def _quiet_lightning() -> None:
@@ -140,6 +154,7 @@ def _quiet_lightning() -> None:
         ".*number of training batches .* is smaller than the logging interval.*",
         ".*predict_dataloader.*",
         ".*Precision bf16-mixed is not supported by the model summary.*",
+        ".*`training_step` returned `None`.*",  # --skip-nonfinite does that on purpose
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -342,6 +357,7 @@ def fit(
         "batch_size": config.batch_size,
         "num_samples": len(data),
         "skipped_inputs": len(data.skipped),
+        "skipped_nonfinite_steps": len(module.skipped_steps),
         "final_loss": _final(trainer, "train/loss"),
         "knn_monitor_accuracy": knn.last_accuracy if knn else None,
         "collapse": collapse.last,

@@ -1,6 +1,7 @@
 """End to end on scikit-learn's digits: pretrain -> evaluate, and resume after a crash."""
 
 import json
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -94,3 +95,25 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(simclr, "nt_xent", lambda z1, z2, t: (z1.sum() + z2.sum()) * float("nan"))
     with pytest.raises(SelfsupError, match=r"loss became nan at step 0.*last\.ckpt"):
         selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=3, **TINY)
+
+
+def test_skip_nonfinite_skips_and_counts_bad_steps(tmp_path, monkeypatch):
+    import selfsup.methods.simclr as simclr
+
+    real = simclr.nt_xent
+    calls = {"n": 0}
+
+    def every_other_nan(z1, z2, t):
+        calls["n"] += 1
+        loss = real(z1, z2, t)
+        return loss * float("nan") if calls["n"] % 2 == 0 else loss
+
+    monkeypatch.setattr(simclr, "nt_xent", every_other_nan)
+    run = selfsup.pretrain(
+        "simclr", "digits", out=str(tmp_path / "run"), steps=4, skip_nonfinite=True, **TINY
+    )
+    summary = json.loads(run.summary.read_text())
+    # A skipped batch still counts as a step of the budget; it makes no update.
+    assert summary["steps"] == 4 and calls["n"] == 4
+    assert summary["skipped_nonfinite_steps"] == 2
+    assert math.isfinite(summary["final_loss"])
