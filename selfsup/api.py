@@ -23,6 +23,7 @@ def pretrain(
     *,
     config: str | Path | None = None,
     resume: bool = False,
+    callbacks: list[Any] | None = None,
     **options: Any,
 ) -> RunDir:
     """Pre-train ``method`` on ``data``; returns the run directory (see :mod:`selfsup.run`).
@@ -30,6 +31,7 @@ def pretrain(
     ``options`` are :class:`PretrainConfig` fields; ``config`` is a YAML recipe holding any of
     them. With ``resume=True`` and ``out`` naming an existing run, training continues from its
     last checkpoint with its saved config (only the budget and display options may change).
+    ``callbacks`` are extra Lightning callbacks (your own monitors), added to the engine's.
     """
     from selfsup.engine import check_options, fit, with_default_encoder
     from selfsup.methods import METHODS
@@ -57,6 +59,10 @@ def pretrain(
         resolved = build_config(values)
     else:
         resolved = resolve_config(config, overrides)
+        # The method's own defaults (e.g. a language model's smaller batch) under the user's.
+        method_defaults = METHODS.get(resolved.method).config_defaults
+        if method_defaults:
+            resolved = resolve_config(config, overrides, defaults=method_defaults)
         if resolved.out is None:
             resolved = dataclasses.replace(resolved, out=str(default_run_name(resolved.method)))
         run = RunDir(Path(resolved.out))
@@ -68,7 +74,7 @@ def pretrain(
     check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
     run.path.mkdir(parents=True, exist_ok=True)
     data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved)
-    fit(resolved, data_set, run, resume=resume)
+    fit(resolved, data_set, run, resume=resume, callbacks=callbacks)
     return run
 
 

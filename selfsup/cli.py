@@ -55,15 +55,26 @@ def pretrain(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Budget in passes over the data.")] = None,
     steps: Annotated[int | None, typer.Option(help="Budget in optimiser steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step [256].")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Samples per step and per device [256]; global: x devices x nodes."),
+    ] = None,
     encoder: Annotated[
         str | None, typer.Option(help="Encoder: resnet_small (default) or resnet18.")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="bf16 (autocast, default; ~2.7x faster here) or 32.")
+        str | None, typer.Option(
+            help="auto (default: bf16 autocast where the CPU has native bf16, else 32), bf16, 32."
+        )
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate [2e-3].")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak AdamW learning rate [2e-3], used as given: with k times the global "
+            "batch (more devices), scale it by k yourself (linear rule)."
+        ),
+    ] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Resize images to SxS (default: their common size).")
     ] = None,
@@ -95,6 +106,41 @@ def pretrain(
     skip_nonfinite: Annotated[
         bool | None,
         typer.Option("--skip-nonfinite", help="Skip (and count) steps whose loss is NaN/inf."),
+    ] = None,
+    stop_on_collapse: Annotated[
+        bool | None,
+        typer.Option(
+            "--stop-on-collapse",
+            help="End the run when the collapse alarm fires (it always logs a warning).",
+        ),
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="cpu (default), gpu, or auto (GPUs if any).")
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(help="Processes per node (GPUs, or CPU processes) [1]; needs --out if > 1."),
+    ] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines (SLURM, torchrun) [1].")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="auto (default; ddp when several processes), ddp, or fsdp (GPUs only)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Text: char (default) or bpe (byte-level), trained here.")
+    ] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="Text: BPE vocabulary size [4096]; char: an upper bound.")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="Text: context in tokens [128].")] = None,
+    text_field: Annotated[
+        str | None, typer.Option(help="Text: the .jsonl field holding the text [text].")
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="Text: the .parquet column holding the text [text].")
+    ] = None,
+    encoding_errors: Annotated[
+        str | None, typer.Option(help="Text: invalid UTF-8 is an error (strict) or replace.")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
@@ -131,16 +177,100 @@ def pretrain(
         method_options=_pairs(method_option, "--method-option"),
         augment_options=_pairs(augment_option, "--augment-option"),
         encoder_options=_pairs(encoder_option, "--encoder-option"),
-        data_options=_pairs(data_option, "--data-option"),
+        data_options=_text_options(
+            _pairs(data_option, "--data-option"),
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            block_size=block_size,
+            text_field=text_field,
+            text_column=text_column,
+            encoding_errors=encoding_errors,
+        ),
         skip_nonfinite=skip_nonfinite,
+        stop_on_collapse=stop_on_collapse,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         progress=progress,
     )
+    from selfsup import distributed
+
+    if distributed.rank() != 0:  # one of several processes: rank 0 reports for all
+        return
     summary = run.read_summary()
     console.print(
         f"[bold]done[/]: {summary['steps']} steps, {summary['images_per_s']:.1f} images/s, "
         f"loss {summary['final_loss']:.3f}; run in {run.path}"
     )
+    if summary.get("stopped_early"):
+        console.print(f"[bold red]stopped early[/]: {summary['stopped_early']}")
+    language = run.path / "language.json"
+    if language.is_file():  # a language model: its own evaluation and next steps
+        import json
+
+        result = json.loads(language.read_text(encoding="utf-8"))
+        unit = "character" if "bits_per_character" in result else "byte"
+        console.print(
+            f"validation loss {result['loss']:.4f} over the whole {result['split']} split "
+            f"({result['tokens']} tokens), {result[f'bits_per_{unit}']:.3f} bits per {unit}"
+        )
+        console.print(f"next: selfsup generate {run.path} --prompt TEXT; selfsup export "
+                      f"{run.path} --out DIR")
+        return
     console.print(f"next: selfsup evaluate {run.path} --data LABELLED [--test LABELLED_TEST]")
+
+
+def _text_options(options: dict[str, Any] | None, **flags: Any) -> dict[str, Any] | None:
+    """The text reader's flags (--tokenizer, --block-size ...) merged into data_options."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    if not given:
+        return options
+    merged = dict(options or {})
+    for key, value in given.items():
+        if key in merged and merged[key] != value:
+            raise SelfsupError(f"--{key.replace('_', '-')} and --data-option {key}= disagree")
+        merged[key] = value
+    return merged
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="A run directory of `selfsup pretrain gpt`.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue [a new line].")] = "\n",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to sample.")] = 500,
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature; 0 is greedy decoding.")
+    ] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k likeliest tokens.")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus sampling: the likeliest tokens up to mass p.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same text.")] = 0,
+) -> None:
+    """Sample text from a trained language model, printing it as it comes."""
+    from selfsup.generate import generate as run_generate
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    run_generate(run, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                 top_p=top_p, seed=seed, stream=stream, echo=True)
+    stream("\n")
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory of `selfsup pretrain gpt`.")],
+    out: Annotated[Path, typer.Option(help="Folder for the Hugging Face model and tokenizer.")],
+) -> None:
+    """Export a language model to a Hugging Face folder (LlamaForCausalLM + tokenizer)."""
+    from selfsup.export import export_hf
+
+    path = export_hf(run, out)
+    console.print(f"exported to {path}; load it with "
+                  f"transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})")
 
 
 @app.command()
@@ -160,10 +290,53 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for the splits and the baseline.")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    fractions: Annotated[
+        str | None,
+        typer.Option(help="Label-efficiency sweep over these label fractions, e.g. 0.01,0.1,1."),
+    ] = None,
+    labels_per_class: Annotated[
+        str | None, typer.Option(help="Sweep over labels per class, e.g. 1,10,100.")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Sweep: seeds (label subsets) per point.")] = 3,
+    baseline_steps: Annotated[
+        int | None, typer.Option(help="Sweep: cap each baseline at this many steps.")
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(help="probes (linear, kNN) or finetune (probes + fine-tuning the whole "
+                          "encoder, against the same encoder from scratch)."),
+    ] = "probes",
+    finetune_minutes: Annotated[
+        float, typer.Option(help="Finetune: budget of each fine-tuning run [5].")
+    ] = 5.0,
+    finetune_fractions: Annotated[
+        str, typer.Option(help="Finetune: label fractions to fine-tune with, e.g. 0.1,1.")
+    ] = "1",
 ) -> None:
-    """Linear probe and kNN on frozen features against a supervised baseline (same budget)."""
+    """Linear probe and kNN on frozen features against a supervised baseline (same budget).
+
+    With --fractions or --labels-per-class: the label-efficiency sweep (probes and baseline on
+    stratified label subsets, several seeds), written to RUN/sweep.json.
+    """
+    if fractions is not None or labels_per_class is not None:
+        from selfsup.evaluate.sweep import sweep
+
+        print_sweep(sweep(run, data, test, fractions=fractions, labels_per_class=labels_per_class,
+                          seeds=seeds, baseline=baseline, baseline_minutes=baseline_minutes,
+                          baseline_steps=baseline_steps, skip_bad=skip_bad, progress=progress,
+                          finetune_minutes=finetune_minutes if protocol == "finetune" else None))
+        return
     from selfsup.evaluate import evaluate as run_evaluate
 
+    if protocol not in ("probes", "finetune"):
+        raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
+    try:
+        finetune_at = tuple(float(f) for f in finetune_fractions.split(","))
+    except ValueError:
+        raise SelfsupError(
+            f"--finetune-fractions: {finetune_fractions!r} is not a comma-separated list of "
+            "numbers"
+        ) from None
     result = run_evaluate(
         run,
         data,
@@ -173,6 +346,8 @@ def evaluate(
         seed=seed,
         skip_bad=skip_bad,
         progress=progress,
+        finetune_minutes=finetune_minutes if protocol == "finetune" else None,
+        finetune_fractions=finetune_at,
     )
     print_eval(result)
 
@@ -191,6 +366,12 @@ def print_eval(result: dict[str, Any]) -> None:
                       f"same encoder from scratch, {sup['minutes']:.1f} min")
         ratio = result["linear_over_supervised"]
         table.add_row("linear / supervised", f"{ratio:.3f}" if ratio is not None else "n/a", "")
+    for fraction, row in result.get("finetune", {}).get("fractions", {}).items():
+        for kind, label in (("pretrained", "fine-tuned"), ("scratch", "from scratch, same")):
+            if kind in row:
+                cell = row[kind]
+                table.add_row(f"{label} ({fraction} labels)", f"{cell['accuracy']:.4f}",
+                              f"best epoch {cell['chosen_epoch']}, {cell['seconds'] / 60:.1f} min")
     table.add_row("chance (majority class)", f"{result['chance_accuracy']:.4f}", "")
     console.print(table)
     if "supervised" in result and result["linear_over_supervised"] is not None:
@@ -220,6 +401,140 @@ def demo(
     print_eval(run_demo(out=out, minutes=minutes, progress=progress))
 
 
+@app.command("embed")
+def embed_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory with an exported encoder.")],
+    data: Annotated[str, typer.Option(help="Data to embed (images: folder, .npz, 'digits').")],
+    out: Annotated[Path, typer.Option(help="Output Parquet file.")] = Path("embeddings.parquet"),
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the rows a killed run already wrote.")
+    ] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable inputs.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Stream DATA through the run's encoder into a Parquet file (id, label, embedding)."""
+    from selfsup.embed import embed
+
+    result = embed(run, data, out, batch_size=batch_size, resume=resume, skip_bad=skip_bad,
+                   progress=progress)
+    rate = f", {result['rows_per_s']:.0f} rows/s" if result["rows_per_s"] else ""
+    kept = f" ({result['resumed_rows']} kept from before)" if result["resumed_rows"] else ""
+    console.print(f"[bold]done[/]: {result['rows']} rows x {result['dim']} dims{kept}{rate};"
+                  f" written to {result['out']}")
+    console.print(f"next: selfsup index {result['out']} --out index/")
+
+
+@app.command("index")
+def index_cmd(
+    embeddings: Annotated[Path, typer.Argument(help="Parquet file with an 'embedding' column.")],
+    out: Annotated[Path, typer.Option(help="Folder for the index.")] = Path("index"),
+    metric: Annotated[str, typer.Option(help="cosine or l2.")] = "cosine",
+    kind: Annotated[
+        str, typer.Option(help="auto (exact up to 100k vectors, else IVF), flat, ivf or hnsw.")
+    ] = "auto",
+) -> None:
+    """Build a FAISS index; an approximate one records its measured recall@10."""
+    from selfsup.index import build_index
+
+    info = build_index(embeddings, out, metric=metric, kind=kind)
+    params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+    console.print(
+        f"[bold]done[/]: {info['kind']} index ({info['metric']}{', ' + params if params else ''})"
+        f" of {info['count']} x {info['dim']} in {info['build_seconds']:.1f} s, recall@10"
+        f" {info['recall_at_10']:.3f} vs exact; written to {out}"
+    )
+
+
+@app.command("search")
+def search_cmd(
+    run: Annotated[Path, typer.Argument(help="The run whose encoder embeds the query.")],
+    query: Annotated[str | None, typer.Argument(help="A text query (text and CLIP runs).")] = None,
+    index: Annotated[Path, typer.Option(help="Index folder from `selfsup index`.")] = Path("index"),
+    image: Annotated[Path | None, typer.Option(help="An image file to search by.")] = None,
+    k: Annotated[int, typer.Option(help="How many neighbours.")] = 10,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Top-k neighbours of a text QUERY or an --image in the index, with scores and ids."""
+    import json
+
+    from selfsup.index import search
+
+    result = search(run, index, query, image=image, k=k)
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['modality']} query {result['query']!r}")
+    table.add_column("rank", justify="right")
+    table.add_column(result["score"], justify="right")
+    table.add_column("id")
+    table.add_column("label")
+    for hit in result["hits"]:
+        label = hit.get("label_name", hit.get("label", ""))
+        table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", hit["id"], str(label))
+    console.print(table)
+
+
+def print_sweep(result: dict[str, Any]) -> None:
+    from selfsup.report import verdict
+
+    table = Table(title=f"{result['method']} / {result['encoder']}: label efficiency on "
+                        f"{result['test_data']} (mean ± std over {result['seeds']} seeds)")
+    tuned = any("finetune" in p["summary"] for p in result["points"])
+    protocols = ("linear", "knn", *(("finetune",) if tuned else ()), "supervised")
+    for column in ("labels", "count", *protocols, "linear − supervised"):
+        table.add_column(column, justify="left" if column == "labels" else "right")
+
+    def cell(stat: dict[str, Any] | None) -> str:
+        if not stat or stat.get("mean") is None:
+            return "—"
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+    for point in result["points"]:
+        s = point["summary"]
+        table.add_row(point["budget"], f"{point['num_labels']:.0f}",
+                      *(cell(s.get(p, {}).get("accuracy")) for p in protocols),
+                      cell(s.get("linear_minus_supervised")))
+    console.print(table)
+    console.print(f"Verdict: {verdict(result, quality=result.get('quality'))}")
+    console.print(f"written to {Path(result['run']) / 'sweep.json'}; "
+                  f"next: selfsup report {result['run']}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    embedding_map: Annotated[
+        bool, typer.Option("--map/--no-map", help="Draw the 2-D map of embeddings (t-SNE).")
+    ] = True,
+) -> None:
+    """Write RUN/report.html: verdict, curves, label efficiency, label-free metrics, map."""
+    from selfsup.report import build_report
+
+    console.print(f"written {build_report(run, embedding_map=embedding_map)}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    out: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("compare.html"),
+) -> None:
+    """One table and one chart across runs (from pretrain.json, eval.json, sweep.json)."""
+    from selfsup.report import build_compare, compare_rows
+
+    rows = compare_rows(runs)
+    table = Table(title="selfsup compare")
+    for column in ("run", "method", "encoder", "steps", "minutes", "linear", "kNN", "supervised"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], str(r["method"]), str(r["encoder"]), str(r["steps"]),
+                      f"{r['minutes']:.1f}" if r["minutes"] is not None else "—",
+                      *(f"{r[p]:.4f}" if r.get(p) is not None else "—"
+                        for p in ("linear", "knn", "supervised")))
+    console.print(table)
+    console.print(f"written {build_compare(runs, out)}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -233,12 +548,28 @@ def main() -> None:
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except Exception as error:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
+        usage, abort = _click_exceptions()
+        if isinstance(error, usage):
             error.show()
             sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
+        if isinstance(error, abort):
             sys.exit(1)
         raise
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes of click, and of the copy newer typers bundle."""
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    abort: list[type] = [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as bundled  # typer >= 0.25 vendors click
+    except ImportError:
+        pass
+    else:
+        usage.append(bundled.ClickException)
+        if hasattr(bundled, "Abort"):
+            abort.append(bundled.Abort)
+    return tuple(usage), tuple(abort)

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import os
 import time
 import typing
 import warnings
@@ -25,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup import atomic
-from selfsup.config import PretrainConfig, options_dataclass
+from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
 from selfsup.errors import SelfsupError
@@ -82,6 +83,16 @@ class PretrainModule(pl.LightningModule):
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]
         return timers[0].time_elapsed("train") if timers else 0.0
 
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # One seed on every rank would give rank r's i-th image the same augmentation as
+            # rank 0's i-th; the checkpoint keeps rank 0's generator only, so reseed from
+            # (seed, rank, step), which a resumed run can redo.
+            seed = np.random.SeedSequence(
+                [self.config.seed, self.trainer.global_rank, self.trainer.global_step]
+            )
+            self.generator.manual_seed(int(seed.generate_state(1, dtype=np.uint64)[0] >> 1))
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.progress_fraction = self.budget.progress(self.trainer, self._elapsed())
         scale = warmup_cosine(self.progress_fraction, self.config.warmup_fraction)
@@ -110,7 +121,9 @@ class PretrainModule(pl.LightningModule):
                 " (try a lower --lr or --precision 32, or skip such steps with --skip-nonfinite)"
             )
         self.last_embeddings = out.embeddings
-        self.log("train/loss", out.loss, prog_bar=True)
+        # Under DDP each rank's loss is its share of the global batch's; the logged value is
+        # their mean, the global loss (one all-reduce per step).
+        self.log("train/loss", out.loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         for name, value in out.logs.items():
             self.log(f"train/{name}", value)
@@ -202,6 +215,7 @@ def check_options(config: PretrainConfig) -> None:
     ``fit`` checks the values again when it builds the method (ranges included).
     """
     config = with_default_encoder(config)
+    check_processes(config)
     method_class = METHODS.get(config.method)
     options_dataclass(
         method_class.Options, config.method_options, f"options of method {method_class.__name__}"
@@ -219,6 +233,49 @@ def check_options(config: PretrainConfig) -> None:
         )
 
 
+def check_processes(config: PretrainConfig) -> None:
+    """Refuse devices this machine does not have, with what it does have.
+
+    ``--devices`` counts per node: under SLURM or torchrun each node checks its own.
+    """
+    if config.accelerator in ("gpu", "auto"):
+        gpus = torch.cuda.device_count()
+        if config.accelerator == "gpu" and gpus == 0:
+            raise SelfsupError(
+                "--accelerator gpu: no CUDA GPU is visible to PyTorch here (check "
+                "CUDA_VISIBLE_DEVICES and that torch is a CUDA build); use --accelerator cpu"
+            )
+        if gpus and config.devices > gpus:
+            raise SelfsupError(
+                f"--devices {config.devices}: this node has {gpus} GPU(s); ask for at most {gpus}"
+            )
+        if gpus:
+            return
+    if config.strategy == "fsdp":
+        raise SelfsupError(
+            "strategy 'fsdp' needs GPUs (it shards parameters over NCCL collectives, which CPU "
+            "processes do not provide) and none is visible here; use --strategy ddp"
+        )
+    cores = os.cpu_count() or 1
+    if config.devices > cores:
+        raise SelfsupError(
+            f"--devices {config.devices} CPU processes but this node has {cores} core(s): each "
+            f"process needs one; ask for at most {cores}"
+        )
+
+
+def _uses_gpus(config: PretrainConfig) -> bool:
+    return config.accelerator == "gpu" or (
+        config.accelerator == "auto" and torch.cuda.device_count() > 0
+    )
+
+
+def _trivial_loss(method: Method, global_batch: int) -> float | None:
+    """The loss a collapsed encoder gets, where the method declares it (``trivial_loss``)."""
+    declared = getattr(method, "trivial_loss", None)
+    return declared(global_batch) if callable(declared) else None
+
+
 def fit(
     config: PretrainConfig,
     data: TrainData,
@@ -230,6 +287,11 @@ def fit(
     """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
     _quiet_lightning()
     config = with_default_encoder(config)
+    if config.precision == "bf16" and not native_bf16():
+        log.warning(
+            "bf16 on this CPU is emulated (no AVX-512 BF16 / AMX) and much slower than fp32; "
+            "--precision auto picks the faster one"
+        )
     pl.seed_everything(config.seed, workers=True, verbose=False)
     method_class = METHODS.get(config.method)
     if method_class.modality != data.modality:
@@ -239,10 +301,12 @@ def fit(
         )
     if method_class.needs_labels and data.labels is None:
         raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
-    if len(data) < config.batch_size:
+    check_processes(config)
+    if len(data) < config.batch_size * config.devices * config.num_nodes:
         raise SelfsupError(
-            f"{data.source} has {len(data)} samples, fewer than one batch ({config.batch_size}); "
-            "lower --batch-size"
+            f"{data.source} has {len(data)} samples, fewer than one global batch "
+            f"({config.batch_size} per process x {config.devices * config.num_nodes} "
+            "processes); lower --batch-size"
         )
 
     encoder_options = {**data.encoder_inputs(), **config.encoder_options}
@@ -267,10 +331,12 @@ def fit(
     run.write_config({**config.to_dict(), **_plain(method.resolved_options())})
 
     dataset = data.batch_dataset(with_labels=method_class.needs_labels)
+    processes = config.devices * config.num_nodes
     loader = ResumableLoader(  # shuffled by (seed, epoch); a resumed run continues the epoch
         dataset,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size,  # per process
         seed=config.seed,
+        replicas=processes,  # each rank its block of every global batch
         drop_last=True,  # contrastive and BatchNorm statistics want full batches
         collate_fn=keep_batch,
         num_workers=config.num_workers,
@@ -285,7 +351,11 @@ def fit(
     if data.labels is not None and config.monitor_size > 0 and not method_class.needs_labels:
         knn = _knn_monitor(data, config)
         monitors.append(knn)
-    collapse = CollapseMonitor(config.log_every_steps)
+    collapse = CollapseMonitor(
+        config.log_every_steps,
+        stop=config.stop_on_collapse,
+        trivial_loss=_trivial_loss(method, config.batch_size * processes),
+    )
     throughput = Throughput(config.log_every_steps, paused_by=[knn] if knn else [])
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -299,8 +369,14 @@ def fit(
     )
     attempt = run.next_attempt()
     trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        # Our loader splits the data over the ranks itself (exact, resumable order).
+        use_distributed_sampler=False,
+        # Global batch statistics, as in one process; CPU processes (gloo) cannot sync them.
+        sync_batchnorm=processes > 1 and _uses_gpus(config),
         precision="bf16-mixed" if config.precision == "bf16" else "32-true",
         max_epochs=config.epochs or -1,
         max_steps=config.steps or -1,
@@ -333,7 +409,9 @@ def fit(
             f"interrupted at step {trainer.global_step}; continue with --resume "
             f"(last checkpoint: {run.last_checkpoint})"
         )
-    trainer.save_checkpoint(run.last_checkpoint)
+    trainer.save_checkpoint(run.last_checkpoint)  # every rank calls it; rank 0 writes
+    if not trainer.is_global_zero:  # the run's files are rank 0's to write
+        return method, {}
     method.on_fit_end(run)
 
     spec = {
@@ -348,19 +426,24 @@ def fit(
         "method": config.method,
         "steps": trainer.global_step,
         "epochs_completed": trainer.current_epoch,
-        "samples_seen": trainer.global_step * config.batch_size,
+        "samples_seen": trainer.global_step * config.batch_size * processes,
         "train_seconds": timer.time_elapsed("train"),
         "this_attempt_seconds": time.monotonic() - started,
-        "samples_per_s": throughput.images_per_second,
-        "images_per_s": throughput.images_per_second,  # the same figure, as image runs call it
+        # Measured on rank 0; the ranks step in lockstep, so all of them process this many.
+        "samples_per_s": throughput.images_per_second * processes,
+        "images_per_s": throughput.images_per_second * processes,  # as image runs call it
         "precision": config.precision,
         "batch_size": config.batch_size,
+        "processes": processes,
+        "global_batch_size": config.batch_size * processes,
         "num_samples": len(data),
         "skipped_inputs": len(data.skipped),
         "skipped_nonfinite_steps": len(module.skipped_steps),
         "final_loss": _final(trainer, "train/loss"),
         "knn_monitor_accuracy": knn.last_accuracy if knn else None,
         "collapse": collapse.last,
+        "collapse_alarm": collapse.alarm,
+        "stopped_early": collapse.alarm if collapse.stopped else None,
     }
     atomic.write_json(run.summary, summary)
     run.merge_metrics()

@@ -4,12 +4,14 @@
   only here, never by the pretext loss: it answers "is the representation getting better for
   classes?" while training runs.
 - A label-free collapse signal on each logged batch's embeddings: the std of L2-normalised
-  embeddings against 1/sqrt(d), and the effective rank (RankMe).
+  embeddings against 1/sqrt(d), and the effective rank (RankMe); a sustained collapse, or a
+  loss stuck at the method's trivial value, raises an alarm (and may end the run).
 - Throughput: images per second, each image counted once however many views it yields.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning.pytorch as pl
@@ -19,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from selfsup.data.base import TrainData
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_classify
-from selfsup.evaluate.quality import collapse_signals
+from selfsup.evaluate.quality import COLLAPSE_STD_RATIO, collapse_signals
+
+log = logging.getLogger("selfsup")
 
 
 class KnnMonitor(pl.Callback):
@@ -69,25 +73,92 @@ class KnnMonitor(pl.Callback):
 
 
 class CollapseMonitor(pl.Callback):
-    """Logs :func:`collapse_signals` of the step's embeddings every ``every_steps`` steps."""
+    """Logs :func:`collapse_signals` of the step's embeddings every ``every_steps`` steps, and
+    raises the collapse alarm.
 
-    def __init__(self, every_steps: int) -> None:
+    The alarm fires when, for ``window`` checks in a row, either the spread of the
+    L2-normalised embeddings (``std_ratio`` = embedding std * sqrt(d), about 1 when healthy)
+    stays below ``COLLAPSE_STD_RATIO`` (a tenth), or the loss stays within ``loss_tolerance``
+    (relative) of the method's ``trivial_loss``, the value a constant encoder gets (SimCLR:
+    ln(2N - 1)). It logs one warning naming the symptom; with ``stop`` it also ends the run at
+    the end of the step (``trainer.should_stop``), and the engine's summary says why. Every rank
+    measures its own embeddings and the ranks agree (any rank's alarm stops all of them), so
+    stopping never leaves one process waiting in a collective.
+    """
+
+    def __init__(
+        self,
+        every_steps: int,
+        *,
+        stop: bool = False,
+        trivial_loss: float | None = None,
+        window: int = 5,
+        loss_tolerance: float = 5e-3,
+    ) -> None:
         self.every_steps = max(1, every_steps)
+        self.stop = stop
+        self.trivial_loss = trivial_loss
+        self.window = max(1, window)
+        self.loss_tolerance = loss_tolerance
         self.last: dict[str, float] = {}
+        self.streaks = {"std": 0, "loss": 0}  # consecutive checks showing each symptom
+        self.alarm: str | None = None  # the warning, once raised
+        self.stopped = False
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         embeddings = pl_module.last_embeddings
         if embeddings is None:
             return
         self.last = collapse_signals(embeddings.float())
-        if trainer.logger is not None:
+        if trainer.logger is not None:  # Lightning's loggers write on rank 0 only
             logged = {f"collapse/{k}": v for k, v in self.last.items()}
             trainer.logger.log_metrics(logged, trainer.global_step)
 
-    @rank_zero_only
+    def _symptom(self, loss: float | None) -> str | None:
+        """Update the streaks with the latest check; the symptom once one lasts ``window``."""
+        ratio = self.last.get("std_ratio")
+        low_std = ratio is not None and ratio < COLLAPSE_STD_RATIO
+        self.streaks["std"] = self.streaks["std"] + 1 if low_std else 0
+        trivial = self.trivial_loss
+        at_trivial = (
+            trivial is not None
+            and loss is not None
+            and abs(loss - trivial) <= self.loss_tolerance * abs(trivial)
+        )
+        self.streaks["loss"] = self.streaks["loss"] + 1 if at_trivial else 0
+        span = f"for the last {self.window} checks ({self.window * self.every_steps} steps)"
+        if self.streaks["std"] >= self.window:
+            return (
+                f"embedding collapse: the std of the L2-normalised embeddings is "
+                f"{self.last['embedding_std']:.2e}, {ratio:.3f} of the healthy 1/sqrt(d) "
+                f"(alarm below {COLLAPSE_STD_RATIO}), {span}: the encoder maps its inputs to "
+                "(nearly) one point"
+            )
+        if self.streaks["loss"] >= self.window:
+            return (
+                f"loss collapse: the loss {loss:.4f} sits at its trivial value {trivial:.4f} "
+                f"(what a constant encoder scores) {span}: nothing is being learnt"
+            )
+        return None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every_steps == 0:
-            self._measure(trainer, pl_module)
+        if trainer.global_step % self.every_steps != 0:
+            return
+        self._measure(trainer, pl_module)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        symptom = self._symptom(float(loss) if loss is not None else None)
+        if self.alarm is not None:
+            return  # one warning per run; a stop was already decided
+        fired = trainer.strategy.reduce_boolean_decision(symptom is not None, all=False)
+        if not fired:
+            return
+        self.alarm = symptom or "collapse on another process (see its embeddings' signals)"
+        action = "stopping (--stop-on-collapse)" if self.stop else "use --stop-on-collapse to end"
+        if trainer.is_global_zero:
+            log.warning("step %d: %s; %s", trainer.global_step, self.alarm, action)
+        if self.stop:
+            self.stopped = True
+            trainer.should_stop = True
 
     @rank_zero_only
     def on_train_end(self, trainer, pl_module) -> None:

@@ -29,6 +29,11 @@ def test_pretrain_help_lists_the_budget_options(monkeypatch, capsys):
         assert option in out
 
 
+def test_unknown_option_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--no-such-option", "1")
+    assert code == 2 and "Traceback" not in err and "--no-such-option" in err
+
+
 def bad_inputs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -91,3 +91,17 @@ def test_encoder_option_values_the_encoder_rejects_list_the_valid_options(tmp_pa
     with pytest.raises(SelfsupError, match=r"width=-1|negative.*valid options: depths, width"):
         selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=1, progress=False,
                          encoder_options={"width": -1})
+
+
+def test_auto_precision_resolves_to_what_this_machine_computes_natively():
+    from selfsup.config import native_bf16
+
+    config = build_config({})
+    assert config.precision == ("bf16" if native_bf16() else "32")
+    assert build_config({"precision": "32"}).precision == "32"
+
+
+def test_method_config_defaults_sit_under_the_users_options():
+    defaults = {"batch_size": 32, "lr": 3e-3}
+    config = resolve_config(None, {"lr": 1e-3, "batch_size": None}, defaults=defaults)
+    assert config.batch_size == 32 and config.lr == 1e-3

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.evaluate.quality import collapse_signals, effective_rank, embedding_std
+from selfsup.evaluate.quality import (
+    alignment,
+    collapse_signals,
+    effective_rank,
+    embedding_std,
+    per_dimension_std,
+    quality_metrics,
+    uniformity,
+)
 
 # Hand-worked example. Rows normalise to (3/5, 4/5), (1, 0), (0, 1).
 # Column 1: mean 8/15, population variance (1 + 49 + 64) / 225 / 3 = 114/675.
@@ -71,13 +79,14 @@ def test_effective_rank_is_on_raw_not_centred_z():
 def test_collapse_signals_keys_and_values():
     sig = collapse_signals(Z3)
     assert set(sig) == {"embedding_std", "embedding_std_ref", "std_ratio", "effective_rank",
-                        "effective_rank_frac"}
+                        "effective_rank_frac", "uniformity"}
     assert all(type(v) is float for v in sig.values())
     assert sig["embedding_std"] == pytest.approx(Z3_STD, abs=1e-6)
     assert sig["embedding_std_ref"] == pytest.approx(1 / math.sqrt(2))
     assert sig["std_ratio"] == pytest.approx(Z3_STD * math.sqrt(2), abs=1e-6)
     assert sig["effective_rank"] == pytest.approx(z3_rank(1e-7), abs=1e-9)
     assert sig["effective_rank_frac"] == pytest.approx(z3_rank(1e-7) / 2, abs=1e-9)
+    assert sig["uniformity"] == pytest.approx(uniformity(Z3), abs=1e-12)
 
 
 def test_collapse_signals_flag_collapse():
@@ -96,3 +105,63 @@ def test_requires_grad_input_and_bad_shape():
         embedding_std(np.ones(5))
     with pytest.raises(SelfsupError):
         effective_rank(np.ones((0, 3)))
+
+
+# Z3's normalised rows u1 = (3/5, 4/5), u2 = (1, 0), u3 = (0, 1); squared distances
+# |u1-u2|^2 = 4/25 + 16/25 = 0.8, |u1-u3|^2 = 9/25 + 1/25 = 0.4, |u2-u3|^2 = 2.
+def test_uniformity_hand_computed():
+    expected = math.log((math.exp(-2 * 0.8) + math.exp(-2 * 0.4) + math.exp(-2 * 2.0)) / 3)
+    assert uniformity(Z3) == pytest.approx(expected, abs=1e-9)
+    expected_t1 = math.log((math.exp(-0.8) + math.exp(-0.4) + math.exp(-2.0)) / 3)
+    assert uniformity(torch.from_numpy(Z3), t=1.0) == pytest.approx(expected_t1, abs=1e-9)
+
+
+def test_uniformity_collapse_and_spread():
+    assert uniformity(np.ones((10, 4))) == pytest.approx(0.0, abs=1e-12)  # the worst value
+    # Two antipodal points: one pair at squared distance 4, so log(exp(-8)) = -8.
+    assert uniformity(np.array([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-8.0)
+    spread = uniformity(torch.randn(2000, 64, generator=torch.Generator().manual_seed(3)))
+    assert -4.0 < spread < -3.5  # high-dimensional sphere: squared distances concentrate at 2
+    assert math.isnan(uniformity(np.ones((1, 3))))
+
+
+def test_alignment_hand_computed():
+    # Second views normalise to (0, 1), (1, 0), (0, 1): squared distances 0.4, 0, 0.
+    z2 = np.array([[0.0, 1.0], [5.0, 0.0], [0.0, 3.0]])
+    assert alignment(Z3, z2) == pytest.approx(0.4 / 3, abs=1e-9)
+    assert alignment(Z3, z2, alpha=1.0) == pytest.approx(math.sqrt(0.4) / 3, abs=1e-9)
+    assert alignment(Z3, 7 * Z3) == pytest.approx(0.0, abs=1e-12)  # scale does not matter
+    assert alignment(Z3, -Z3) == pytest.approx(4.0)  # antipodal: the maximum 2 ** alpha
+    with pytest.raises(SelfsupError):
+        alignment(Z3, Z3[:2])
+
+
+def test_per_dimension_std_hand_computed():
+    stds = per_dimension_std(Z3)
+    assert stds.shape == (2,)
+    assert stds[0] == pytest.approx(math.sqrt(114 / 675), abs=1e-9)
+    assert stds[1] == pytest.approx(math.sqrt(14 / 75), abs=1e-9)
+    assert stds.mean() == pytest.approx(embedding_std(Z3), abs=1e-9)
+
+
+def test_quality_metrics_collapse_flag():
+    rng = torch.Generator().manual_seed(4)
+    healthy = torch.randn(400, 32, generator=rng)
+    noisy_view = healthy + 0.1 * torch.randn(400, 32, generator=rng)
+    good = quality_metrics(healthy, noisy_view)
+    assert good["collapsed"] is False
+    assert 0 < good["alignment"] < 0.05
+    assert good["dead_dimensions"] == 0 and len(good["per_dimension_std"]) == 32
+    assert good["uniformity"] == pytest.approx(uniformity(healthy), abs=1e-9)
+    # Complete collapse: every input at one point (plus float noise far below the threshold).
+    point = torch.ones(400, 32) + 1e-6 * torch.randn(400, 32, generator=rng)
+    bad = quality_metrics(point)
+    assert bad["collapsed"] is True and "alignment" not in bad
+    assert bad["uniformity"] == pytest.approx(0.0, abs=1e-6)
+    # Dimensional collapse: all rows on one line through the origin (rank one).
+    line = torch.randn(400, 1, generator=rng) * torch.randn(1, 32, generator=rng)
+    assert quality_metrics(line)["collapsed"] is True
+    # Half the dimensions dead, the rest healthy: not collapsed, but the dead ones are counted.
+    half = torch.cat([torch.randn(400, 16, generator=rng), torch.zeros(400, 16)], dim=1)
+    metrics = quality_metrics(half)
+    assert metrics["collapsed"] is False and metrics["dead_dimensions"] == 16

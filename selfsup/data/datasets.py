@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from selfsup import distributed
 from selfsup.data.images import ImageData
+from selfsup.errors import SelfsupError
 
 log = logging.getLogger("selfsup")
 
@@ -61,17 +63,39 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
 
 
 class _EpochSampler(Sampler[int]):
-    """Indices of one epoch's order from position ``start``; the loader sets both per epoch."""
+    """Indices of one epoch's order from position ``start``; the loader sets both per epoch.
 
-    def __init__(self, size: int, seed: int) -> None:
+    With ``replicas`` processes (DDP), global batch k is ``order[k*B*R : (k+1)*B*R]`` (B the
+    per-process batch size) and rank r takes its r-th block of B: the ranks' batches, gathered
+    in rank order, are exactly the batch one process would draw with batch size B*R, and no
+    sample is seen twice per epoch. The rank is read when iterating, once the process group
+    exists (Lightning builds the loader before it launches the processes).
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1, replicas: int = 1) -> None:
         self.size, self.seed = size, seed
-        self.epoch, self.start = 0, 0
+        self.batch_size, self.replicas = batch_size, replicas
+        self.epoch, self.start = 0, 0  # start: this rank's position, in samples
 
     def __len__(self) -> int:
-        return self.size  # the whole epoch: Lightning counts the batches already done itself
+        if self.replicas == 1:
+            return self.size  # the whole epoch: Lightning counts the batches done itself
+        return self.size // (self.batch_size * self.replicas) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_order(self.seed, self.epoch, self.size)[self.start :].tolist())
+        order = epoch_order(self.seed, self.epoch, self.size)
+        if self.replicas == 1:
+            return iter(order[self.start :].tolist())
+        if distributed.world_size() != self.replicas:
+            raise SelfsupError(
+                f"the data loader was built for {self.replicas} processes but "
+                f"{distributed.world_size()} are running (check --devices and --num-nodes "
+                "against the launcher's process count)"
+            )
+        step = self.batch_size * self.replicas
+        whole = order[: self.size // step * step].reshape(-1, self.replicas, self.batch_size)
+        mine = whole[:, distributed.rank()].reshape(-1)
+        return iter(mine[self.start :].tolist())
 
 
 class ResumableLoader(DataLoader):
@@ -85,8 +109,13 @@ class ResumableLoader(DataLoader):
     Batches are counted as they leave the loader, so worker prefetching does not skew the count.
     """
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, **kwargs: Any) -> None:
-        self._order = _EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
+    def __init__(
+        self, dataset: Dataset, *, batch_size: int, seed: int, replicas: int = 1, **kwargs: Any
+    ) -> None:
+        if replicas > 1 and not kwargs.get("drop_last"):
+            raise ValueError("a loader split over several processes needs drop_last=True")
+        size = len(dataset)  # type: ignore[arg-type]
+        self._order = _EpochSampler(size, seed, batch_size, replicas)
         super().__init__(dataset, batch_size=batch_size, sampler=self._order, **kwargs)
         self.epoch = 0  # the epoch being (or about to be) handed out
         self.batches = 0  # how many of its batches have left the loader

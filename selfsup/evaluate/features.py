@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfsup.config import inference_precision
 from selfsup.data.base import TrainData
 
 
@@ -25,14 +26,15 @@ def extract_features(
     encoder in eval mode.
 
     ``data`` is any reader's :class:`TrainData` (its ``inputs`` make the encoder's input), or a
-    uint8 image array (N, H, W, C). The encoder's train/eval mode is restored afterwards, so
-    monitors may call this mid-training.
+    uint8 image array (N, H, W, C). bf16 is used only where the machine has it natively. The
+    encoder's train/eval mode is restored afterwards, so monitors may call this mid-training.
     """
     if isinstance(data, np.ndarray):
         from selfsup.data.images import ImageData
 
         data = ImageData(images=data, labels=None, class_names=None, source="array")
     rows = np.arange(len(data)) if indices is None else np.asarray(indices)
+    precision = inference_precision(precision)
     was_training = encoder.training
     encoder.eval()
     autocast = (

@@ -46,6 +46,8 @@ class ProbeResult:
     accuracy: float
     val_accuracy: float
     chosen: dict[str, Any] = field(default_factory=dict)
+    # Test-set predictions (for other scores such as macro-F1); not part of as_dict().
+    predictions: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready copy (for eval.json)."""
@@ -171,11 +173,12 @@ def linear_probe(
     else:
         final = LogisticRegression(C=best_c, max_iter=max_iter, random_state=seed)
     converged = _fit_logreg(final, scaler.transform(all_x), all_y)
-    test_acc = _accuracy(final.predict(scaler.transform(te_x)), te_y)
+    predicted = final.predict(scaler.transform(te_x))
     return ProbeResult(
-        accuracy=test_acc,
+        accuracy=_accuracy(predicted, te_y),
         val_accuracy=best_acc,
         chosen={"C": best_c, "converged": converged},
+        predictions=predicted,
     )
 
 
@@ -321,6 +324,7 @@ def knn_probe(
         accuracy=_accuracy(pred, te_y),
         val_accuracy=val_acc,
         chosen={"k": k, "temperature": t},
+        predictions=pred,
     )
 
 

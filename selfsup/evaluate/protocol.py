@@ -78,8 +78,13 @@ def evaluate(
     skip_bad: bool = False,
     progress: bool = True,
     cache_dir: str | None = None,
+    finetune_minutes: float | None = None,
+    finetune_fractions: tuple[float, ...] = (1.0,),
 ) -> dict[str, Any]:
-    """Probe the run's frozen encoder and train the supervised baseline; write ``eval.json``."""
+    """Probe the run's frozen encoder and train the supervised baseline; write ``eval.json``.
+
+    With ``finetune_minutes``, also the fine-tuning protocol (selfsup/evaluate/finetune.py).
+    """
     run = as_run(run_path)
     encoder, spec = load_encoder(run)
     pretrain_config = run.read_config()
@@ -141,6 +146,14 @@ def evaluate(
             linear.accuracy / result["supervised"]["accuracy"]
             if result["supervised"]["accuracy"] > 0
             else None
+        )
+    if finetune_minutes is not None:
+        from selfsup.evaluate.finetune import evaluate_finetune
+
+        result["finetune"] = evaluate_finetune(
+            encoder, spec, train, test_data, minutes=finetune_minutes,
+            fractions=finetune_fractions, seed=seed, baseline=baseline, precision=precision,
+            progress=progress,
         )
     atomic.write_json(run.eval, result)
     return result

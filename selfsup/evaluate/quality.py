@@ -6,7 +6,11 @@ that fill only a few directions (dimensional collapse); both are visible without
 - `embedding_std`: spread of the L2-normalised embeddings per dimension (Chen & He 2021, SimSiam
   sec. 4.1), near 1/sqrt(d) when healthy, 0 when every input maps to one point;
 - `effective_rank`: RankMe (Garrido et al. 2023), the exponential of the entropy of the
-  singular-value distribution, from 1 (one direction) to min(n, d) (all directions used equally).
+  singular-value distribution, from 1 (one direction) to min(n, d) (all directions used equally);
+- `alignment` and `uniformity` (Wang & Isola 2020): how close two views of a sample land, and how
+  evenly the normalised embeddings cover the sphere (a collapsed set has uniformity 0, the
+  worst possible; spread-out sets go strongly negative);
+- `per_dimension_std` and `quality_metrics`, which bundles them with a `collapsed` flag.
 
 Computed in float64 under `torch.no_grad`; numpy arrays and torch tensors are both accepted.
 """
@@ -21,7 +25,19 @@ import torch
 
 from selfsup.errors import SelfsupError
 
-__all__ = ["collapse_signals", "effective_rank", "embedding_std"]
+__all__ = [
+    "alignment",
+    "collapse_signals",
+    "effective_rank",
+    "embedding_std",
+    "per_dimension_std",
+    "quality_metrics",
+    "uniformity",
+]
+
+# Below this std ratio (embedding_std * sqrt(d)) the embeddings count as collapsed: a tenth of
+# the healthy 1/sqrt(d) spread, far below what any working run shows (SimSiam, fig. 2).
+COLLAPSE_STD_RATIO = 0.1
 
 
 def _matrix(z: Any) -> torch.Tensor:
@@ -66,10 +82,11 @@ def effective_rank(z: Any, eps: float = 1e-7) -> float:
 
 
 def collapse_signals(z: Any) -> dict[str, float]:
-    """Both signals with their healthy references, ready for logging.
+    """The collapse signals with their healthy references, ready for logging on each batch.
 
     `std_ratio` is embedding_std * sqrt(d) (about 1 healthy, 0 collapsed) and
-    `effective_rank_frac` is the RankMe value over its maximum min(n, d).
+    `effective_rank_frac` is the RankMe value over its maximum min(n, d). `uniformity` uses at
+    most the first 1024 rows (its cost grows with n squared).
     """
     t = _matrix(z)
     n, d = t.shape
@@ -82,4 +99,74 @@ def collapse_signals(z: Any) -> dict[str, float]:
         "std_ratio": std / ref,
         "effective_rank": rank,
         "effective_rank_frac": rank / min(n, d),
+        "uniformity": uniformity(t[:1024]),
     }
+
+
+def per_dimension_std(z: Any) -> np.ndarray:
+    """Population std of each dimension of the L2-normalised rows of Z, shape (d,).
+
+    The vector whose mean is `embedding_std`; dimensions with std near 0 are unused.
+    """
+    with torch.no_grad():
+        u = torch.nn.functional.normalize(_matrix(z), dim=1)
+        return u.std(dim=0, correction=0).numpy()
+
+
+def alignment(z1: Any, z2: Any, alpha: float = 2.0) -> float:
+    """Wang & Isola 2020, eq. 4: mean over pairs of ||f(x) - f(y)||_2 ** alpha, rows normalised.
+
+    Row i of z1 and row i of z2 embed two views (augmentations) of the same input. 0 means the
+    views map to the same point; the maximum is 2 ** alpha (antipodal).
+    """
+    a, b = _matrix(z1), _matrix(z2)
+    if a.shape != b.shape:
+        raise SelfsupError(f"alignment: the two views' embeddings differ in shape: "
+                           f"{tuple(a.shape)} vs {tuple(b.shape)}")
+    with torch.no_grad():
+        a = torch.nn.functional.normalize(a, dim=1)
+        b = torch.nn.functional.normalize(b, dim=1)
+        return float((a - b).norm(dim=1).pow(alpha).mean())
+
+
+def uniformity(z: Any, t: float = 2.0) -> float:
+    """Wang & Isola 2020, eq. 5: log of the mean over distinct pairs of exp(-t ||u - v||^2).
+
+    Rows are L2-normalised first. 0 when every row is the same point (collapse); about -4 for
+    points spread over a high-dimensional sphere with t = 2 (the limit is -2t). Pairs i < j, as
+    in the paper's `torch.pdist` reference code; a single row has no pair and gives NaN.
+    """
+    with torch.no_grad():
+        u = torch.nn.functional.normalize(_matrix(z), dim=1)
+        if len(u) < 2:
+            return float("nan")
+        sq = torch.pdist(u, p=2).pow(2)
+        # log mean exp, stable: logsumexp(x) - log(count)
+        return float(torch.logsumexp(-t * sq, dim=0) - math.log(len(sq)))
+
+
+def quality_metrics(z: Any, z2: Any | None = None, *, max_rows: int = 2048) -> dict[str, Any]:
+    """Every label-free metric of Z for a report, with the `collapsed` flag.
+
+    `z2`, optional, holds second views of the same inputs (row for row) for `alignment`. At most
+    `max_rows` rows (the first ones) go into `uniformity`, whose cost grows with n squared.
+    `collapsed` is true when `std_ratio` is below COLLAPSE_STD_RATIO or the effective rank is
+    below 1.5 (essentially one direction).
+    """
+    t = _matrix(z)
+    signals = collapse_signals(t)
+    stds = per_dimension_std(t)
+    out: dict[str, Any] = {
+        **signals,
+        "uniformity": uniformity(t[:max_rows]),  # more rows than the per-batch signal
+        "per_dimension_std": [float(v) for v in stds],
+        "dead_dimensions": int((stds < 0.01 * signals["embedding_std_ref"]).sum()),
+        "num_rows": int(t.shape[0]),
+        "dim": int(t.shape[1]),
+    }
+    if z2 is not None:
+        out["alignment"] = alignment(t, z2)
+    out["collapsed"] = bool(
+        signals["std_ratio"] < COLLAPSE_STD_RATIO or signals["effective_rank"] < 1.5
+    )
+    return out

@@ -4,10 +4,15 @@ from selfsup.methods import (  # noqa: F401  (registration on import)
     barlowtwins,
     byol,
     dino,
+    gpt,
+    mae,
     mocov2,
     mocov3,
     simclr,
     supervised,
+    supervised_series,
+    ts_contrast,
+    ts_mask,
     vicreg,
 )
 from selfsup.methods.base import DataInfo, ImageMethod, Method, StepOutput

@@ -73,6 +73,9 @@ class Method(nn.Module):
     default_encoder: ClassVar[str] = "resnet_small"
     baseline_method: ClassVar[str] = "supervised"
     needs_labels: ClassVar[bool] = False
+    # PretrainConfig defaults that suit this method better (e.g. batch size, lr); the user's
+    # recipe and options win over them.
+    config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from selfsup import distributed
 from selfsup.methods.base import BYOL_COLOUR, BYOL_VIEWS, ImageMethod, StepOutput
 from selfsup.methods.heads import DINOHead
 from selfsup.methods.losses import dino_loss
@@ -118,9 +119,17 @@ class DINO(ImageMethod):
     @torch.no_grad()
     def _update_center(self, teacher_scores: torch.Tensor) -> None:
         """``center = m * center + (1 - m) * mean teacher output`` (paper, eq. 4)."""
-        batch_center = teacher_scores.mean(dim=(0, 1)).unsqueeze(0)
-        self.center.lerp_(batch_center.to(self.center.dtype), 1 - self.options.center_momentum)
+        update_center(self.center, teacher_scores, self.options.center_momentum)
 
     def on_train_step_end(self, progress: float) -> None:
         self.teacher.update(progress, self.encoder, self.head)
         self.progress.fill_(progress)
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_scores: torch.Tensor, momentum: float) -> None:
+    """Move ``center`` (1, K) towards the teacher's mean output over the *global* batch, all
+    views included: under DDP every rank's rows count (as in the official code's all-reduce),
+    so the centre, like the teacher, stays identical on all ranks."""
+    batch_center = distributed.global_mean(teacher_scores.reshape(-1, teacher_scores.shape[-1]))
+    center.lerp_(batch_center.unsqueeze(0).to(center.dtype), 1 - momentum)

@@ -9,6 +9,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from selfsup import distributed
+
 LossFn = TypeVar("LossFn", bound=Callable[..., torch.Tensor])
 
 
@@ -25,20 +27,29 @@ def _float32(loss: LossFn) -> LossFn:
     return wrapper  # type: ignore[return-value]
 
 
+@_float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Normalised temperature-scaled cross entropy (SimCLR, Chen et al. 2020, eq. 1).
 
     Row i of ``z1`` and row i of ``z2`` are two views of one example: each of the 2N views must
     pick its partner out of the other 2N - 1 views by cosine similarity / temperature. Averaged
-    over all 2N anchors.
+    over all 2N anchors. Under DDP the N examples are the global batch: this rank's views are
+    the anchors, every rank's views the candidates (see :mod:`selfsup.distributed`).
     """
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = z @ z.T / temperature
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    a = F.normalize(z1.float(), dim=1)
+    b = F.normalize(z2.float(), dim=1)
+    all_a, offset = distributed.all_gather(a)
+    all_b, _ = distributed.all_gather(b)
+    total = all_a.shape[0]
+    logits = torch.cat([a, b]) @ torch.cat([all_a, all_b]).T / temperature  # (2n, 2N)
+    rows = torch.arange(n, device=a.device) + offset
+    own = torch.cat([rows, rows + total])  # where each anchor sits among the candidates
+    partner = torch.cat([rows + total, rows])
+    self_mask = F.one_hot(own, 2 * total).bool()
     logits = logits.masked_fill(self_mask, float("-inf"))
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, partner)
+    terms = F.cross_entropy(logits, partner, reduction="sum")
+    return distributed.local_share(terms, 2 * total)
 
 
 @_float32
@@ -53,17 +64,20 @@ def info_nce(
     Each query row i must pick its key row i by cosine similarity / temperature. The
     alternatives are ``negatives`` (K, d) when given (MoCo's queue of earlier keys: the
     positive is class 0 of 1 + K), otherwise the other keys of the batch (MoCo v3: the positive
-    is class i of N). Gradients flow into whatever the caller did not detach.
+    is class i of N; under DDP the keys of the global batch, see :mod:`selfsup.distributed`).
+    Gradients flow into whatever the caller did not detach.
     """
     q = F.normalize(query.float(), dim=1)
     k = F.normalize(key.float(), dim=1)
     if negatives is None:
-        logits = q @ k.T
-        target = torch.arange(len(q), device=q.device)
-    else:
-        positive = (q * k).sum(dim=1, keepdim=True)
-        logits = torch.cat([positive, q @ F.normalize(negatives.float(), dim=1).T], dim=1)
-        target = torch.zeros(len(q), dtype=torch.long, device=q.device)
+        keys, offset = distributed.all_gather(k)
+        logits = q @ keys.T
+        target = torch.arange(len(q), device=q.device) + offset
+        terms = F.cross_entropy(logits / temperature, target, reduction="sum")
+        return distributed.local_share(terms, keys.shape[0])
+    positive = (q * k).sum(dim=1, keepdim=True)
+    logits = torch.cat([positive, q @ F.normalize(negatives.float(), dim=1).T], dim=1)
+    target = torch.zeros(len(q), dtype=torch.long, device=q.device)
     return F.cross_entropy(logits / temperature, target)
 
 
@@ -89,10 +103,14 @@ def barlow_twins_loss(
     affine-free BatchNorm does); C = z1^T z2 / N is then a (d, d) correlation matrix.
     ``sum_i (1 - C_ii)^2`` makes the views agree (invariance); ``lambda * sum_{i != j} C_ij^2``
     decorrelates the dimensions (redundancy reduction), which rules out collapse.
+    Under DDP the statistics are those of the global batch: every rank gathers all rows and
+    computes the whole loss (see :mod:`selfsup.distributed`).
     """
+    z1 = distributed.all_gather(z1.float())[0]
+    z2 = distributed.all_gather(z2.float())[0]
     n = z1.shape[0]
-    a = _standardise(z1.float(), eps)
-    b = _standardise(z2.float(), eps)
+    a = _standardise(z1, eps)
+    b = _standardise(z2, eps)
     c = a.T @ b / n
     diagonal = torch.diagonal(c)
     on_diagonal = (1 - diagonal).pow(2).sum()
@@ -116,8 +134,12 @@ def vicreg_terms(
       dimension alive, so the embeddings cannot collapse to a point;
     - covariance: sum of squared off-diagonal covariances divided by d, summed over both
       views: decorrelates the dimensions, so they cannot collapse to a line.
+
+    Under DDP all three are taken over the global batch: every rank gathers all rows and
+    computes the whole loss (see :mod:`selfsup.distributed`).
     """
-    z1, z2 = z1.float(), z2.float()
+    z1 = distributed.all_gather(z1.float())[0]
+    z2 = distributed.all_gather(z2.float())[0]
     invariance = F.mse_loss(z1, z2)
     variance = (_std_hinge(z1, eps) + _std_hinge(z2, eps)) / 2
     covariance = _offdiag_covariance(z1) + _offdiag_covariance(z2)
@@ -168,7 +190,9 @@ def dino_loss(
     distribution is centred (``center`` subtracted, which keeps one prototype from taking over)
     and sharpened (low temperature, which keeps it from going uniform); the student must match
     it from every other view: ``-sum_k P_t(k) log P_s(k)`` averaged over the batch and over
-    all (teacher view g, student view v != g) pairs. No gradient reaches the teacher.
+    all (teacher view g, student view v != g) pairs. No gradient reaches the teacher. Under
+    DDP each rank scores its own samples; the centre is the global batch's (see
+    :func:`selfsup.methods.dino.update_center`).
     """
     log_p_student = F.log_softmax(student.float() / student_temperature, dim=-1)
     p_teacher = F.softmax((teacher.float() - center) / teacher_temperature, dim=-1).detach()
@@ -176,8 +200,9 @@ def dino_loss(
     globals_ = teacher.shape[0]
     if globals_ > views or views < 2:
         raise ValueError("DINO needs at least 2 student views, the first ones the teacher's")
-    # cross[g, v] = mean over the batch of -sum_k P_t[g](k) log P_s[v](k), without a
-    # (G, V, B, K) intermediate.
-    cross = -torch.einsum("gbk,vbk->gv", p_teacher, log_p_student) / batch
+    # cross[g, v] = sum over the batch of -sum_k P_t[g](k) log P_s[v](k), without a
+    # (G, V, B, K) intermediate; local_share turns it into the (global) batch mean.
+    cross = -torch.einsum("gbk,vbk->gv", p_teacher, log_p_student)
     same_view = torch.eye(globals_, views, dtype=torch.bool, device=cross.device)
-    return cross[~same_view].mean()
+    total = distributed.total_count(batch, cross.device)
+    return distributed.local_share(cross[~same_view].mean(), total)

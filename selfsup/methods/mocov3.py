@@ -23,6 +23,7 @@ Defaults and their sources (paper sec. 4 and the official code's ResNet / ViT se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,11 @@ class MoCoV3(ImageMethod):
             embeddings=features[:n].detach(),
             logs={"momentum": self.teacher.momentum},
         )
+
+    def trivial_loss(self, batch_size: int) -> float:
+        """The loss of a constant encoder: each InfoNCE term is ln N (N keys, all alike), and
+        the symmetrised loss is scaled by 2 * temperature."""
+        return 4 * self.options.temperature * math.log(batch_size)
 
     def on_train_step_end(self, progress: float) -> None:
         self.teacher.update(progress, self.encoder, self.projector)

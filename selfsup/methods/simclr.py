@@ -8,6 +8,7 @@ projection head to 128-d; temperature 0.5, the best of its sweep at small batch 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +47,8 @@ class SimCLR(ImageMethod):
         z1, z2 = self.projector(features).chunk(2)
         loss = nt_xent(z1, z2, self.options.temperature)
         return StepOutput(loss=loss, embeddings=features[: len(images)].detach())
+
+    def trivial_loss(self, batch_size: int) -> float:
+        """NT-Xent of a constant encoder: every view equally likely among the other 2N - 1
+        (N the global batch), so ln(2N - 1); a loss stuck there means collapse."""
+        return math.log(2 * batch_size - 1)

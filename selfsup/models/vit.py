@@ -70,6 +70,33 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, p*p*C): non-overlapping p x p patches, row-major over the grid,
+    each flattened pixel-row by pixel-row with the channels innermost (MAE's layout)."""
+    batch, channels, height, width = images.shape
+    p = patch_size
+    if height % p or width % p:
+        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+    rows, cols = height // p, width // p
+    x = images.reshape(batch, channels, rows, p, cols, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * cols, p * p * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`: (B, N, p*p*C) -> (B, C, H, W)."""
+    batch, count, size = patches.shape
+    p = patch_size
+    rows, cols = height // p, width // p
+    if rows * cols != count or size % (p * p):
+        raise ValueError(
+            f"{count} patches of {size} values do not tile a {height}x{width} image with "
+            f"patch size {p}"
+        )
+    channels = size // (p * p)
+    x = patches.reshape(batch, rows, cols, p, p, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
+
+
 def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
     """(len(rows) * len(cols), width) 2-D sin-cos embeddings of grid coordinates, row-major:
     a quarter of the channels each for sin/cos of the row and of the column, at frequencies
@@ -159,6 +186,33 @@ class VisionTransformer(ImageEncoder):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.tokens(images)[:, 0]
 
+    # --- masked image modelling (MAE) ----------------------------------------------------
+
+    def embed_patch_pixels(self, patches: torch.Tensor) -> torch.Tensor:
+        """Embed already-cut, normalised pixel patches (B, K, p*p*C in ``patchify`` order) with
+        the patch-embedding weights: the same map as ``patch_embed`` applied to those patches
+        alone, so that pixels of patches left out never enter the encoder."""
+        weight = self.patch_embed.weight.permute(0, 2, 3, 1).flatten(1)  # (width, p*p*C)
+        return F.linear(patches, weight.to(patches.dtype), self.patch_embed.bias)
+
+    def encode_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + K, width) after the final LayerNorm, computed from the class token and
+        the K patches whose row-major grid indices are in ``keep`` (B, K) only.
+
+        This is MAE's encoder (He et al. 2022, sec. 3): positions are added before the subset
+        is taken, and the blocks run on 1 + K tokens rather than 1 + all, which is where the
+        masking saves its compute.
+        """
+        rows, cols = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        patches = patchify(self.normalise(images), self.patch_size)  # (B, N, p*p*C)
+        index = keep.unsqueeze(-1)
+        visible = torch.gather(patches, 1, index.expand(-1, -1, patches.shape[-1]))
+        x = self.embed_patch_pixels(visible)
+        positions = self.positions(rows, cols).to(x.dtype).expand(len(x), -1, -1)
+        x = x + torch.gather(positions, 1, index.expand(-1, -1, x.shape[-1]))
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1).to(x.dtype), x], dim=1)
+        return self.ln(self.blocks(x))
+
 
 @ENCODERS.register("vit_tiny")
 def vit_tiny(
@@ -181,4 +235,12 @@ def is_vit(encoder: nn.Module) -> bool:
     return isinstance(encoder, VisionTransformer)
 
 
-__all__ = ["VisionTransformer", "is_vit", "sincos_2d", "vit_small", "vit_tiny"]
+__all__ = [
+    "VisionTransformer",
+    "is_vit",
+    "patchify",
+    "sincos_2d",
+    "unpatchify",
+    "vit_small",
+    "vit_tiny",
+]

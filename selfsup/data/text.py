@@ -1,0 +1,246 @@
+"""Text readers: a path becomes a stream of documents, read piece by piece.
+
+Four sources, picked by :func:`iter_documents` from the path:
+
+* a ``.txt`` / ``.md`` file: one document;
+* a folder: every ``.txt`` / ``.md`` file under it (sorted, hidden ones skipped), a document each;
+* ``.jsonl`` / ``.jsonl.gz``: one JSON object a line, the document in ``text_field``;
+* ``.parquet``: one row a document, the text in ``text_column`` (read a row group at a time).
+
+A document arrives as one or more pieces (:class:`Piece`) so that a file larger than memory
+streams: big text files are cut at line ends into pieces of about ``PIECE_CHARS`` characters.
+Invalid UTF-8 is a :class:`SelfsupError` naming the file and the byte offset (or the jsonl
+line), unless ``encoding_errors="replace"``. The masked-LM and CLIP readers reuse this module.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfsup.errors import SelfsupError
+
+#: File extensions (lower case) read as plain text, alone or inside a folder.
+TEXT_EXTENSIONS = (".txt", ".md")
+#: Characters per piece a large plain-text file is cut into (at a line end where there is one).
+PIECE_CHARS = 1 << 22
+_READ_BYTES = 1 << 22
+ENCODING_ERRORS = ("strict", "replace")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """How to read a corpus: the path and the options that say where its text is."""
+
+    path: str
+    text_field: str = "text"  # .jsonl: the key holding the document
+    text_column: str = "text"  # .parquet: the column holding the document
+    encoding_errors: str = "strict"  # "strict": invalid UTF-8 is an error; "replace": U+FFFD
+
+    def __post_init__(self) -> None:
+        if self.encoding_errors not in ENCODING_ERRORS:
+            raise SelfsupError(
+                f"encoding_errors must be one of {', '.join(ENCODING_ERRORS)}, "
+                f"not {self.encoding_errors!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a document; ``last`` marks the document's final piece."""
+
+    text: str
+    last: bool
+
+
+def kind_of(path: str | Path) -> str:
+    """"txt", "folder", "jsonl" or "parquet", from the path; a clear error for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise SelfsupError(f"text data {path} does not exist")
+    if path.is_dir():
+        return "folder"
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(TEXT_EXTENSIONS):
+        return "txt"
+    raise SelfsupError(
+        f"{path}: unknown text format; expected a .txt or .md file, a folder of them, "
+        ".jsonl / .jsonl.gz (--text-field) or .parquet (--text-column)"
+    )
+
+
+def list_text_files(root: str | Path) -> list[Path]:
+    """Every .txt/.md file under ``root``, sorted by relative path, hidden entries skipped."""
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(TEXT_EXTENSIONS):
+                found.append(Path(folder) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def source_files(source: TextSource) -> list[Path]:
+    """The files a corpus reads, for cache keys and messages."""
+    if kind_of(source.path) == "folder":
+        return list_text_files(source.path)
+    return [Path(source.path)]
+
+
+def fingerprint(source: TextSource, extra: dict[str, Any] | None = None) -> str:
+    """A key that changes when any file of the corpus or any reading option changes."""
+    digest = hashlib.sha256()
+    for path in source_files(source):
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    options = {
+        "text_field": source.text_field,
+        "text_column": source.text_column,
+        "encoding_errors": source.encoding_errors,
+        **(extra or {}),
+    }
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def iter_documents(source: TextSource) -> Iterator[Piece]:
+    """Every document of the corpus, as pieces, in a fixed order."""
+    kind = kind_of(source.path)
+    if kind == "txt":
+        yield from _text_file(Path(source.path), source.encoding_errors)
+    elif kind == "folder":
+        files = list_text_files(source.path)
+        if not files:
+            raise SelfsupError(f"{source.path}: no .txt or .md files in this folder")
+        for path in files:
+            yield from _text_file(path, source.encoding_errors)
+    elif kind == "jsonl":
+        yield from _jsonl(Path(source.path), source.text_field, source.encoding_errors)
+    else:
+        yield from _parquet(Path(source.path), source.text_column)
+
+
+def read_text(source: TextSource, separator: str = "\n") -> str:
+    """The whole corpus as one string (small corpora, tests); documents joined by ``separator``."""
+    parts: list[str] = []
+    for piece in iter_documents(source):
+        parts.append(piece.text)
+        if piece.last:
+            parts.append(separator)
+    return "".join(parts[:-1])
+
+
+def _bad_utf8(path: Path, offset: int, error: UnicodeDecodeError, where: str = "") -> SelfsupError:
+    byte = error.object[error.start : error.start + 1].hex()
+    return SelfsupError(
+        f"{path}{where}: invalid UTF-8 at byte offset {offset} (byte 0x{byte}: {error.reason}); "
+        "fix the file or pass --encoding-errors replace"
+    )
+
+
+def _text_file(path: Path, errors: str) -> Iterator[Piece]:
+    """One file, decoded incrementally; pieces end at a line end where one exists."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = 0  # bytes of the file decoded before the current chunk
+    pending = ""
+    first = True
+    try:
+        handle = open(path, "rb")  # noqa: SIM115  (closed by the with below; errors named here)
+    except OSError as error:
+        raise SelfsupError(f"{path}: cannot read ({error.strerror})") from None
+    with handle:
+        while True:
+            chunk = handle.read(_READ_BYTES)
+            final = not chunk
+            try:
+                text = decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as error:
+                # The decoder's buffered bytes (an incomplete sequence from the last chunk) come
+                # first in ``error.object``.
+                buffered = len(error.object) - len(chunk)
+                raise _bad_utf8(path, offset - buffered + error.start, error) from None
+            offset += len(chunk)
+            if first and text.startswith("\ufeff"):
+                text = text[1:]  # a byte-order mark is not text
+            first = text == "" and first
+            pending += text
+            while len(pending) >= PIECE_CHARS:
+                cut = pending.rfind("\n", 0, PIECE_CHARS) + 1 or PIECE_CHARS
+                yield Piece(pending[:cut], last=False)
+                pending = pending[cut:]
+            if final:
+                break
+    yield Piece(pending, last=True)
+
+
+def _jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    offset = 0
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                where = f" line {number}"
+                try:
+                    line = raw.decode("utf-8", errors=errors)
+                except UnicodeDecodeError as error:
+                    raise _bad_utf8(path, offset + error.start, error, where) from None
+                offset += len(raw)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise SelfsupError(f"{path}{where}: not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict) or field not in record:
+                    keys = ", ".join(map(str, record)) if isinstance(record, dict) else "none"
+                    raise SelfsupError(
+                        f"{path}{where}: no field {field!r} (keys: {keys}); choose the field "
+                        "holding the text with --text-field"
+                    )
+                text = record[field]
+                if not isinstance(text, str):
+                    raise SelfsupError(
+                        f"{path}{where}: field {field!r} holds {type(text).__name__}, not text"
+                    )
+                yield Piece(text, last=True)
+    except (OSError, EOFError) as error:  # a truncated or corrupt .gz
+        raise SelfsupError(f"{path}: cannot read ({error})") from None
+
+
+def _parquet(path: Path, column: str) -> Iterator[Piece]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as error:
+        raise SelfsupError(f"{path}: not a readable parquet file ({error})") from None
+    names = handle.schema_arrow.names
+    if column not in names:
+        raise SelfsupError(
+            f"{path}: no column {column!r} (columns: {', '.join(names)}); choose the column "
+            "holding the text with --text-column"
+        )
+    kind = handle.schema_arrow.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SelfsupError(f"{path}: column {column!r} holds {kind}, not text")
+    row = 0
+    for group in range(handle.num_row_groups):
+        values = handle.read_row_group(group, columns=[column]).column(0).to_pylist()
+        for value in values:
+            if value is None:
+                raise SelfsupError(f"{path} row {row}: column {column!r} is empty (null)")
+            yield Piece(value, last=True)
+            row += 1

@@ -1,0 +1,382 @@
+"""Fine-tuning: the whole pre-trained encoder plus a linear head, trained on the labels.
+
+Masked image modelling is judged this way, not by frozen-feature probes: MAE's features are
+weak under a linear probe and strong after fine-tuning (He et al. 2022, sec. 4 and fig. 9). The
+recipe follows the paper's fine-tuning one (its appendix A.2, BEiT's protocol) at CPU scale:
+AdamW (weight decay 0.05), linear warm-up then cosine decay over the budget, layer-wise
+learning-rate decay for ViTs (Clark et al. 2020, ELECTRA; Bao et al. 2022, BEiT: block i of L
+gets ``lr * decay^(L + 1 - i)``, so early blocks move little), label smoothing 0.1, light
+augmentation (random resized crop and flip, batched), bf16 autocast. Mixup, CutMix, RandAugment
+and drop path are left out: on a few CPU minutes they cost more than they give.
+
+The reference is the same routine on the same architecture randomly initialised, with the same
+labels and the same budget (``from_scratch``): the from-scratch supervised ViT.
+
+A validation split, stratified, is carved from the labelled training data; the only choice made
+on it is which epoch's weights to keep (the best validation accuracy). The test split only
+scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
+from selfsup.config import options_dataclass
+from selfsup.data.base import TrainData
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.probes import stratified_split
+from selfsup.models import build_encoder
+from selfsup.models.vit import VisionTransformer
+
+log = logging.getLogger("selfsup")
+
+#: Light augmentation: the supervised baseline's crop range, flip, no colour (He et al. 2016).
+FINETUNE_AUGMENT: dict[str, Any] = {"crop_scale": (0.35, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0}
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run; the first of ``minutes`` and ``epochs`` reached ends it."""
+
+    minutes: float | None = 5.0
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float | None = 0.75  # ViTs only; None or 1.0: one learning rate for all
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    precision: str = "bf16"
+    seed: int = 0
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.minutes is None and self.epochs is None:
+            raise SelfsupError("fine-tuning needs a budget: minutes or epochs")
+        for name in ("minutes", "epochs", "batch_size", "lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SelfsupError(f"fine-tuning: {name} must be positive, not {value}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise SelfsupError(
+                f"fine-tuning: layer_decay must be in (0, 1], not {self.layer_decay}"
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise SelfsupError(
+                f"fine-tuning: warmup_fraction must be in [0, 1), not {self.warmup_fraction}"
+            )
+        if self.precision not in ("bf16", "32"):
+            raise SelfsupError(
+                f"fine-tuning: precision must be 'bf16' or '32', not {self.precision!r}"
+            )
+
+
+def layer_ids(encoder: nn.Module) -> dict[str, int]:
+    """Depth of each encoder parameter for layer-wise decay: embeddings 0, block i is i + 1,
+    the final norm (and the head, outside the encoder) depth + 1. Empty for non-ViTs."""
+    if not isinstance(encoder, VisionTransformer):
+        return {}
+    depth = len(encoder.blocks)
+    ids = {}
+    for name, _ in encoder.named_parameters():
+        if name.startswith("blocks."):
+            ids[name] = int(name.split(".")[1]) + 1
+        elif name.startswith(("patch_embed", "cls_token", "pos_table")):
+            ids[name] = 0
+        else:
+            ids[name] = depth + 1
+    return ids
+
+
+def parameter_groups(
+    encoder: nn.Module, head: nn.Module, weight_decay: float, layer_decay: float | None
+) -> list[dict[str, Any]]:
+    """AdamW groups with an ``lr_scale`` each: layer-wise decay (ViTs) and no weight decay on
+    biases, norms, the class token and position table (as BEiT and MAE do)."""
+    ids = layer_ids(encoder)
+    top = max(ids.values(), default=0)
+    decay = layer_decay if layer_decay is not None and ids else 1.0
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    named = [(f"encoder.{n}", p, ids.get(n, top)) for n, p in encoder.named_parameters()]
+    named += [(f"head.{n}", p, top) for n, p in head.named_parameters()]
+    for name, parameter, layer in named:
+        if not parameter.requires_grad:
+            continue
+        shrink = parameter.ndim > 1 and not name.endswith(("cls_token", "pos_table"))
+        group = groups.setdefault(
+            (layer, shrink),
+            {
+                "params": [],
+                "weight_decay": weight_decay if shrink else 0.0,
+                "lr_scale": decay ** (top - layer),
+            },
+        )
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+def warmup_cosine(progress: float, warmup: float) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at progress 1."""
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head; the head starts near zero (MAE initialises it with std 2e-5)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))
+
+
+class FinetuneModule(pl.LightningModule):
+    """Lightning adapter: schedule over the budget, epoch-end validation, best weights kept."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        config: FinetuneConfig,
+        val_data: TrainData,
+        steps_per_epoch: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.val_data = val_data
+        self.steps_per_epoch = steps_per_epoch
+        augment = {**FINETUNE_AUGMENT, **config.augment_options}
+        self.augment = BatchedImageAugment(
+            options_dataclass(ImageAugmentConfig, augment, "fine-tuning augment_options")
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.started = time.monotonic()
+        self.best_accuracy = -1.0
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[float] = []
+        self.checked_at_step = -1
+
+    def progress(self) -> float:
+        c = self.config
+        fractions = [0.0]
+        if c.epochs:
+            fractions.append(self.trainer.global_step / (c.epochs * self.steps_per_epoch))
+        if c.minutes:
+            fractions.append((time.monotonic() - self.started) / (c.minutes * 60))
+        return min(1.0, max(fractions))
+
+    def on_train_start(self) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        scale = warmup_cosine(self.progress(), self.config.warmup_fraction)
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.config.lr * scale * group["lr_scale"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = self.augment(batch["images"], self.generator)
+        logits = self.model(images)
+        loss = F.cross_entropy(
+            logits.float(), batch["labels"], label_smoothing=self.config.label_smoothing
+        )
+        self.log("finetune/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.keep_if_best(self.trainer.current_epoch)
+
+    def keep_if_best(self, epoch: int) -> None:
+        accuracy = accuracy_on(self.model, self.val_data, self.config.precision)
+        self.history.append(accuracy)
+        self.checked_at_step = self.trainer.global_step
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = parameter_groups(
+            self.model.encoder, self.model.head, self.config.weight_decay, self.config.layer_decay
+        )
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999))
+
+
+@torch.no_grad()
+def accuracy_on(
+    model: nn.Module, data: TrainData, precision: str, batch_size: int = 512
+) -> float:
+    """Top-1 accuracy of ``model`` on the un-augmented inputs of ``data`` (eval mode)."""
+    assert data.labels is not None
+    was_training = model.training
+    model.eval()
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    correct = 0
+    try:
+        for start in range(0, len(data), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(data)))
+            with autocast:
+                predicted = model(data.inputs(rows)).argmax(1).numpy()
+            correct += int((predicted == data.labels[rows]).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(1, len(data))
+
+
+def finetune(
+    encoder: nn.Module, train: TrainData, test: TrainData, config: FinetuneConfig
+) -> dict[str, Any]:
+    """Fine-tune ``encoder`` (changed in place) with a new linear head on ``train``'s labels;
+    return test accuracy and how it was reached."""
+    from selfsup.data.datasets import ResumableLoader, keep_batch
+    from selfsup.engine import _quiet_lightning
+
+    if train.labels is None or test.labels is None:
+        raise SelfsupError("fine-tuning needs labelled training and test data")
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    fit_idx, val_idx = stratified_split(train.labels, config.val_fraction, config.seed)
+    fit_data = train.subset(fit_idx, f"{train.source} (fine-tuning part)")
+    val_data = train.subset(val_idx, f"{train.source} (validation part)")
+    batch_size = min(config.batch_size, len(fit_data))
+    loader = ResumableLoader(
+        fit_data.batch_dataset(with_labels=True),
+        batch_size=batch_size,
+        seed=config.seed,
+        drop_last=True,
+        collate_fn=keep_batch,
+    )
+    pl.seed_everything(config.seed, verbose=False)
+    model = Classifier(encoder, num_classes)
+    module = FinetuneModule(model, config, val_data, len(loader))
+    _quiet_lightning()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
+        max_epochs=config.epochs or -1,
+        max_time=timedelta(minutes=config.minutes) if config.minutes else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=3.0,
+    )
+    started = time.monotonic()
+    trainer.fit(module, train_dataloaders=loader)
+    seconds = time.monotonic() - started
+    if trainer.interrupted:
+        raise SelfsupError(f"fine-tuning interrupted at step {trainer.global_step}")
+    if module.checked_at_step != trainer.global_step:  # stopped by the clock mid-epoch
+        module.keep_if_best(trainer.current_epoch)
+    if module.best_state is not None:
+        model.load_state_dict(module.best_state)
+    accuracy = accuracy_on(model, test, config.precision)
+    return {
+        "accuracy": accuracy,
+        "val_accuracy": module.best_accuracy,
+        "chosen_epoch": module.best_epoch,
+        "val_history": module.history,
+        "steps": trainer.global_step,
+        "epochs": trainer.global_step / max(1, len(loader)),
+        "seconds": seconds,
+        "images_per_s": trainer.global_step * batch_size / max(seconds, 1e-9),
+        "num_train": len(fit_data),
+        "num_val": len(val_data),
+        "num_test": len(test),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
+    }
+
+
+def from_scratch(spec: dict[str, Any]) -> nn.Module:
+    """The same encoder architecture as an exported run's (its ``encoder.json`` spec), randomly
+    initialised: the baseline a fine-tuned encoder must beat."""
+    return build_encoder(spec["name"], **spec["options"])
+
+
+def label_subset(data: TrainData, fraction: float, seed: int) -> TrainData:
+    """A stratified ``fraction`` of ``data``'s labelled samples (all of them at 1.0)."""
+    if not 0 < fraction <= 1:
+        raise SelfsupError(f"label fraction must be in (0, 1], not {fraction}")
+    if fraction == 1:
+        return data
+    assert data.labels is not None
+    _, keep = stratified_split(data.labels, fraction, seed)
+    return data.subset(keep, f"{data.source} ({fraction:.0%} of the labels)")
+
+
+def finetune_protocol(
+    encoder: nn.Module,
+    spec: dict[str, Any],
+    train: TrainData,
+    test: TrainData,
+    config: FinetuneConfig,
+    *,
+    label_fractions: tuple[float, ...] = (1.0,),
+    baseline: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a copy of ``encoder`` and, with ``baseline``, the same architecture from
+    scratch (no layer-wise decay: there is nothing pre-trained to protect), with the same
+    labels and budget, for each fraction of the labels. Keys: ``"10%"``, ``"100%"``..."""
+    if spec.get("modality", "image") != "image":
+        raise SelfsupError("the fine-tuning protocol handles image encoders only for now")
+    result: dict[str, Any] = {}
+    for fraction in label_fractions:
+        labelled = label_subset(train, fraction, config.seed)
+        row: dict[str, Any] = {
+            "pretrained": finetune(copy.deepcopy(encoder).train(), labelled, test, config)
+        }
+        if baseline:
+            scratch_config = dataclasses.replace(config, layer_decay=None)
+            row["scratch"] = finetune(from_scratch(spec).train(), labelled, test, scratch_config)
+            row["gain"] = row["pretrained"]["accuracy"] - row["scratch"]["accuracy"]
+        result[f"{fraction:.0%}"] = row
+    return result
+
+
+def evaluate_finetune(
+    encoder: nn.Module,
+    spec: dict[str, Any],
+    train: TrainData,
+    test: TrainData,
+    *,
+    minutes: float,
+    fractions: tuple[float, ...] = (1.0,),
+    seed: int = 0,
+    baseline: bool = True,
+    precision: str = "bf16",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`selfsup evaluate --protocol finetune`: the run's encoder fine-tuned (and, with
+    ``baseline``, the same ViT from scratch) for ``minutes`` each, per label fraction."""
+    config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision, progress=progress)
+    rows = finetune_protocol(
+        encoder, spec, train, test, config, label_fractions=fractions, baseline=baseline
+    )
+    return {"minutes": minutes, "config": dataclasses.asdict(config), "fractions": rows}

@@ -1,0 +1,483 @@
+"""The label-efficiency sweep: downstream quality against the number of labels, SSL vs supervised.
+
+One accuracy on one seed does not say whether self-supervision helped; a curve does. For each
+label budget (a fraction of the labelled training data, or a number of labels per class) and each
+seed, a stratified label subset is drawn from the training part (never from the test split), and
+
+- a linear probe and a kNN probe are fitted on the frozen features of that subset, their
+  hyper-parameters chosen on a validation split carved (stratified) from the subset itself
+  (the semi-supervised protocol of Chen et al. 2020, SimCLR sec. B.5 / Zhai et al. 2019, S4L);
+- the supervised baseline, the same encoder trained from scratch on the same labels by the same
+  engine, with a wall-clock (and optionally step) budget per point;
+
+and every result is scored on the one fixed test split by accuracy and macro-F1. The summary
+per budget holds the mean and the sample standard deviation over seeds, and the paired (same
+seed, same labels) difference between the linear probe and the supervised baseline. Features
+are extracted once; only the baselines train. Results go to ``RUN/sweep.json``; the rows of the
+data behind every subset (and the test split) to ``RUN/sweep/label_subsets.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from selfsup import atomic
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
+from selfsup.evaluate.protocol import check_matches, load_labelled, reader_config
+from selfsup.evaluate.quality import quality_metrics
+from selfsup.run import RunDir, as_run, load_encoder
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+EMBEDDINGS_FILE = "embeddings_sample.npz"  # test-split features for the report's 2-D map
+SUBSETS_FILE = "sweep/label_subsets.npz"  # the rows of --data each point used, for audits
+PROTOCOLS = ("linear", "knn", "finetune", "supervised")
+
+
+# ---------------------------------------------------------------------------------------------
+# Label budgets and subsets
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    """How many labels one point of the curve gets: a fraction of the pool, or k per class."""
+
+    fraction: float | None = None
+    per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.per_class is None):
+            raise SelfsupError("a label budget is either a fraction or a number per class")
+        if self.fraction is not None and not (0 < self.fraction <= 1):
+            raise SelfsupError(f"label fraction must lie in (0, 1], got {self.fraction}")
+        if self.per_class is not None and self.per_class < 1:
+            raise SelfsupError(f"labels per class must be at least 1, got {self.per_class}")
+
+    @property
+    def name(self) -> str:
+        """'1%', '100%', '10/class': for tables, plots and the verdict."""
+        if self.fraction is not None:
+            return f"{self.fraction * 100:g}%"
+        return f"{self.per_class}/class"
+
+    @property
+    def tag(self) -> str:
+        """A file-name-safe form of the name."""
+        return re.sub(r"[^0-9a-z]+", "_", self.name.replace("%", "pct").replace("/", "per"))
+
+
+def parse_budgets(
+    fractions: str | list[float] | None = None, labels_per_class: str | list[int] | None = None
+) -> list[LabelBudget]:
+    """Budgets from '0.01,0.1,1' and/or '1,10,100' strings (or lists), smallest first."""
+
+    def items(value: str | list | None, what: str) -> list[str]:
+        if value is None:
+            return []
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        if not [p for p in parts if str(p).strip()]:
+            raise SelfsupError(f"{what}: no values given")
+        return [str(p).strip() for p in parts if str(p).strip()]
+
+    budgets: list[LabelBudget] = []
+    for text in items(fractions, "--fractions"):
+        try:
+            value = float(text)
+        except ValueError:
+            raise SelfsupError(f"--fractions: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SelfsupError(f"--fractions: {text!r} is not a finite number")
+        budgets.append(LabelBudget(fraction=value))
+    for text in items(labels_per_class, "--labels-per-class"):
+        try:
+            budgets.append(LabelBudget(per_class=int(text)))
+        except ValueError:
+            raise SelfsupError(f"--labels-per-class: {text!r} is not a whole number") from None
+    if not budgets:
+        raise SelfsupError("the sweep needs --fractions or --labels-per-class")
+    unique = list(dict.fromkeys(budgets))
+    return sorted(unique, key=lambda b: (b.per_class is None, b.per_class or b.fraction))
+
+
+def label_subset(
+    labels: np.ndarray, budget: LabelBudget, seed: int, *, min_per_class: int = 2
+) -> np.ndarray:
+    """Sorted positions of a stratified label subset of ``labels``; a new draw for every seed.
+
+    Each class c with n_c examples gets round(fraction * n_c) of them (or ``per_class``), but at
+    least ``min_per_class`` so that a validation example can be carved from it, and at most n_c.
+    Within a class the draw is a random permutation from (seed, class), so subsets of one seed
+    are not nested across budgets by accident of ordering, and differ between seeds.
+    """
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if budget.fraction is not None:
+            want = int(round(budget.fraction * len(members)))
+        else:
+            want = int(budget.per_class)
+        want = min(len(members), max(min_per_class, want))
+        rng = np.random.default_rng([seed, int(c)])
+        chosen.append(rng.permutation(members)[:want])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores and summaries
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in the test labels."""
+    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+                          zero_division=0))
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of a list of scores."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(arr) == 0:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": int(len(arr)),
+            "values": [float(v) for v in arr]}
+
+
+def probe_subset(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    seed: int,
+    val_fraction: float,
+) -> dict[str, dict[str, Any]]:
+    """Linear and kNN probes on one label subset; choices on a validation carve of that subset."""
+    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
+    split = (train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx],
+             test_x, test_y)
+    out = {}
+    for name, result in (("linear", linear_probe(*split, seed=seed)), ("knn", knn_probe(*split))):
+        out[name] = {**result.as_dict(), "macro_f1": macro_f1(test_y, result.predictions)}
+    out["linear"]["num_fit"], out["linear"]["num_val"] = len(fit_idx), len(val_idx)
+    return out
+
+
+def summarise_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread of every protocol's scores over the seeds, and the paired SSL gaps."""
+    summary: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        if all(protocol in r for r in runs):
+            summary[protocol] = {
+                metric: spread([r[protocol][metric] for r in runs])
+                for metric in ("accuracy", "macro_f1")
+            }
+    if "supervised" in summary:
+        for probe in ("linear", "knn"):
+            gaps = [r[probe]["accuracy"] - r["supervised"]["accuracy"] for r in runs]
+            summary[f"{probe}_minus_supervised"] = spread(gaps)
+            ratios = [r[probe]["accuracy"] / r["supervised"]["accuracy"]
+                      for r in runs if r["supervised"]["accuracy"] > 0]
+            summary[f"{probe}_over_supervised"] = spread(ratios)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervised baseline per point
+
+
+def train_baseline(
+    run: RunDir,
+    pretrain_config: dict[str, Any],
+    spec: dict[str, Any],
+    train: Any,
+    test: Any,
+    *,
+    minutes: float | None,
+    steps: int | None,
+    seed: int,
+    folder: Path,
+    key: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """The run's supervised method from scratch on ``train`` (one label subset); scored on test.
+
+    Trained by the same engine with the run's encoder, options, precision, batch size (capped by
+    the subset's size) and learning rate. The result is kept in ``folder/result.json`` with its
+    key, and reused when the same point is asked for again; the checkpoints are removed.
+    """
+    from selfsup.config import build_config
+    from selfsup.engine import fit
+    from selfsup.methods import METHODS
+
+    record = folder / "result.json"
+    if record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["result"]
+    if folder.exists():
+        shutil.rmtree(folder)  # an unfinished or different earlier baseline: start afresh
+    folder.mkdir(parents=True)
+
+    method = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
+    values = {
+        "method": method.baseline_method,
+        "data": train.source,
+        "minutes": minutes,
+        "steps": steps,
+        "batch_size": min(int(pretrain_config.get("batch_size", 256)), len(train)),
+        "encoder": pretrain_config.get("encoder") or spec.get("name"),
+        "encoder_options": pretrain_config.get("encoder_options", {}),
+        "data_options": pretrain_config.get("data_options", {}),
+        "precision": pretrain_config.get("precision", "bf16"),
+        "channels_last": pretrain_config.get("channels_last", True),
+        "lr": pretrain_config.get("lr", 2e-3),
+        "seed": seed,
+        "progress": progress,
+        "monitor_size": 0,
+        "checkpoint_minutes": max(2.0, (minutes or 10.0) / 5),
+    }
+    config = build_config({k: v for k, v in values.items() if v is not None})
+    started = time.monotonic()
+    trained, summary = fit(config, train, RunDir(folder))
+    trained.eval()
+    precision = config.precision
+    features = torch.from_numpy(extract_features(trained.encoder, test, precision=precision))
+    with torch.no_grad():
+        predicted = trained.classifier(features.to(next(trained.classifier.parameters()).dtype))
+    predicted = predicted.argmax(1).numpy()
+    result = {
+        "accuracy": float((predicted == test.labels).mean()),
+        "macro_f1": macro_f1(test.labels, predicted),
+        "minutes": minutes,
+        "steps": summary["steps"],
+        "seconds": time.monotonic() - started,
+        "images_per_s": summary.get("images_per_s"),
+    }
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only the score is kept
+    atomic.write_json(record, {"key": key, "result": result})
+    return result
+
+
+@torch.inference_mode()
+def view_alignment(
+    encoder: torch.nn.Module, data: Any, augment_options: dict[str, Any], precision: str,
+    *, rows: int = 256, seed: int = 0,
+) -> float | None:
+    """Wang & Isola's alignment of two augmented views of up to ``rows`` test images.
+
+    The views come from the run's own (resolved) augmentation recipe in config.yaml, so
+    "positive pair" means what the pre-training meant by it. Image runs only: None otherwise.
+    """
+    import contextlib
+
+    from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
+    from selfsup.evaluate.quality import alignment
+
+    if getattr(data, "modality", None) != "image" or not augment_options:
+        return None
+    fields = ImageAugmentConfig.__dataclass_fields__
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in augment_options.items()
+              if k in fields}
+    augment = BatchedImageAugment(ImageAugmentConfig(**values))
+    generator = torch.Generator().manual_seed(seed)
+    picked = np.sort(np.random.default_rng(seed).permutation(len(data))[:rows])
+    images = data.inputs(picked)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        views = [augment(images, generator) for _ in range(2)]
+        with autocast:
+            z1, z2 = (encoder(v).float() for v in views)
+    finally:
+        encoder.train(was_training)
+    return alignment(z1, z2)
+
+
+def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: Any,
+              minutes: float, seed: int, precision: str) -> dict[str, Any]:
+    """A copy of the pre-trained encoder fine-tuned end to end on one label subset."""
+    import copy
+
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune
+
+    if spec.get("modality", "image") != "image":
+        raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")
+    config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision)
+    result = finetune(copy.deepcopy(encoder).train(), train, test, config)
+    return {"accuracy": result["accuracy"], "macro_f1": None, "steps": result["steps"],
+            "seconds": result["seconds"], "val_accuracy": result["val_accuracy"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+def sweep(
+    run_path: str | Path,
+    data: str,
+    test: str | None = None,
+    *,
+    fractions: str | list[float] | None = None,
+    labels_per_class: str | list[int] | None = None,
+    seeds: int = 3,
+    baseline: bool = True,
+    baseline_minutes: float | None = None,
+    baseline_steps: int | None = None,
+    finetune_minutes: float | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    skip_bad: bool = False,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run the label-efficiency sweep for the run's encoder; write and return ``sweep.json``.
+
+    Without ``test`` a stratified ``test_fraction`` of ``data`` (seed 0, the same for every seed
+    of the sweep) is the test split; the label subsets come from the rest. The baseline budget
+    per point is ``baseline_minutes`` (default: the pre-training's wall-clock time) and, if
+    given, ``baseline_steps``, whichever is reached first. With ``finetune_minutes`` (image
+    runs), each point also fine-tunes a copy of the encoder on the subset for that long
+    (selfsup/evaluate/finetune.py; accuracy only).
+    """
+    budgets = parse_budgets(fractions, labels_per_class)
+    if int(seeds) < 1:
+        raise SelfsupError(f"--seeds must be at least 1, got {seeds}")
+    if baseline_minutes is not None and not baseline_minutes > 0:
+        raise SelfsupError(f"--baseline-minutes must be positive, got {baseline_minutes}")
+    run = as_run(run_path)
+    encoder, spec = load_encoder(run)
+    pretrain_config = run.read_config()
+    summary = run.read_summary()
+    modality = spec.get("modality", "image")
+    reader = reader_config(pretrain_config, spec, skip_bad=skip_bad, progress=progress,
+                           cache_dir=cache_dir)
+    started = time.monotonic()
+
+    labelled = load_labelled(data, modality, reader)
+    check_matches(labelled, spec)
+    if test is None:
+        pool_idx, test_idx = stratified_split(labelled.labels, test_fraction, 0)
+        subsets = {"test": test_idx}
+        train = labelled.subset(pool_idx, f"{data} (train part)")
+        test_data = labelled.subset(test_idx, f"{data} (held-out {test_fraction:.0%})")
+        test_source = f"{test_fraction:.0%} of {data}, stratified, seed 0"
+    else:
+        train = labelled
+        pool_idx = np.arange(len(labelled))
+        subsets = {}  # the test rows are those of the --test data
+        test_data = load_labelled(test, modality, reader)
+        check_matches(test_data, spec)
+        test_source = test
+    train_y, test_y = np.asarray(train.labels), np.asarray(test_data.labels)
+
+    baseline_note = None
+    if baseline:
+        from selfsup.methods import METHODS
+
+        name = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
+        if not METHODS.get(name.baseline_method).needs_labels:
+            baseline = False  # e.g. text: no supervised method for this modality yet
+            baseline_note = f"no supervised baseline method for {modality} runs yet"
+            log.warning("sweep: %s; probes only", baseline_note)
+
+    precision = pretrain_config.get("precision", "bf16")
+    train_x = extract_features(encoder, train, precision=precision)
+    test_x = extract_features(encoder, test_data, precision=precision)
+    feature_seconds = time.monotonic() - started
+    minutes = baseline_minutes
+    if minutes is None and baseline_steps is None:
+        minutes = summary["train_seconds"] / 60
+
+    points = []
+    for budget in budgets:
+        runs = []
+        for seed in range(int(seeds)):
+            rows = label_subset(train_y, budget, seed)
+            subsets[f"{budget.tag}_seed{seed}"] = pool_idx[rows]
+            entry: dict[str, Any] = {
+                "seed": seed,
+                "num_labels": int(len(rows)),
+                **probe_subset(train_x[rows], train_y[rows], test_x, test_y, seed, val_fraction),
+            }
+            if finetune_minutes is not None:
+                entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),
+                                              test_data, finetune_minutes, seed, precision)
+            if baseline:
+                key = {"train": train.source, "test": test_source, "budget": budget.name,
+                       "seed": seed, "num_labels": int(len(rows)), "minutes": minutes,
+                       "steps": baseline_steps, "rows_sum": int(rows.sum())}
+                entry["supervised"] = train_baseline(
+                    run, pretrain_config, spec,
+                    train.subset(rows, f"{train.source}, {budget.name} labels, seed {seed}"),
+                    test_data, minutes=minutes, steps=baseline_steps, seed=seed,
+                    folder=run.path / "sweep" / f"baseline-{budget.tag}-seed{seed}",
+                    key=key, progress=progress,
+                )
+            runs.append(entry)
+            log.info("sweep %s seed %d (%d labels): linear %.4f, kNN %.4f%s", budget.name, seed,
+                     len(rows), entry["linear"]["accuracy"], entry["knn"]["accuracy"],
+                     f", supervised {entry['supervised']['accuracy']:.4f}" if baseline else "")
+        points.append({
+            "budget": budget.name,
+            "fraction": budget.fraction,
+            "labels_per_class": budget.per_class,
+            "num_labels": spread([r["num_labels"] for r in runs])["mean"],
+            "runs": runs,
+            "summary": summarise_point(runs),
+        })
+
+    sample = np.random.default_rng(0).permutation(len(test_x))[:2000]
+    with atomic.atomic_path(run.path / EMBEDDINGS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, features=test_x[sample], labels=test_y[sample])
+    with atomic.atomic_path(run.path / SUBSETS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **subsets)
+    quality = {k: v for k, v in quality_metrics(test_x).items() if k != "per_dimension_std"}
+    aligned = view_alignment(encoder, test_data, pretrain_config.get("augment_options") or {},
+                             precision)
+    if aligned is not None:
+        quality["alignment"] = aligned
+    result = {
+        "run": str(run.path),
+        "method": spec.get("method"),
+        "encoder": spec.get("name"),
+        "modality": modality,
+        "train_data": data,
+        "test_data": test_source,
+        "num_train_pool": int(len(train_y)),
+        "num_test": int(len(test_y)),
+        "num_classes": int(len(np.unique(np.concatenate([train_y, test_y])))),
+        "chance_accuracy": float(np.bincount(test_y).max() / len(test_y)),
+        "seeds": int(seeds),
+        "val_fraction": val_fraction,
+        "pretrain_seconds": summary.get("train_seconds"),
+        "baseline": ({"minutes": minutes, "steps": baseline_steps} if baseline else None),
+        "baseline_note": baseline_note,
+        "finetune_minutes": finetune_minutes,
+        "feature_seconds": feature_seconds,
+        "seconds": time.monotonic() - started,
+        "quality": quality,
+        "label_subsets": SUBSETS_FILE,
+        "points": points,
+    }
+    atomic.write_json(run.path / SWEEP_FILE, result)
+    return result
+
+
+__all__ = ["LabelBudget", "label_subset", "macro_f1", "parse_budgets", "spread", "sweep"]

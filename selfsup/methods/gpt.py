@@ -1,0 +1,127 @@
+"""GPT: generative pre-training by next-token prediction.
+
+Radford et al. 2018, "Improving Language Understanding by Generative Pre-Training", and 2019,
+"Language Models are Unsupervised Multitask Learners": maximise the likelihood of every token
+given the tokens before it. Every position of every window is a training example, so the
+pretext task needs no augmentation; the causal mask of the encoder (selfsup/models/gpt.py) is
+what keeps it from being trivial.
+
+After training the method writes what generation and export need beside the encoder:
+``tokenizer.json`` and ``language.json`` (validation loss over the whole validation split,
+bits per character or byte; selfsup/evaluate/language.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from selfsup import atomic
+from selfsup.errors import SelfsupError
+from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from selfsup.run import RunDir
+
+log = logging.getLogger("selfsup")
+
+
+@dataclass
+class GPTOptions:
+    evaluate: bool = True  # score the whole validation split after training
+    # "auto": bf16 where the CPU has it natively (as training ran), else fp32; or "bf16", "32"
+    eval_precision: str = "auto"
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.eval_precision not in ("auto", "bf16", "32"):
+            raise SelfsupError(
+                f"eval_precision must be 'auto', 'bf16' or '32', not {self.eval_precision!r}"
+            )
+        if self.eval_batch_size < 1:
+            raise SelfsupError(f"eval_batch_size must be positive, not {self.eval_batch_size}")
+
+
+@METHODS.register("gpt")
+class GPTMethod(Method):
+    """Next-token cross-entropy on windows of ``block_size + 1`` tokens."""
+
+    Options: ClassVar[type] = GPTOptions
+    modality: ClassVar[str] = "text"
+    default_encoder: ClassVar[str] = "gpt_small"
+    baseline_method: ClassVar[str] = "gpt"  # text has no supervised baseline yet
+    # Engine defaults that suit this method (the image defaults, batch 256 at lr 2e-3, make
+    # steps of 33k tokens: too few steps in minutes on a CPU); the user's options win. Checked
+    # on the tuning split of Tiny Shakespeare (benchmarks/shakespeare_char.py --tuning).
+    config_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 3e-3}
+
+    def __init__(self, encoder, info, options=None, augment_options=None, channels_last=False):
+        super().__init__(encoder, info, options, augment_options, channels_last)
+        self.options.validate()
+        if not hasattr(encoder, "logits"):
+            raise SelfsupError("method 'gpt' needs a language-model encoder such as gpt_small")
+        config = encoder.config
+        if info.length is not None and config.block_size < info.length:
+            raise SelfsupError(
+                f"the encoder's block_size {config.block_size} is shorter than the data's "
+                f"context of {info.length} tokens; set --block-size, not an encoder option"
+            )
+        if info.vocab_size is not None and config.vocab_size < info.vocab_size:
+            raise SelfsupError(
+                f"the encoder's vocab_size {config.vocab_size} is below the tokenizer's "
+                f"{info.vocab_size}; the data sets it, leave it out of the encoder options"
+            )
+
+    def training_step(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> StepOutput:
+        tokens = batch["tokens"]
+        hidden = self.encoder.hidden(tokens[:, :-1])
+        logits = self.encoder.head(hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        return StepOutput(loss=loss, embeddings=hidden.detach().mean(dim=1))
+
+    def on_fit_end(self, run: RunDir) -> None:
+        extra = self.info.extra
+        if "tokenizer_file" not in extra:  # trained on something other than the text reader
+            return
+        target = run.path / "tokenizer.json"
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(extra["tokenizer_file"], tmp)
+        if not self.options.evaluate:
+            return
+        result = evaluate_run_data(self.encoder, extra, self.options)
+        atomic.write_json(run.path / "language.json", result)
+        unit = "character" if extra["tokenizer"] == "char" else "byte"
+        log.info(
+            "validation loss %.4f over the whole split (%d tokens), %.3f bits per %s",
+            result["loss"], result["tokens"], result[f"bits_per_{unit}"], unit,
+        )
+
+
+def evaluate_run_data(encoder, extra: dict, options: GPTOptions) -> dict:
+    """Whole-split validation loss of ``encoder`` on the shards named in the data's ``extra``."""
+    from selfsup.data.tokens import Shards, load_tokenizer, unit_lengths
+    from selfsup.evaluate.language import validation_loss
+
+    shards = Shards.open(extra["shards"])
+    begin, end = extra["val_range"]
+    tokenizer = load_tokenizer(extra["tokenizer_file"])
+    unit = "character" if extra["tokenizer"] == "char" else "byte"
+    result = validation_loss(
+        encoder,
+        shards.tokens()[begin:end],
+        batch_size=options.eval_batch_size,
+        precision=options.eval_precision,
+        unit_lengths=unit_lengths(tokenizer),
+        unit=unit,
+    )
+    result["split"] = "tuning" if extra["text_options"].get("tuning") else "validation"
+    result["val_range"] = [begin, end]
+    return result

@@ -1,0 +1,485 @@
+"""`selfsup report RUN` and `selfsup compare RUN...`: one self-contained HTML file each.
+
+Everything the page shows is read from the run directory (config.yaml, pretrain.json,
+metrics.csv, eval.json, sweep.json, embeddings_sample.npz, and optional artefacts such as
+reconstruction.png, generated samples or zero-shot results); images are inlined as base64 PNG, so
+the file can be mailed or archived alone. The verdict at the top is computed from the numbers,
+never written by hand: it says "worse" when self-supervision is worse.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from selfsup import atomic
+from selfsup.errors import SelfsupError
+from selfsup.report import plots
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+# A gap smaller than this (in accuracy, 0.1 points) is reported as "matches".
+TIE = 0.001
+
+# Marks <body data-images="ok"> once every <img> has decoded with a non-zero width, or "broken"
+# naming the count that failed; the browser test reads it back with --dump-dom.
+IMAGE_CHECK = """
+<script>
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute("data-images", bad.length ? "broken" : "ok");
+  document.body.setAttribute("data-images-total", String(imgs.length));
+  document.body.setAttribute("data-images-broken", String(bad.length));
+});
+</script>
+"""
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.verdict { background: #f4f8ff; border-left: 5px solid #1f77b4; padding: 0.8em 1em;
+           font-size: 1.08em; }
+.verdict.warn { background: #fff7ef; border-left-color: #ff7f0e; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f5f5f5; } img { max-width: 100%; } .note { color: #666; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+details summary { cursor: pointer; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _points(x: float) -> str:
+    return f"{100 * abs(x):.1f}"
+
+
+def _stat(summary: dict[str, Any], *keys: str) -> dict[str, Any] | None:
+    node: Any = summary
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or node.get("mean") is None:
+        return None
+    return node
+
+
+def _budget_words(point: dict[str, Any]) -> str:
+    n = point.get("num_labels")
+    count = f" ({n:,.0f} labels)" if n is not None else ""
+    if point.get("fraction") is not None:
+        if point["fraction"] >= 1:
+            return f"all the labels{count}"
+        return f"{point['budget']} of the labels{count}"
+    return f"{point['labels_per_class']} labels per class{count}"
+
+
+def _compare_sentence(point: dict[str, Any], seeds: int) -> str | None:
+    """'With 1% of the labels, SSL + linear probe beats supervised training by X ± Y points'."""
+    s = point["summary"]
+    gap = _stat(s, "linear_minus_supervised")
+    lin, sup = _stat(s, "linear", "accuracy"), _stat(s, "supervised", "accuracy")
+    if gap is None or lin is None or sup is None:
+        return None
+    mean, std = gap["mean"], gap["std"]
+    if abs(mean) < TIE:
+        how = "matches supervised training"
+    elif mean > 0:
+        how = f"beats supervised training by {_points(mean)} ± {_points(std)} points"
+    else:
+        how = f"is worse than supervised training by {_points(mean)} ± {_points(std)} points"
+    within = (" — a difference within the seeds' spread" if abs(mean) >= TIE and seeds > 1
+              and abs(mean) <= std else "")
+    return (f"With {_budget_words(point)}, SSL + linear probe {how} "
+            f"({_pct(lin['mean'])} vs {_pct(sup['mean'])} test accuracy){within}")
+
+
+def _ratio_sentence(point: dict[str, Any]) -> str | None:
+    """'with all labels it reaches Z% of supervised (A% vs B%)'."""
+    s = point["summary"]
+    lin, sup = _stat(s, "linear", "accuracy"), _stat(s, "supervised", "accuracy")
+    if lin is None or sup is None or not sup["mean"] > 0:
+        return None
+    ratio = lin["mean"] / sup["mean"]
+    worse = "" if ratio >= 1 - TIE else ", worse than supervised"
+    return (f"with {_budget_words(point)} it reaches {100 * ratio:.0f}% of supervised accuracy "
+            f"({_pct(lin['mean'])} vs {_pct(sup['mean'])}{worse})")
+
+
+def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = None,
+            quality: dict[str, Any] | None = None) -> str:
+    """One paragraph answering "did self-supervision help, and by how much?" from the numbers.
+
+    From the sweep when there is one (smallest budget: the gap in points, mean ± std over seeds;
+    largest: the ratio to supervised), else from eval.json's single comparison. A collapse flag
+    in the label-free metrics is added as a warning.
+    """
+    sentences: list[str] = []
+    points = (sweep or {}).get("points") or []
+    seeds = int((sweep or {}).get("seeds") or 1)
+    if points:
+        low, high = points[0], points[-1]
+        first = _compare_sentence(low, seeds)
+        if first is None:  # no baseline was trained
+            lin = _stat(low["summary"], "linear", "accuracy")
+            hi = _stat(high["summary"], "linear", "accuracy")
+            first = (f"With {_budget_words(low)}, SSL + linear probe reaches "
+                     f"{_pct(lin['mean'])} ± {_points(lin['std'])} points test accuracy"
+                     + (f" and {_pct(hi['mean'])} with {_budget_words(high)}"
+                        if high is not low and hi else "")
+                     + "; no supervised baseline was trained, so this says nothing about "
+                       "whether self-supervision helped")
+            sentences.append(first)
+        else:
+            ratio = _ratio_sentence(high) if high is not low else None
+            sentences.append(first + ("; " + ratio if ratio else ""))
+        sentences.append(
+            f"Mean ± standard deviation over {seeds} seed{'s' if seeds != 1 else ''}, each seed "
+            f"drawing its own stratified label subset; scored on {_fmt(sweep.get('num_test'))} "
+            f"held-out test examples ({sweep.get('test_data', '')}), chance "
+            f"{_pct(sweep.get('chance_accuracy', 0.0))}"
+        )
+    elif evaluation and evaluation.get("supervised"):
+        lin = evaluation["linear"]["accuracy"]
+        sup = evaluation["supervised"]["accuracy"]
+        gap = lin - sup
+        how = ("matches" if abs(gap) < TIE else
+               f"beats it by {_points(gap)} points" if gap > 0 else
+               f"is worse than it by {_points(gap)} points")
+        ratio = f", {100 * lin / sup:.0f}% of supervised" if sup > 0 else ""
+        sentences.append(
+            f"With all {evaluation.get('num_train', '?')} labels, SSL + linear probe {how} "
+            f"against the supervised baseline ({_pct(lin)} vs {_pct(sup)}{ratio}); one seed, no "
+            "error bars: run the sweep (--fractions) for the label-efficiency curve")
+    elif evaluation:
+        sentences.append(f"SSL + linear probe reaches {_pct(evaluation['linear']['accuracy'])} "
+                         "test accuracy; no supervised baseline was trained")
+    else:
+        sentences.append("No evaluation yet: run `selfsup evaluate RUN --data LABELLED "
+                         "--fractions 0.01,0.1,1` to measure whether self-supervision helped")
+    if quality and quality.get("collapsed"):
+        sentences.append(
+            "Warning: the label-free metrics flag a collapsed representation "
+            f"(std ratio {quality.get('std_ratio', float('nan')):.3f}, effective rank "
+            f"{quality.get('effective_rank', float('nan')):.1f})")
+    return ". ".join(s.rstrip(".") for s in sentences) + "."
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the run
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SelfsupError(f"{path}: not readable JSON ({error})") from None
+
+
+def _metrics_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _embeddings(run: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The sweep's test-embedding sample, else up to 1000 samples of the run's own data."""
+    sample = run / "embeddings_sample.npz"
+    if sample.is_file():
+        with np.load(sample) as archive:
+            return archive["features"], archive["labels"]
+    try:
+        from selfsup.data.base import load_data
+        from selfsup.evaluate.features import extract_features
+        from selfsup.evaluate.protocol import reader_config
+        from selfsup.run import RunDir, load_encoder
+
+        rd = RunDir(run)
+        encoder, spec = load_encoder(rd)
+        config = rd.read_config()
+        data = load_data(spec.get("modality", "image"), config["data"],
+                         reader_config(config, spec, progress=False))
+        rows = np.sort(np.random.default_rng(0).permutation(len(data))[:1000])
+        features = extract_features(encoder, data, rows,
+                                    precision=config.get("precision", "bf16"))
+        labels = None if data.labels is None else np.asarray(data.labels)[rows]
+        return features, labels
+    except (SelfsupError, KeyError, OSError) as error:
+        log.warning("report: no embeddings for the 2-D map (%s)", error)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="num">{_e(_fmt(c))}</td>' if isinstance(c, int | float) and
+            not isinstance(c, bool) else f"<td>{_e(_fmt(c))}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _mean_std(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """Mean ± std (in %) per budget; the fine-tuning column only when the sweep fine-tuned."""
+    columns = [("linear acc %", ("linear", "accuracy")), ("linear F1 %", ("linear", "macro_f1")),
+               ("kNN acc %", ("knn", "accuracy")), ("kNN F1 %", ("knn", "macro_f1")),
+               ("fine-tune acc %", ("finetune", "accuracy")),
+               ("supervised acc %", ("supervised", "accuracy")),
+               ("supervised F1 %", ("supervised", "macro_f1")),
+               ("linear − supervised (points)", ("linear_minus_supervised",))]
+    points = sweep["points"]
+    columns = [(name, keys) for name, keys in columns
+               if any(_stat(p["summary"], *keys) for p in points)]
+    rows = [[p["budget"], p["num_labels"],
+             *(_mean_std(_stat(p["summary"], *keys)) for _, keys in columns)] for p in points]
+    return table(["labels", "count (mean)", *(name for name, _ in columns)], rows)
+
+
+def _quality_rows(quality: dict[str, Any]) -> list[list[Any]]:
+    notes = {
+        "std_ratio": "per-dim std of normalised embeddings × √d: ≈1 healthy, 0 collapsed "
+                     "(SimSiam)",
+        "effective_rank": "RankMe (Garrido et al. 2023): 1 = one direction",
+        "effective_rank_frac": "RankMe / min(n, d)",
+        "uniformity": "Wang & Isola 2020, t=2: 0 = collapsed, about −4 = spread on the sphere",
+        "alignment": "Wang & Isola 2020: distance between two views, 0 = identical",
+        "dead_dimensions": "dimensions with std below 1% of 1/√d",
+        "collapsed": "std ratio < 0.1 or effective rank < 1.5",
+    }
+    return [[k, v, notes.get(k, "")] for k, v in quality.items()
+            if not isinstance(v, list | dict)]
+
+
+def _optional_sections(run: Path) -> list[str]:
+    """MAE reconstructions, generated text samples and zero-shot results, when the run has them."""
+    out = []
+    recon = sorted(run.glob("reconstruction*.png"))
+    if recon:
+        out.append("<h2>Reconstructions</h2>"
+                   + "".join(img(p.read_bytes(), p.name) for p in recon))
+    samples = sorted([*run.glob("samples*.txt"), *run.glob("*samples*.json"),
+                      *run.glob("generate*.txt")])
+    if samples:
+        parts = ["<h2>Generated samples</h2>"]
+        for p in samples[:5]:
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if p.suffix == ".json":
+                try:
+                    loaded = json.loads(text)
+                    items = loaded.get("samples", loaded) if isinstance(loaded, dict) else loaded
+                    text = "\n\n---\n\n".join(
+                        str(s.get("text", s)) if isinstance(s, dict) else str(s)
+                        for s in (items if isinstance(items, list) else [items]))
+                except json.JSONDecodeError:
+                    pass
+            parts.append(f"<h3>{_e(p.name)}</h3><pre>{_e(text[:6000])}</pre>")
+        out.append("".join(parts))
+    zero = sorted([*run.glob("zero*shot*.json"), *run.glob("zeroshot*.json")])
+    if zero:
+        parts = ["<h2>Zero-shot results</h2>"]
+        for p in dict.fromkeys(zero):
+            loaded = _json(p) or {}
+            flat = [[k, v] for k, v in loaded.items() if not isinstance(v, dict | list)]
+            parts.append(f"<h3>{_e(p.name)}</h3>" + (table(["key", "value"], flat) if flat else
+                                                    f"<pre>{_e(json.dumps(loaded)[:4000])}</pre>"))
+        out.append("".join(parts))
+    return out
+
+
+def page(title: str, body: list[str]) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(body) + IMAGE_CHECK + "</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The two verbs
+
+
+def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
+    """Write RUN/report.html from what the run directory holds; return its path."""
+    run = Path(run_path)
+    if not (run / "config.yaml").is_file():
+        raise SelfsupError(f"{run} is not a selfsup run (no config.yaml)")
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    summary = _json(run / "pretrain.json") or {}
+    evaluation = _json(run / "eval.json")
+    sweep = _json(run / "sweep.json")
+    quality = (sweep or {}).get("quality")
+    method = summary.get("method") or config.get("method", "?")
+    title = f"selfsup report: {method} / {config.get('encoder') or '?'} — {run.name}"
+
+    body = [f"<h1>{_e(title)}</h1>",
+            f'<p class="note">data: {_e(config.get("data"))} · run directory: {_e(run)}</p>']
+    text = verdict(sweep, evaluation, quality)
+    warn = " warn" if ("worse" in text or "Warning" in text) else ""
+    body.append(f'<h2>Verdict</h2><p class="verdict{warn}" id="verdict">{_e(text)}</p>')
+
+    if sweep and sweep.get("points"):
+        body.append("<h2>Label efficiency</h2>")
+        png = plots.label_efficiency(sweep["points"])
+        if png:
+            body.append(img(png, "label-efficiency curve"))
+        body.append(sweep_table(sweep))
+        base = sweep.get("baseline")
+        limits = [f"{base[k]:g} {k}" for k in ("minutes", "steps") if base and base.get(k)]
+        baseline_note = (
+            "Supervised baseline: the same encoder from scratch on the same labels, at most "
+            + " and ".join(limits) + " per point." if base else
+            f"No supervised baseline ({sweep.get('baseline_note') or 'not asked for'}).")
+        body.append(
+            f'<p class="note">{sweep["seeds"]} seeds; probes choose C and k on a stratified '
+            f'{sweep.get("val_fraction", 0.2):.0%} validation carve of each label subset. '
+            f"{_e(baseline_note)} Test split: {_e(sweep.get('test_data'))} "
+            f"({sweep.get('num_test')} examples).</p>")
+    elif evaluation:
+        rows = [["linear probe", evaluation["linear"]["accuracy"]],
+                ["kNN", evaluation["knn"]["accuracy"]]]
+        if evaluation.get("supervised"):
+            rows.append(["supervised baseline", evaluation["supervised"]["accuracy"]])
+        body.append("<h2>Evaluation</h2>" + table(["protocol", "test accuracy"], rows))
+
+    body.append("<h2>Run summary</h2>")
+    body.append(table(["", "value"], [[k, v] for k, v in summary.items()
+                                      if not isinstance(v, dict | list)]))
+    rows = _metrics_rows(run / "metrics.csv")
+    curves = plots.training_curves(rows)
+    body.append("<h2>Training curves</h2>")
+    body.append(img(curves, "training curves") if curves else
+                '<p class="note">no metrics.csv in the run</p>')
+
+    body.append("<h2>Label-free metrics</h2>")
+    if quality:
+        body.append("<p>On the test embeddings:</p>"
+                    + table(["metric", "value", "meaning"], _quality_rows(quality)))
+    if summary.get("collapse"):
+        body.append("<p>At the end of pre-training (last batch):</p>"
+                    + table(["metric", "value", "meaning"], _quality_rows(summary["collapse"])))
+    if not quality and not summary.get("collapse"):
+        body.append('<p class="note">none recorded</p>')
+
+    if embedding_map:
+        found = _embeddings(run)
+        png = plots.embedding_map(*found) if found is not None else None
+        if png:
+            body.append("<h2>Embedding map</h2>" + img(png, "2-D map of embeddings"))
+
+    body.extend(_optional_sections(run))
+    body.append("<h2>Config</h2><details><summary>config.yaml</summary><pre>"
+                + _e(yaml.safe_dump(config, sort_keys=False)) + "</pre></details>")
+    out = run / REPORT_FILE
+    atomic.write_text(out, page(title, body))
+    return out
+
+
+def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per run: its method, budget and headline scores (sweep's largest budget first)."""
+    rows = []
+    for path in runs:
+        run = Path(path)
+        if not run.is_dir():
+            raise SelfsupError(f"run directory {run} does not exist")
+        config = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+                  if (run / "config.yaml").is_file() else {}) or {}
+        summary = _json(run / "pretrain.json") or {}
+        evaluation = _json(run / "eval.json") or {}
+        sweep = _json(run / "sweep.json") or {}
+        row: dict[str, Any] = {
+            "name": run.name,
+            "method": summary.get("method") or config.get("method"),
+            "encoder": config.get("encoder"),
+            "data": config.get("data"),
+            "steps": summary.get("steps"),
+            "minutes": (summary["train_seconds"] / 60 if summary.get("train_seconds") else None),
+            "samples_per_s": summary.get("samples_per_s", summary.get("images_per_s")),
+            "knn_monitor": summary.get("knn_monitor_accuracy"),
+        }
+        for protocol in ("linear", "knn", "supervised"):
+            row[protocol] = (evaluation.get(protocol) or {}).get("accuracy")
+        points = sweep.get("points") or []
+        if points:
+            top = points[-1]["summary"]
+            row["scores_from"] = f"sweep, {points[-1]['budget']} labels"
+            for protocol in ("linear", "knn", "supervised"):
+                stat = _stat(top, protocol, "accuracy")
+                if stat:
+                    row[protocol], row[f"{protocol}_std"] = stat["mean"], stat["std"]
+            for p in points:
+                stat = _stat(p["summary"], "linear", "accuracy")
+                row[f"linear@{p['budget']}"] = stat["mean"] if stat else None
+        elif evaluation:
+            row["scores_from"] = "eval.json"
+        rows.append(row)
+    return rows
+
+
+def build_compare(runs: list[str | Path], out: str | Path = "compare.html") -> Path:
+    """Write one HTML page with a table and a chart across runs; return its path."""
+    if not runs:
+        raise SelfsupError("compare needs at least one run directory")
+    rows = compare_rows(runs)
+    columns = list(dict.fromkeys(k for r in rows for k in r if not k.endswith("_std")))
+    body = [f"<h1>selfsup compare: {len(rows)} runs</h1>",
+            table(columns, [[r.get(c) for c in columns] for r in rows])]
+    png = plots.compare_chart(rows)
+    if png:
+        body.append(img(png, "comparison chart"))
+    body.append('<p class="note">Accuracies are on each run\'s own test split; compare runs '
+                "evaluated on the same data.</p>")
+    path = Path(out)
+    atomic.write_text(path, page("selfsup compare", body))
+    return path

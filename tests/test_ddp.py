@@ -1,0 +1,206 @@
+"""Two processes (DDP, gloo, CPU) equal one process with the combined batch.
+
+First the batch-wide losses on their own. Each case runs a small linear model on two views of
+a batch split unevenly over the ranks (3 and 5 examples, so the padding in the all-gather is
+exercised too), lets DDP average the gradients, and compares the ranks' mean loss and the
+averaged gradient with the same model on the whole batch in this process. Without the
+all-gather (or with the wrong gradient scaling) the losses or gradients differ by far more
+than the tolerance.
+
+Then a real 2-process pre-training through the engine (tests/ddp_pretrain_script.py): the
+ranks end with identical weights, and losses and weights follow the 1-process run with the same
+global batch, which needs the data split over the ranks as one process would batch it.
+"""
+
+import csv
+import datetime
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from selfsup import distributed
+from selfsup.config import PretrainConfig
+from selfsup.engine import check_processes
+from selfsup.errors import SelfsupError
+from selfsup.methods.dino import update_center
+from selfsup.methods.losses import barlow_twins_loss, dino_loss, info_nce, nt_xent, vicreg_loss
+
+SPLIT = (3, 5)  # examples per rank; the single process holds all 8
+IN_DIM, OUT_DIM = 6, 4
+
+
+def _dino(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Update a centre from the (detached) teacher scores, then score the student against it:
+    the loss only matches if the centre is the global batch's."""
+    center = torch.full((1, OUT_DIM), 0.3)
+    teacher = torch.stack([z1, z2]).detach() * 3
+    update_center(center, teacher, 0.5)
+    student = torch.stack([z1, z2, z1 * z2])
+    return dino_loss(student, teacher, center, 0.1, 0.05)
+
+
+CASES = {
+    "nt_xent": lambda z1, z2: nt_xent(z1, z2, 0.5),
+    "info_nce": lambda z1, z2: info_nce(z1, z2, 0.2) + info_nce(z2, z1.detach(), 0.2),
+    "barlow_twins": lambda z1, z2: barlow_twins_loss(z1, z2, 5e-3),
+    "vicreg": lambda z1, z2: vicreg_loss(z1, z2),
+    "dino": _dino,
+}
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, sum(SPLIT), IN_DIM, generator=generator).unbind()
+
+
+def _model() -> torch.nn.Linear:
+    torch.manual_seed(1)
+    return torch.nn.Linear(IN_DIM, OUT_DIM)
+
+
+def _step(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, case: str):
+    """One forward (both views in one call, as the methods do) and backward."""
+    z1, z2 = model(torch.cat([x1, x2])).chunk(2)
+    loss = CASES[case](z1, z2)
+    loss.backward()
+    return loss.detach()
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=len(SPLIT),
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        x1, x2 = _inputs()
+        start = sum(SPLIT[:rank])
+        mine = slice(start, start + SPLIT[rank])
+        results = {}
+        for case in CASES:
+            model = DistributedDataParallel(_model())
+            loss = _step(model, x1[mine], x2[mine], case)
+            dist.all_reduce(loss)  # the mean over ranks is what must equal the 1-process loss
+            grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+            results[case] = (float(loss) / len(SPLIT), grads)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    # fork: the children inherit the imported modules (spawn would re-import torch and selfsup,
+    # tens of seconds on a busy 2-core machine).
+    context = mp.start_processes(
+        _worker,
+        args=(str(tmp / "init"), str(tmp)),
+        nprocs=len(SPLIT),
+        join=False,
+        start_method="fork",
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-process run did not finish within 120 s")
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(len(SPLIT))]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_process_loss_and_gradients_equal_one_process(ddp_results, case):
+    assert distributed.world_size() == 1  # the reference runs without torch.distributed
+    model = _model()
+    x1, x2 = _inputs()
+    loss = float(_step(model, x1, x2, case))
+    for rank, results in enumerate(ddp_results):
+        rank_loss, grads = results[case]
+        assert rank_loss == pytest.approx(loss, rel=1e-5), (case, rank)
+        for name, p in model.named_parameters():
+            assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), (case, rank, name)
+
+
+def test_without_torch_distributed_the_collectives_are_identities():
+    x = torch.randn(5, 3, requires_grad=True)
+    gathered, offset = distributed.all_gather(x)
+    assert gathered is x and offset == 0
+    assert distributed.total_count(5) == 5
+    assert torch.allclose(distributed.global_mean(x), x.mean(dim=0))
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+    return [float(row["train/loss"]) for row in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+def test_two_process_pretraining_matches_one_process(tmp_path):
+    script = Path(__file__).with_name("ddp_pretrain_script.py")
+    env = {**os.environ, "PYTHONPATH": str(script.parent.parent)}
+    runs = {"two": ("2", "8"), "one": ("1", "16")}  # the same global batch of 16
+    # Both at once; each in its own interpreter, so its test method stays out of this one.
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / name), devices, batch],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for name, (devices, batch) in runs.items()
+    }
+    for name, process in started.items():
+        try:
+            output, _ = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"the {name}-process pre-training did not finish within 300 s")
+        assert process.returncode == 0, output[-4000:]
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    rank0, rank1 = (torch.load(two / f"weights-rank{r}.pt") for r in (0, 1))
+    single = torch.load(one / "weights-rank0.pt")
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), name  # DDP keeps the replicas identical
+        assert torch.allclose(value, single[name], rtol=1e-4, atol=1e-5), name
+    losses_two, losses_one = _losses(two), _losses(one)
+    assert len(losses_two) == len(losses_one) == 4
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    summary = (two / "pretrain.json").read_text()
+    assert '"processes": 2' in summary and '"global_batch_size": 16' in summary
+
+
+def test_inconsistent_process_settings_are_refused_with_reasons(monkeypatch):
+    with pytest.raises(SelfsupError, match="fsdp.*needs GPUs"):
+        PretrainConfig(strategy="fsdp", accelerator="cpu")
+    with pytest.raises(SelfsupError, match="one run directory.*--out"):
+        PretrainConfig(devices=2)
+    with pytest.raises(SelfsupError, match="strategy must be one of"):
+        PretrainConfig(strategy="deepspeed")
+    with pytest.raises(SelfsupError, match="devices must be at least 1"):
+        PretrainConfig(devices=0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SelfsupError, match="no CUDA GPU"):
+        check_processes(PretrainConfig(accelerator="gpu"))
+    with pytest.raises(SelfsupError, match="fsdp.*none is visible"):
+        check_processes(PretrainConfig(accelerator="auto", strategy="fsdp"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(SelfsupError, match="3 CPU processes but this node has 2"):
+        check_processes(PretrainConfig(devices=3, out="runs/x"))
+    check_processes(PretrainConfig(devices=2, out="runs/x", strategy="ddp"))  # fine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(SelfsupError, match="this node has 4 GPU"):
+        check_processes(PretrainConfig(accelerator="gpu", devices=8, out="runs/x"))

@@ -1,0 +1,159 @@
+"""The label-efficiency sweep: budgets, stratified subsets that change with the seed and never
+touch the test split, mean/spread, and one real (tiny) sweep end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from selfsup.cli import main
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.sweep import LabelBudget, label_subset, macro_f1, parse_budgets, spread
+
+# 3 classes of 100, 50 and 20 examples, shuffled.
+LABELS = np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [100, 50, 20]))
+
+
+def test_parse_budgets_orders_and_validates():
+    budgets = parse_budgets("1, 0.01,0.1", "10,1")
+    assert [b.name for b in budgets] == ["1/class", "10/class", "1%", "10%", "100%"]
+    assert parse_budgets([0.5, 0.5]) == [LabelBudget(fraction=0.5)]
+    for bad in ("0", "1.5", "abc", "nan", ","):
+        with pytest.raises(SelfsupError):
+            parse_budgets(bad)
+    with pytest.raises(SelfsupError):
+        parse_budgets(None, "0")
+    with pytest.raises(SelfsupError):
+        parse_budgets(None, "2.5")
+    with pytest.raises(SelfsupError):
+        parse_budgets()
+    assert LabelBudget(fraction=0.01).tag == "1pct"
+
+
+def test_subset_is_stratified():
+    rows = label_subset(LABELS, LabelBudget(fraction=0.1), seed=0)
+    assert np.array_equal(np.bincount(LABELS[rows]), [10, 5, 2])
+    assert len(np.unique(rows)) == len(rows) and np.all(np.diff(rows) > 0)
+    # Each class keeps at least two labels (one can go to validation), however small the budget.
+    rows = label_subset(LABELS, LabelBudget(fraction=0.01), seed=0)
+    assert np.array_equal(np.bincount(LABELS[rows]), [2, 2, 2])
+    # k per class, capped at the class size.
+    rows = label_subset(LABELS, LabelBudget(per_class=30), seed=0)
+    assert np.array_equal(np.bincount(LABELS[rows]), [30, 30, 20])
+    assert len(label_subset(LABELS, LabelBudget(fraction=1.0), seed=5)) == len(LABELS)
+
+
+def test_seeds_change_the_subset_and_a_seed_repeats_it():
+    budget = LabelBudget(fraction=0.1)
+    a, b = label_subset(LABELS, budget, 0), label_subset(LABELS, budget, 1)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, label_subset(LABELS, budget, 0))
+    assert np.array_equal(np.bincount(LABELS[a]), np.bincount(LABELS[b]))  # same class counts
+
+
+def test_spread_and_macro_f1_by_hand():
+    s = spread([0.5, 0.7, 0.9])
+    assert s["mean"] == pytest.approx(0.7) and s["std"] == pytest.approx(0.2)  # ddof 1
+    assert s["n"] == 3
+    assert spread([0.4])["std"] == 0.0
+    # class 0: P = 1/2, R = 1 -> F1 2/3; class 1: P = 1, R = 1/2 -> F1 2/3; class 2: F1 1.
+    f1 = macro_f1(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 2]))
+    assert f1 == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real sweep on a tiny run (digits, a few steps, a narrow encoder): the plumbing, not quality.
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from selfsup.api import pretrain
+
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    pretrain("simclr", "digits", out=str(out), steps=3, batch_size=64, progress=False,
+             encoder="resnet_small", encoder_options={"width": 8}, monitor_size=0,
+             log_every_steps=1)
+    return out
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
+    from selfsup.data.images import load_digits
+
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
+                             "--fractions", "0.1,1", "--seeds", "2", "--baseline-steps", "2",
+                             "--no-progress")
+    assert code == 0, err
+    assert "Verdict" in out
+    result = json.loads((tiny_run / "sweep.json").read_text())
+    assert [p["budget"] for p in result["points"]] == ["10%", "100%"]
+    assert result["seeds"] == 2 and result["num_test"] == 360  # 20% of 1,797, stratified
+    labels = load_digits().labels
+    subsets = np.load(tiny_run / "sweep" / "label_subsets.npz")
+    test = subsets["test"]
+    for point in result["points"]:
+        assert len(point["runs"]) == 2
+        for run in point["runs"]:
+            for protocol in ("linear", "knn", "supervised"):
+                assert 0 <= run[protocol]["accuracy"] <= 1
+                assert 0 <= run[protocol]["macro_f1"] <= 1
+            rows = subsets[f"{LabelBudget(fraction=point['fraction']).tag}_seed{run['seed']}"]
+            assert len(rows) == run["num_labels"]
+            assert not np.intersect1d(rows, test).size  # never a test example
+        s = point["summary"]
+        assert s["linear"]["accuracy"]["mean"] == pytest.approx(
+            np.mean([r["linear"]["accuracy"] for r in point["runs"]]))
+        assert s["linear_minus_supervised"]["values"] == pytest.approx(
+            [r["linear"]["accuracy"] - r["supervised"]["accuracy"] for r in point["runs"]])
+    # 10%: stratified (each class about a tenth of its training examples), and seed-dependent.
+    ten0, ten1 = subsets["10pct_seed0"], subsets["10pct_seed1"]
+    assert not np.array_equal(ten0, ten1)
+    pool_counts = np.bincount(np.delete(labels, test), minlength=10)
+    assert np.all(np.abs(np.bincount(labels[ten0], minlength=10) - 0.1 * pool_counts) <= 1)
+    # 100%: every training example, none of the test split.
+    assert len(subsets["100pct_seed0"]) + len(test) == len(labels)
+    quality = result["quality"]
+    assert quality["collapsed"] in (True, False)
+    assert 0 < quality["effective_rank"] <= 64  # width 8: a 64-d embedding
+    assert 0 < quality["alignment"] < 4 and quality["uniformity"] < 0  # two views differ
+    assert (tiny_run / "embeddings_sample.npz").is_file()
+
+    # The report of this real run: the verdict from these numbers, every section drawn.
+    from selfsup.report import build_report, verdict
+
+    page = build_report(tiny_run).read_text()
+    assert verdict(result, quality=result["quality"]) in page.replace("&#x27;", "'")
+    assert page.count("<img") == 3  # label efficiency, training curves, embedding map
+
+    # The baselines are kept per point and reused, not retrained, when asked again; this time
+    # with the optional fine-tuning of the pre-trained encoder (a second or so).
+    record = tiny_run / "sweep" / "baseline-10pct-seed0" / "result.json"
+    stamp = record.stat().st_mtime_ns
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
+                             "--fractions", "0.1", "--seeds", "1", "--baseline-steps", "2",
+                             "--protocol", "finetune", "--finetune-minutes", "0.02",
+                             "--no-progress")
+    assert code == 0, err
+    assert record.stat().st_mtime_ns == stamp
+    tuned = json.loads((tiny_run / "sweep.json").read_text())["points"][0]["runs"][0]
+    assert 0 <= tuned["finetune"]["accuracy"] <= 1 and tuned["finetune"]["steps"] >= 1
+    assert "finetune" in out
+
+
+def test_sweep_bad_options_are_one_message(tiny_run, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
+                           "--fractions", "0.1,2", "--no-progress")
+    assert code == 2 and "fraction" in err and "Traceback" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
+                           "--fractions", "0.1", "--seeds", "0", "--no-progress")
+    assert code == 2 and "seeds" in err
