@@ -200,7 +200,7 @@ def pretrain(
         return
     summary = run.read_summary()
     console.print(
-        f"[bold]done[/]: {summary['steps']} steps, {summary['images_per_s']:.1f} images/s, "
+        f"[bold]done[/]: {summary['steps']} steps, {summary['samples_per_s']:.1f} samples/s, "
         f"loss {summary['final_loss']:.3f}; run in {run.path}"
     )
     if summary.get("stopped_early"):
@@ -290,6 +290,14 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for the splits and the baseline.")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    data_option: Annotated[
+        list[str] | None,
+        typer.Option(help="Reader option KEY=VALUE for --data and --test (over the run's)."),
+    ] = None,
+    test_option: Annotated[
+        list[str] | None,
+        typer.Option(help="Reader option KEY=VALUE for --test only, e.g. split=test."),
+    ] = None,
     fractions: Annotated[
         str | None,
         typer.Option(help="Label-efficiency sweep over these label fractions, e.g. 0.01,0.1,1."),
@@ -324,7 +332,9 @@ def evaluate(
         print_sweep(sweep(run, data, test, fractions=fractions, labels_per_class=labels_per_class,
                           seeds=seeds, baseline=baseline, baseline_minutes=baseline_minutes,
                           baseline_steps=baseline_steps, skip_bad=skip_bad, progress=progress,
-                          finetune_minutes=finetune_minutes if protocol == "finetune" else None))
+                          finetune_minutes=finetune_minutes if protocol == "finetune" else None,
+                          data_options=_pairs(data_option, "--data-option"),
+                          test_options=_pairs(test_option, "--test-option")))
         return
     from selfsup.evaluate import evaluate as run_evaluate
 
@@ -348,6 +358,8 @@ def evaluate(
         progress=progress,
         finetune_minutes=finetune_minutes if protocol == "finetune" else None,
         finetune_fractions=finetune_at,
+        data_options=_pairs(data_option, "--data-option"),
+        test_options=_pairs(test_option, "--test-option"),
     )
     print_eval(result)
 

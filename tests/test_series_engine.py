@@ -46,6 +46,12 @@ def test_ts_contrast_through_the_engine(series_npz, tmp_path):
     test = load_series(series_npz, {"split": "test"})
     feats = extract_features(encoder, test, precision="32")
     assert feats.shape == (8, 16) and np.isfinite(feats).all()
+    # `selfsup evaluate` reads the test half of the same file through --test-option split=test.
+    import selfsup
+
+    result = selfsup.evaluate(run.path, str(series_npz), str(series_npz), baseline=False,
+                              test_options={"split": "test"}, progress=False)
+    assert result["num_test"] == 8 and result["num_train"] == 24
 
 
 def test_ts_mask_and_supervised_series_fit(series_npz, tmp_path):

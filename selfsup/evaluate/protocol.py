@@ -41,6 +41,8 @@ def reader_config(
         "image_size": spec.get("image_size"),
         "data_options": pretrain_config.get("data_options", {}),
     }
+    extra = overrides.pop("data_options", None) or {}
+    values["data_options"] = {**values["data_options"], **extra}  # e.g. split=test for --test
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(values)
 
@@ -80,10 +82,14 @@ def evaluate(
     cache_dir: str | None = None,
     finetune_minutes: float | None = None,
     finetune_fractions: tuple[float, ...] = (1.0,),
+    data_options: dict[str, Any] | None = None,
+    test_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Probe the run's frozen encoder and train the supervised baseline; write ``eval.json``.
 
     With ``finetune_minutes``, also the fine-tuning protocol (selfsup/evaluate/finetune.py).
+    ``data_options`` change the run's reader options for both files (``test_options`` for
+    ``test`` only), e.g. ``{"split": "test"}`` to read a UCR file's test half.
     """
     run = as_run(run_path)
     encoder, spec = load_encoder(run)
@@ -91,7 +97,12 @@ def evaluate(
     summary = run.read_summary()
     modality = spec.get("modality", "image")
     reader = reader_config(
-        pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir
+        pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir,
+        data_options=data_options,
+    )
+    test_reader = reader_config(
+        pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir,
+        data_options={**(data_options or {}), **(test_options or {})},
     )
     labelled = load_labelled(data, modality, reader)
     check_matches(labelled, spec)
@@ -102,7 +113,7 @@ def evaluate(
         test_source = f"{test_fraction:.0%} of {data}, stratified, seed {seed}"
     else:
         train = labelled
-        test_data = load_labelled(test, modality, reader)
+        test_data = load_labelled(test, modality, test_reader)
         check_matches(test_data, spec)
         test_source = test
         if getattr(test_data, "class_names", None) != getattr(train, "class_names", None):

@@ -346,6 +346,8 @@ def sweep(
     skip_bad: bool = False,
     progress: bool = True,
     cache_dir: str | None = None,
+    data_options: dict[str, Any] | None = None,
+    test_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the label-efficiency sweep for the run's encoder; write and return ``sweep.json``.
 
@@ -367,7 +369,11 @@ def sweep(
     summary = run.read_summary()
     modality = spec.get("modality", "image")
     reader = reader_config(pretrain_config, spec, skip_bad=skip_bad, progress=progress,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir,
+                           data_options=data_options)
+    test_reader = reader_config(pretrain_config, spec, skip_bad=skip_bad, progress=progress,
+                                cache_dir=cache_dir,
+                                data_options={**(data_options or {}), **(test_options or {})})
     started = time.monotonic()
 
     labelled = load_labelled(data, modality, reader)
@@ -382,7 +388,7 @@ def sweep(
         train = labelled
         pool_idx = np.arange(len(labelled))
         subsets = {}  # the test rows are those of the --test data
-        test_data = load_labelled(test, modality, reader)
+        test_data = load_labelled(test, modality, test_reader)
         check_matches(test_data, spec)
         test_source = test
     train_y, test_y = np.asarray(train.labels), np.asarray(test_data.labels)
