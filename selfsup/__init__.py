@@ -7,6 +7,7 @@
 
 from selfsup.api import PretrainConfig, evaluate, pretrain
 from selfsup.errors import SelfsupError
+from selfsup.loading import load
 
-__all__ = ["PretrainConfig", "SelfsupError", "evaluate", "pretrain"]
+__all__ = ["PretrainConfig", "SelfsupError", "evaluate", "load", "pretrain"]
 __version__ = "0.1.0"
