@@ -345,3 +345,116 @@ def test_random_method_options_build_or_are_refused(options):
     except SelfsupError:
         return
     assert isinstance(built, SimCLROptions)
+
+
+# ------------------------------------------------------------------ text and series readers ----
+
+TEXT_SUFFIXES = [".txt", ".md", ".jsonl", ".jsonl.gz", ".parquet"]
+
+
+@FUZZ
+@given(
+    payload=st.one_of(
+        st.binary(max_size=400),
+        st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.lists(
+            st.dictionaries(st.sampled_from(["text", "body", "id"]),
+                            st.one_of(st.text(max_size=30), st.integers(), st.none()),
+                            max_size=3),
+            max_size=6,
+        ).map(lambda rows: "\n".join(__import__("json").dumps(r) for r in rows).encode()),
+    ),
+    suffix=st.sampled_from(TEXT_SUFFIXES),
+    options=st.fixed_dictionaries(
+        {},
+        optional={
+            "tokenizer": st.sampled_from(["char", "bpe", "words"]),
+            "vocab_size": st.integers(-5, 600),
+            "block_size": st.integers(-2, 40),
+            "encoding_errors": st.sampled_from(["strict", "replace", "ignore"]),
+        },
+    ),
+)
+def test_random_text_files_are_read_or_refused(payload, suffix, options):
+    """Random bytes, text and JSON lines under every text suffix: a TokenData or a SelfsupError."""
+    from selfsup.data.base import load_data
+
+    with scratch() as folder:
+        path = folder / f"corpus{suffix}"
+        path.write_bytes(payload)
+        config = build_config({"method": "gpt", "cache_dir": str(folder / "cache"),
+                               "data_options": options})
+        try:
+            data = load_data("text", str(path), config)
+        except SelfsupError:
+            event("refused")
+            return
+        event("read")
+        assert len(data) > 0
+        batch = data.batch_dataset(with_labels=False).__getitems__([0])
+        assert batch["tokens"].dtype == torch.int64
+        assert int(batch["tokens"].max()) < data.data_info().vocab_size
+
+
+@FUZZ
+@given(
+    x=hnp.arrays(
+        dtype=st.sampled_from([np.float32, np.float64, np.int16, np.uint8]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=6),
+        elements={"allow_nan": True, "allow_infinity": True},
+    ),
+    key=st.sampled_from(["X", "X_train", "images", "x"]),
+    with_y=st.booleans(),
+    with_lengths=st.booleans(),
+    split=st.sampled_from([None, "train", "test", "all"]),
+    fill=st.sampled_from(["none", "zero", "ffill", "linear"]),
+)
+def test_random_series_npz_is_read_or_refused(x, key, with_y, with_lengths, split, fill):
+    """Random arrays (NaN, inf, odd shapes and dtypes) as series: SeriesData or SelfsupError."""
+    from selfsup.data.series import load_series
+
+    with scratch() as folder:
+        path = folder / "series.npz"
+        arrays = {key: x}
+        n = x.shape[0] if x.ndim else 0
+        if with_y:
+            arrays[key.replace("X", "y") if key.startswith("X") else "y"] = np.arange(n) % 3
+        if with_lengths:
+            arrays["lengths" if key == "X" else "len_train"] = np.full(n, 3, dtype=np.int32)
+        np.savez(path, **arrays)
+        options = {"fill": fill} if split is None else {"fill": fill, "split": split}
+        try:
+            data = load_series(path, options)
+        except SelfsupError:
+            event("refused")
+            return
+        event("read")
+        inputs = data.inputs(np.arange(min(len(data), 4)))
+        assert inputs.ndim == 3 and inputs.shape[0] == min(len(data), 4)
+
+
+@FUZZ
+@given(
+    rows=st.lists(
+        st.lists(st.one_of(st.floats(allow_nan=True), st.text(max_size=4), st.none()),
+                 min_size=0, max_size=6),
+        min_size=0, max_size=6,
+    ),
+    header=st.booleans(),
+)
+def test_random_series_csv_is_read_or_refused(rows, header):
+    """Random wide-form CSV cells (ragged, text, empty, NaN): SeriesData or SelfsupError."""
+    from selfsup.data.series import load_series
+
+    with scratch() as folder:
+        path = folder / "series.csv"
+        lines = [",".join(f"c{i}" for i in range(6))] if header else []
+        lines += [",".join("" if v is None else str(v) for v in row) for row in rows]
+        path.write_text("\n".join(lines), encoding="utf-8")
+        try:
+            data = load_series(path, {})
+        except SelfsupError:
+            event("refused")
+            return
+        event("read")
+        assert len(data) >= 1

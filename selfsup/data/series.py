@@ -393,6 +393,8 @@ def _load_wide(path: Path, options: dict[str, Any], fill: str) -> SeriesData:
     label_i = _column(header, label, path, "label") if label is not None else None
     length_i = _column(header, length, path, "length") if length is not None else None
     skip = {i for i in (label_i, length_i) if i is not None}
+    if not rows:
+        raise SelfsupError(f"{path}: no series (the file has no data rows)")
     series, labels, lengths = [], [], []
     for r, row in enumerate(rows):
         where = _row_name(path, first, r)
