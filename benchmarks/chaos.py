@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -210,10 +212,10 @@ def main() -> None:
         "max_abs_weight_difference": difference,
         "knn_reference": knn_ref,
         "knn_chaos": knn_chaos,
-        "precision": "bf16",
+        "precision": yaml.safe_load((chaos / "config.yaml").read_text())["precision"],
         "per_kill": kills,
-        "command": "python benchmarks/chaos.py " + " ".join(
-            a for a in sys.argv[1:] if not a.startswith("--work")),
+        "command": " ".join(["python benchmarks/chaos.py",
+                             *(a for a in sys.argv[1:] if not a.startswith("--work"))]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chaos.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -221,7 +223,8 @@ def main() -> None:
         "# Chaos: SIGKILL at random moments, resume each time",
         "",
         f"`{result['command']}` — SimCLR, resnet_small (width 16), batch 128, "
-        f"{args.steps} steps, a checkpoint every {interval} steps, CIFAR-10 train.",
+        f"{args.steps} steps, a checkpoint every {interval} steps, CIFAR-10 train, precision "
+        f"{result['precision']}.",
         "",
         "| figure | value |",
         "| --- | --- |",
