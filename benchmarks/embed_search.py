@@ -1,7 +1,8 @@
 """Embeddings out: `selfsup embed` throughput and memory, FAISS index build and search, recall.
 
 1. Embedding. CIFAR-10 test (10,000 JPEGs) and train (50,000) through an image run's encoder,
-   each in a fresh subprocess (`selfsup.embed.embed`, batch 256, bf16), after the folders are
+   each in a fresh subprocess (`selfsup.embed.embed`, batch 256, precision auto), after the
+   folders are
    decoded into the reader's cache (decoding is timed separately). Recorded: images/s and peak
    RSS (ru_maxrss). Streaming holds if the 5x larger input does not raise the peak.
 2. CIFAR-10 search. An index over the train embeddings (auto: exact, 50k < 100k); 1,000 test
@@ -276,7 +277,8 @@ def markdown(r: dict[str, Any]) -> str:
         f" `{r['command']}`. CIFAR-10 JPEGs are re-encoded at quality 75 (see"
         " ../shared/data/README.md).",
         "",
-        "## Embedding (fresh subprocess each, batch 256, bf16, decode cache warm)",
+        "## Embedding (fresh subprocess each, batch 256, precision "
+        f"{_precision()}, decode cache warm)",
         "",
         "| data | images | images/s | wall s | RSS after load | peak RSS |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -387,6 +389,13 @@ def main() -> None:
     print(markdown(result))
     print(f"written to {folder / 'embed_search.json'} and .md")
 
+
+
+
+def _precision() -> str:
+    from selfsup.config import inference_precision
+
+    return inference_precision("auto")
 
 if __name__ == "__main__":
     main()

@@ -290,7 +290,7 @@ def embed(
     resume: bool = False,
     *,
     progress: bool = True,
-    precision: str = "bf16",
+    precision: str = "auto",
     skip_bad: bool = False,
     cache_dir: str | None = None,
     rows_per_part: int | None = None,

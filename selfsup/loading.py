@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from selfsup.augment import to_float_images
+from selfsup.config import inference_precision
 from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
 from selfsup.registry import Registry
@@ -48,11 +49,12 @@ class Embedder:
         encoder: torch.nn.Module,
         spec: dict[str, Any],
         *,
-        precision: str = "bf16",
+        precision: str = "auto",
         batch_size: int = 256,
     ) -> None:
-        if precision not in ("bf16", "32"):
-            raise SelfsupError(f"precision must be 'bf16' or '32', got {precision!r}")
+        if precision not in ("auto", "bf16", "32"):
+            raise SelfsupError(f"precision must be 'auto', 'bf16' or '32', got {precision!r}")
+        precision = inference_precision(precision)  # bf16 only where it is native
         if batch_size < 1:
             raise SelfsupError(f"batch_size must be at least 1, got {batch_size}")
         self.run, self.encoder, self.spec = run, encoder.eval(), spec
@@ -231,7 +233,7 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def load(run: str | Path, *, precision: str = "bf16", batch_size: int = 256) -> Embedder:
+def load(run: str | Path, *, precision: str = "auto", batch_size: int = 256) -> Embedder:
     """The run's exported encoder, ready to embed raw inputs of its modality."""
     run_dir = as_run(run)
     encoder, spec = load_encoder(run_dir)
