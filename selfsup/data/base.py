@@ -64,6 +64,15 @@ class TrainData(Protocol):
         ...
 
 
+def class_count(labels: np.ndarray | None, class_names: list[str] | None) -> int | None:
+    """Number of classes: the named ones, else the largest label + 1; None for unlabelled data."""
+    if labels is None:
+        return None
+    if class_names is not None:
+        return len(class_names)
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
 #: modality -> ``load(path, options, config) -> TrainData``; ``options`` are ``data_options``.
 READERS: Registry = Registry("data modality")
 

@@ -69,11 +69,9 @@ class ImageData:
     @property
     def num_classes(self) -> int | None:
         """Number of classes, or None for unlabelled data."""
-        if self.labels is None:
-            return None
-        if self.class_names is not None:
-            return len(self.class_names)
-        return int(self.labels.max()) + 1 if len(self.labels) else 0
+        from selfsup.data.base import class_count
+
+        return class_count(self.labels, self.class_names)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -69,11 +69,9 @@ class SeriesData:
 
     @property
     def num_classes(self) -> int | None:
-        if self.labels is None:
-            return None
-        if self.class_names is not None:
-            return len(self.class_names)
-        return int(self.labels.max()) + 1 if len(self.labels) else 0
+        from selfsup.data.base import class_count
+
+        return class_count(self.labels, self.class_names)
 
     # -- the TrainData protocol (selfsup/data/base.py) --
 

@@ -9,7 +9,6 @@ is touched only to score.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -170,6 +169,35 @@ def evaluate(
     return result
 
 
+def baseline_values(
+    pretrain_config: dict[str, Any],
+    train: TrainData,
+    minutes: float | None,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The supervised baseline's config: the run's method's baseline, with the run's encoder,
+    data options, precision, batch (at most the labelled set) and lr; shared by the sweep."""
+    from selfsup.methods import METHODS
+
+    method = METHODS.get(pretrain_config.get("method", "simclr"))
+    return {
+        "method": method.baseline_method,
+        "data": train.source,
+        "minutes": minutes,
+        "batch_size": min(int(pretrain_config.get("batch_size", 256)), len(train)),
+        "encoder": pretrain_config.get("encoder") or method.default_encoder,
+        "encoder_options": pretrain_config.get("encoder_options", {}),
+        "data_options": pretrain_config.get("data_options", {}),
+        "precision": pretrain_config.get("precision", "bf16"),
+        "channels_last": pretrain_config.get("channels_last", True),
+        "lr": pretrain_config.get("lr", 2e-3),
+        "seed": seed,
+        "progress": progress,
+        "checkpoint_minutes": max(2.0, (minutes or 10.0) / 5),
+    }
+
+
 def supervised_baseline(
     run: RunDir,
     pretrain_config: dict[str, Any],
@@ -201,29 +229,11 @@ def supervised_baseline(
         if saved.get("key") == key:
             return saved["result"]
 
-    from selfsup.methods import METHODS
-
-    method = METHODS.get(pretrain_config.get("method", "simclr"))
     config = build_config(
-        {
-            "method": method.baseline_method,
-            "data": train.source,
-            "minutes": minutes,
-            "batch_size": pretrain_config.get("batch_size", 256),
-            "encoder": pretrain_config.get("encoder") or method.default_encoder,
-            "encoder_options": pretrain_config.get("encoder_options", {}),
-            "data_options": pretrain_config.get("data_options", {}),
-            "precision": pretrain_config.get("precision", "bf16"),
-            "channels_last": pretrain_config.get("channels_last", True),
-            "lr": pretrain_config.get("lr", 2e-3),
-            "seed": seed,
-            "progress": progress,
-            "checkpoint_minutes": max(2.0, minutes / 5),
-        }
+        baseline_values(pretrain_config, train, minutes, seed, progress)
     )
     baseline_run = RunDir(run.path / "baseline")
     baseline_run.path.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
     trained, summary = fit(config, train, baseline_run)
     trained.eval()
     features = torch.from_numpy(

@@ -37,7 +37,7 @@ from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
-from selfsup.evaluate.protocol import check_matches, load_labelled, reader_config
+from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
 from selfsup.evaluate.quality import quality_metrics
 from selfsup.run import RunDir, as_run, load_encoder
 
@@ -222,7 +222,6 @@ def train_baseline(
     """
     from selfsup.config import build_config
     from selfsup.engine import fit
-    from selfsup.methods import METHODS
 
     record = folder / "result.json"
     if record.is_file():
@@ -233,24 +232,8 @@ def train_baseline(
         shutil.rmtree(folder)  # an unfinished or different earlier baseline: start afresh
     folder.mkdir(parents=True)
 
-    method = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
-    values = {
-        "method": method.baseline_method,
-        "data": train.source,
-        "minutes": minutes,
-        "steps": steps,
-        "batch_size": min(int(pretrain_config.get("batch_size", 256)), len(train)),
-        "encoder": pretrain_config.get("encoder") or spec.get("name"),
-        "encoder_options": pretrain_config.get("encoder_options", {}),
-        "data_options": pretrain_config.get("data_options", {}),
-        "precision": pretrain_config.get("precision", "bf16"),
-        "channels_last": pretrain_config.get("channels_last", True),
-        "lr": pretrain_config.get("lr", 2e-3),
-        "seed": seed,
-        "progress": progress,
-        "monitor_size": 0,
-        "checkpoint_minutes": max(2.0, (minutes or 10.0) / 5),
-    }
+    values = {**baseline_values(pretrain_config, train, minutes, seed, progress),
+              "steps": steps, "monitor_size": 0}
     config = build_config({k: v for k, v in values.items() if v is not None})
     started = time.monotonic()
     trained, summary = fit(config, train, RunDir(folder))
