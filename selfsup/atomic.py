@@ -10,7 +10,9 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,35 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target`` whole.
+
+    A kill or a full disk mid-write leaves the previous folder (or nothing), never a folder
+    that half loads. A ``target`` that exists must be a previous export (it holds config.json)
+    or empty, so that a mistyped path never replaces unrelated files.
+    """
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise SelfsupError(f"{target} exists and is not an exported model; choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except OSError as error:
+        raise SelfsupError(f"could not write {target}: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_leftovers(*folders: str | Path) -> list[Path]:

@@ -9,12 +9,11 @@ gives the same logits (tests/test_gpt.py checks it).
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
+from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.models.gpt import GPT
 
@@ -80,27 +79,10 @@ def export_hf(run_path: str | Path, out: str | Path) -> Path:
     missing = [name for name in missing if "rotary_emb" not in name]
     if missing or unexpected:
         raise SelfsupError(f"export mismatch: missing {missing}, unexpected {unexpected}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise SelfsupError(f"{out} exists and is not an exported model; choose another --out")
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS,
                                            bos_token=EOS, unk_token=None)
-    # Written whole beside ``out`` and renamed into place: a kill or a full disk mid-export
-    # leaves the previous export (or nothing), never a folder that half loads.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    # Written whole beside ``out`` and renamed into place (atomic.atomic_folder).
+    with atomic.atomic_folder(out) as staging:
         hf_model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except OSError as error:
-        raise SelfsupError(f"could not write the export to {out}: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return Path(out)

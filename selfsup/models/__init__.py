@@ -2,7 +2,7 @@
 
 import torch
 
-from selfsup.models import gpt, resnet, series, vit  # noqa: F401  (registration on import)
+from selfsup.models import gpt, hf_text, resnet, series, vit  # noqa: F401  (registration on import)
 from selfsup.models.base import ImageEncoder
 from selfsup.models.registry import ENCODERS
 
