@@ -4,7 +4,8 @@
    each in a fresh subprocess (`selfsup.embed.embed`, batch 256, precision auto), after the
    folders are
    decoded into the reader's cache (decoding is timed separately). Recorded: images/s and peak
-   RSS (ru_maxrss). Streaming holds if the 5x larger input does not raise the peak.
+   RSS (ru_maxrss); then the train files linked 5 times (250,000 rows). Streaming holds if
+   the 5x larger input does not raise the peak.
 2. CIFAR-10 search. An index over the train embeddings (auto: exact, 50k < 100k); 1,000 test
    images as queries: latency p50/p99 of the index search alone (one query at a time), and of
    the whole query (JPEG file -> encoder -> search); the share of same-class images among the
@@ -42,6 +43,8 @@ sys.path.insert(0, str(REPO))
 
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 RESULTS = REPO / "benchmarks" / "results"
+#: Peak-RSS differences below this are allocator noise (repeated runs of one input vary so).
+STREAMING_NOISE_BYTES = 32 * 2**20
 
 
 # ------------------------------------------------------------------------ child process ----
@@ -92,6 +95,21 @@ def subset_folder(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
+def repeat_folder(src: Path, dst: Path, times: int) -> Path:
+    """`src`'s class folders with every file linked `times` times (r0_NAME, r1_NAME, ...).
+
+    File links, not folder links: the reader reads a folder linked twice only once.
+    """
+    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir()):
+            for r in range(times):
+                link = dst / cls.name / f"r{r}_{f.name}"
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+    return dst
+
+
 def get_run(args: argparse.Namespace, train: Path) -> str:
     import selfsup
     from selfsup.run import RunDir
@@ -120,21 +138,27 @@ def bench_cifar(args: argparse.Namespace, run: str, test: Path, train: Path,
     from selfsup.index import SearchIndex, build_index, read_embeddings
 
     embedder = selfsup.load(run)
+    train_x5 = repeat_folder(train, work / "train_x5", 5)
+    tiers = (("test", test), ("train", train), ("train_x5", train_x5))
     decode = {}
-    for name, folder in (("test", test), ("train", train)):
+    for name, folder in tiers:
         started = time.perf_counter()
         load_images(folder, image_size=embedder.image_size, progress=False)
         decode[name] = time.perf_counter() - started
     print(f"decode/cache seconds: {decode}", flush=True)
 
     embedded = {}
-    for name, folder in (("test", test), ("train", train)):
+    for name, folder in tiers:
         result = embed_in_subprocess(run, str(folder), work / f"{name}.parquet", args.batch_size)
         embedded[name] = result
         print(f"embed {name}: {result['rows']} rows, {result['rows_per_s']:.0f} images/s,"
               f" peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
-    small, big = embedded["test"], embedded["train"]
+    # The verdict is the step from train to 5x train: both are past the allocator's warm-up
+    # (the first parts of any run raise the peak by some tens of MiB whatever the data size),
+    # so what is left is what the extra rows cost. test -> train is reported beside it.
+    small, big = embedded["train"], embedded["train_x5"]
     growth = big["peak_rss_bytes"] - small["peak_rss_bytes"]
+    growth_test_train = embedded["train"]["peak_rss_bytes"] - embedded["test"]["peak_rss_bytes"]
     # Holding the images would cost at least their decoded bytes; streaming costs per row only
     # the small metadata (id, label) and allocator noise.
     pixels = embedder.image_size**2 * embedder.channels
@@ -182,11 +206,14 @@ def bench_cifar(args: argparse.Namespace, run: str, test: Path, train: Path,
         "decode_seconds": decode,
         "embed": embedded,
         "peak_rss_growth_5x_bytes": growth,
+        "peak_rss_growth_test_to_train_bytes": growth_test_train,
         "extra_decoded_pixel_bytes": extra_pixel_bytes,
         "growth_per_extra_image_bytes": growth / max(1, big["rows"] - small["rows"]),
-        # None: too few extra bytes to tell from allocator noise (quick runs).
-        "streaming_ok": growth < 0.5 * extra_pixel_bytes if extra_pixel_bytes > 64 * 2**20
-        else None,
+        # Holds when the peak moves by less than the allocator noise seen between repeated
+        # runs of one input (about 30 MiB), i.e. < 5% of the extra pixels at full size. None:
+        # too few extra bytes to tell from that noise (quick runs).
+        "streaming_ok": growth < STREAMING_NOISE_BYTES
+        if extra_pixel_bytes > 20 * STREAMING_NOISE_BYTES else None,
         "index": index_info,
         "search_latency": percentiles(latency),
         "query_latency_end_to_end": percentiles(end_to_end),
@@ -269,7 +296,6 @@ def markdown(r: dict[str, Any]) -> str:
     ix, nb = c["index"], c["neighbours"]
     verdict = {True: "streaming holds", False: "GROWS: not streaming",
                None: "too small a step to judge"}[c["streaming_ok"]]
-    e_small, e_big = c["embed"]["test"], c["embed"]["train"]
     lines = [
         "# Embeddings out: embed, index, search",
         "",
@@ -283,19 +309,24 @@ def markdown(r: dict[str, Any]) -> str:
         "| data | images | images/s | wall s | RSS after load | peak RSS |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, e in (("cifar10/test", e_small), ("cifar10/train", e_big)):
+    names = {"test": "cifar10/test", "train": "cifar10/train", "train_x5": "cifar10/train x5"}
+    for key, e in c["embed"].items():
+        name = names.get(key, key)
         lines.append(f"| {name} | {e['rows']} | {e['rows_per_s']:.0f} | {e['wall_seconds']:.1f}"
                      f" | {mib(e['rss_ready_bytes'])} | {mib(e['peak_rss_bytes'])} |")
     lines += [
         "",
-        f"Peak RSS change for 5x the images: {c['peak_rss_growth_5x_bytes'] / 2**20:+.1f} MiB"
+        "Peak RSS change for 5x the images (cifar10/train -> the same files linked 5 times):"
+        f" {c['peak_rss_growth_5x_bytes'] / 2**20:+.1f} MiB"
         f" ({c['growth_per_extra_image_bytes']:.0f} bytes per extra image; the extra images'"
-        f" decoded pixels alone are {mib(c['extra_decoded_pixel_bytes'])}:"
-        f" {verdict}). What remains"
-        " is per-row metadata (id, label) and allocator noise of a few tens of MiB."
-        f" Decoding the JPEGs into the reader's cache (once per folder, not part of the above):"
-        f" {c['decode_seconds']['test']:.1f} s test, {c['decode_seconds']['train']:.1f} s train"
-        " (0 when already cached).",
+        f" decoded pixels alone are {mib(c['extra_decoded_pixel_bytes'])}: {verdict})."
+        " From test to train (also 5x):"
+        f" {c['peak_rss_growth_test_to_train_bytes'] / 2**20:+.1f} MiB; a run of 10,000 rows"
+        " ends before the allocator's high-water mark settles (tens of MiB, the same at any"
+        " size past the first parts), so the verdict uses the larger pair."
+        " Decoding the JPEGs into the reader's cache (once per folder, not part of the above): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in c["decode_seconds"].items())
+        + " (0 when already cached).",
         "",
         "## CIFAR-10 search (index over train embeddings, test images as queries)",
         "",

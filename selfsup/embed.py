@@ -398,9 +398,13 @@ def _embed_source(
         bar.close()
     seconds = time.perf_counter() - started
 
+    # Concatenated a row group at a time: memory holds one part's rows, whatever the total.
     with atomic.atomic_path(out) as tmp, pq.ParquetWriter(tmp, sch) as writer:
         for k in range(len(bounds)):
-            writer.write_table(pq.read_table(folder / f"part-{k:06d}.parquet", schema=sch))
+            part = pq.ParquetFile(folder / f"part-{k:06d}.parquet")
+            for group in range(part.num_row_groups):
+                writer.write_table(part.read_row_group(group).cast(sch))
+            part.close()
     _clear_parts(folder)
     embedded = n - start_row
     return {
