@@ -142,9 +142,30 @@ def pretrain(
     encoding_errors: Annotated[
         str | None, typer.Option(help="Text: invalid UTF-8 is an error (strict) or replace.")
     ] = None,
+    image_column: Annotated[
+        str | None, typer.Option(help="Pairs (clip): the column of image paths [image].")
+    ] = None,
+    caption_column: Annotated[
+        str | None, typer.Option(help="Pairs (clip): the column of captions [caption].")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Text (mlm): continue pre-training a local Hugging Face model folder; its "
+            "tokenizer.json is used. Several corpus files: --data a.jsonl.gz,b.jsonl.gz."
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    probe_data: Annotated[
+        str | None,
+        typer.Option(help="Text: labelled texts for the probe curve (a linear probe on frozen "
+                          "embeddings every --probe-every steps; RUN/probe_curve.json)."),
+    ] = None,
+    probe_every: Annotated[
+        int, typer.Option(help="Text: steps between probe-curve points [100].")
+    ] = 100,
     config: Annotated[
         Path | None, typer.Option(help="YAML recipe holding any of these options.")
     ] = None,
@@ -160,12 +181,15 @@ def pretrain(
         data,
         config=config,
         resume=resume,
+        probe_data=probe_data,
+        probe_every=probe_every,
         out=out,
         minutes=minutes,
         epochs=epochs,
         steps=steps,
         batch_size=batch_size,
         encoder=encoder,
+        init=init,
         precision=precision,
         seed=seed,
         lr=lr,
@@ -185,6 +209,8 @@ def pretrain(
             text_field=text_field,
             text_column=text_column,
             encoding_errors=encoding_errors,
+            image_column=image_column,
+            caption_column=caption_column,
         ),
         skip_nonfinite=skip_nonfinite,
         stop_on_collapse=stop_on_collapse,
@@ -320,12 +346,69 @@ def evaluate(
     finetune_fractions: Annotated[
         str, typer.Option(help="Finetune: label fractions to fine-tune with, e.g. 0.1,1.")
     ] = "1",
+    pairs: Annotated[
+        str | None, typer.Option(help="CLIP: held-out image-caption pairs for retrieval R@K.")
+    ] = None,
+    class_names: Annotated[
+        str | None,
+        typer.Option(help="CLIP: class names for the prompts, comma-separated, in label order "
+                          "(default: the class folders' names)."),
+    ] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(help="CLIP: a prompt template with one {}, e.g. 'a photo of a {}.' "
+                          "(repeat; default: 16 photo prompts)."),
+    ] = None,
+    class_subset: Annotated[
+        list[str] | None,
+        typer.Option(help="CLIP: also score zero-shot among these classes only, "
+                          "NAME=class,class (repeat), e.g. unseen=cat,truck."),
+    ] = None,
+    text_field: Annotated[
+        str | None, typer.Option(help="Text: the field/column holding the text [text].")
+    ] = None,
+    label_field: Annotated[
+        str | None, typer.Option(help="Text: the field/column holding the label [label].")
+    ] = None,
+    max_length: Annotated[
+        int, typer.Option(help="Text: tokens per text, at most the model's positions [128].")
+    ] = 128,
+    finetune_epochs: Annotated[
+        int | None, typer.Option(help="Text: also end each fine-tuning after this many epochs.")
+    ] = None,
+    test_size: Annotated[
+        int | None, typer.Option(help="Text: score on a fixed seeded random subset of the test.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Text, evaluating a Hugging Face folder: where eval.json goes."),
+    ] = None,
 ) -> None:
     """Linear probe and kNN on frozen features against a supervised baseline (same budget).
 
     With --fractions or --labels-per-class: the label-efficiency sweep (probes and baseline on
     stratified label subsets, several seeds), written to RUN/sweep.json.
+
+    Text (a run with an hf_text encoder, or a Hugging Face model folder as RUN): probes and,
+    with --protocol finetune, fine-tuning at each of --labels-per-class 10,100,all or
+    --fractions, against the same architecture from scratch and the run's starting model.
     """
+    from selfsup.evaluate.text import evaluate_text, is_text_target
+
+    if is_text_target(run):
+        if protocol not in ("probes", "finetune"):
+            raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
+        fields = {"text_field": text_field, "label_field": label_field}
+        print_text_eval(evaluate_text(
+            run, data, test, out=out, fractions=fractions, labels_per_class=labels_per_class,
+            protocol=protocol, baseline=baseline, finetune_minutes=finetune_minutes,
+            finetune_epochs=finetune_epochs, max_length=max_length, seed=seed,
+            test_size=test_size, progress=progress,
+            data_options={**(_pairs(data_option, "--data-option") or {}),
+                          **{k: v for k, v in fields.items() if v is not None}},
+            test_options=_pairs(test_option, "--test-option"),
+        ))
+        return
     if fractions is not None or labels_per_class is not None:
         from selfsup.evaluate.sweep import sweep
 
@@ -338,6 +421,7 @@ def evaluate(
         return
     from selfsup.evaluate import evaluate as run_evaluate
 
+    clip_options = _clip_options(pairs, class_names, template, class_subset)
     if protocol not in ("probes", "finetune"):
         raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
     try:
@@ -360,8 +444,95 @@ def evaluate(
         finetune_fractions=finetune_at,
         data_options=_pairs(data_option, "--data-option"),
         test_options=_pairs(test_option, "--test-option"),
+        clip_options=clip_options,
     )
+    if "zero_shot" in result or "retrieval" in result:
+        print_clip_eval(result)
+        return
     print_eval(result)
+
+
+def _clip_options(
+    pairs: str | None, class_names: str | None, templates: list[str] | None,
+    subsets: list[str] | None,
+) -> dict[str, Any] | None:
+    """The CLIP evaluation flags as ``evaluate``'s ``clip_options`` (None when none is given)."""
+    options: dict[str, Any] = {}
+    if pairs is not None:
+        options["pairs"] = pairs
+    if class_names is not None:
+        options["class_names"] = [n.strip() for n in class_names.split(",") if n.strip()]
+    if templates:
+        options["templates"] = list(templates)
+    if subsets:
+        parsed = {}
+        for item in subsets:
+            name, sep, members = item.partition("=")
+            classes = [m.strip() for m in members.split(",") if m.strip()]
+            if not sep or not name.strip() or not classes:
+                raise SelfsupError(f"--class-subset expects NAME=class,class; got {item!r}")
+            parsed[name.strip()] = classes
+        options["subsets"] = parsed
+    return options or None
+
+
+def print_clip_eval(result: dict[str, Any]) -> None:
+    where = result.get("test_data") or result.get("retrieval", {}).get("pairs")
+    table = Table(title=f"{result['method']} / {result['encoder']} on {where}")
+    table.add_column("protocol")
+    table.add_column("score", justify="right")
+    table.add_column("notes")
+    for name, row in result.get("zero_shot", {}).items():
+        if isinstance(row, dict) and "accuracy" in row:
+            label = "zero-shot, all classes" if name == "all" else f"zero-shot, {name}"
+            table.add_row(label, f"{row['accuracy']:.4f}",
+                          f"{row['num_classes']} classes, chance {row['chance']:.3f}, "
+                          f"{row['num_images']} images")
+    for probe, label in (("linear", "linear probe"), ("knn", "kNN")):
+        if probe in result:
+            table.add_row(f"image tower, {label}", f"{result[probe]['accuracy']:.4f}",
+                          _chosen(result[probe]["chosen"]))
+    if "supervised" in result:
+        sup = result["supervised"]
+        table.add_row("supervised baseline", f"{sup['accuracy']:.4f}",
+                      f"same image encoder from scratch, {sup['minutes']:.1f} min")
+    retrieval = result.get("retrieval")
+    if retrieval:
+        for direction in ("image_to_text", "text_to_image"):
+            scores = retrieval[direction]
+            table.add_row(f"retrieval {direction.replace('_', ' ')}",
+                          " / ".join(f"{v:.3f}" for v in scores.values()),
+                          f"{' / '.join(scores)}; {retrieval['num_images']} images, "
+                          f"{retrieval['num_captions']} captions")
+    console.print(table)
+    console.print(f"written to {Path(result['run']) / 'eval.json'}")
+
+
+def print_text_eval(result: dict[str, Any]) -> None:
+    """Text evaluation: one row per label budget, the model against its references."""
+    table = Table(title=f"{result.get('method')} / {result['model']} on {result['test_data']} "
+                        f"(test accuracy, %)")
+    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
+             ("start", "linear"), ("start", "finetune"), ("scratch", "finetune")]
+    rows = result["budgets"]
+    shown = [k for k in kinds if any(k[1] in (r.get(k[0]) or {}) for r in rows)]
+    table.add_column("labels")
+    for kind, protocol in shown:
+        name = {"model": "model", "start": "starting model", "scratch": "from scratch"}[kind]
+        table.add_column(f"{name} {protocol}", justify="right")
+    for r in rows:
+        cells = [f"{100 * r[k][p]['accuracy']:.1f}" if p in (r.get(k) or {}) else "—"
+                 for k, p in shown]
+        table.add_row(f"{r['budget']} ({r['num_labels']})", *cells)
+    console.print(table)
+    cut = result.get("truncated", {}).get("model", {})
+    console.print(f"chance {100 * result['chance_accuracy']:.1f}%; texts cut to "
+                  f"{result['max_length']} tokens: {cut.get('train', 0)} train, "
+                  f"{cut.get('test', 0)} test")
+    if result.get("run"):
+        console.print(f"written to {Path(result['run']) / 'eval.json'}"
+                      if Path(result["run"]).joinpath("eval.json").is_file() else
+                      "not written (pass --out DIR to keep eval.json)")
 
 
 def print_eval(result: dict[str, Any]) -> None:
@@ -399,6 +570,32 @@ def print_eval(result: dict[str, Any]) -> None:
 
 def _chosen(chosen: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "converged")
+
+
+@app.command()
+def captions(
+    from_labels: Annotated[
+        Path, typer.Option("--from-labels", help="A labelled image folder (class sub-folders).")
+    ],
+    out: Annotated[Path, typer.Option(help="The pairs CSV to write (image, caption, label).")],
+    classes: Annotated[
+        str | None, typer.Option(help="Only these classes, comma-separated (e.g. hold some out).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the template choice.")] = 0,
+) -> None:
+    """Build image-caption pairs for CLIP from class names with varied templates.
+
+    Such captions teach only the label vocabulary: what the model knows of other words comes
+    from its text tower's own pre-training.
+    """
+    from selfsup.captions import captions_from_labels
+
+    chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    result = captions_from_labels(from_labels, out, classes=chosen, seed=seed)
+    console.print(f"[bold]done[/]: {result['rows']} pairs of {len(result['classes'])} classes "
+                  f"({result['templates']} templates) written to {result['out']}")
+    console.print(f"next: selfsup pretrain clip --data {result['out']} "
+                  "--method-option text_init=HF_FOLDER")
 
 
 @app.command()

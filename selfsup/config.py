@@ -36,6 +36,9 @@ class PretrainConfig:
     # None: the method's default encoder (resnet_small for images).
     encoder: str | None = None
     encoder_options: dict[str, Any] = field(default_factory=dict)
+    # Continued pre-training: a local Hugging Face model folder whose weights and tokenizer
+    # the run starts from (text methods that support it, e.g. mlm).
+    init: str | None = None
     # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
     data_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)

@@ -211,6 +211,107 @@ class ImageEmbedder(Embedder):
         return "pass --image PATH to search by image, or use a text or CLIP run for text queries"
 
 
+@EMBEDDERS.register("image_text")
+class CLIPEmbedder(ImageEmbedder):
+    """A CLIP run (selfsup/methods/clip.py): images and text into one shared space.
+
+    ``embed`` takes images as :class:`ImageEmbedder` does (so `selfsup embed` reads images);
+    ``embed_text`` takes strings; both return L2-normalised projections, so a dot product is
+    the cosine similarity the model was trained on. `selfsup search RUN "a red car"` embeds the
+    text with the text tower and searches an index of image embeddings.
+    """
+
+    modality: ClassVar[str] = "image"  # what `selfsup embed` reads
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+
+    def __init__(self, run: RunDir, encoder: torch.nn.Module, spec: dict[str, Any],
+                 **kwargs: Any) -> None:
+        super().__init__(run, encoder, spec, **kwargs)
+        import json
+
+        from safetensors.torch import load_file
+
+        from selfsup.methods import clip
+        from selfsup.models import build_encoder
+        from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers
+
+        needed = [clip.TEXT_WEIGHTS, clip.TEXT_SPEC, clip.TOKENIZER, clip.HEADS_WEIGHTS,
+                  clip.HEADS_SPEC]
+        missing = [name for name in needed if not (run.path / name).is_file()]
+        if missing:
+            raise SelfsupError(
+                f"{run.path} is a CLIP run without {', '.join(missing)}; did its pre-training "
+                "finish?"
+            )
+        quiet_transformers()
+        text_spec = json.loads((run.path / clip.TEXT_SPEC).read_text(encoding="utf-8"))
+        self.text_encoder = build_encoder(text_spec["name"], config=text_spec["config"])
+        self.text_encoder.load_state_dict(load_file(str(run.path / clip.TEXT_WEIGHTS)))
+        self.text_encoder.eval()
+        self.tokenizer = load_hf_tokenizer(run.path / clip.TOKENIZER)
+        self.clip_spec = json.loads((run.path / clip.HEADS_SPEC).read_text(encoding="utf-8"))
+        heads = load_file(str(run.path / clip.HEADS_WEIGHTS))
+        self.image_projection = heads["image_projection"]
+        self.text_projection = heads["text_projection"]
+        self.logit_scale = float(heads["logit_scale"][0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.image_projection.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the image tower and the projections: what an image embedding depends on."""
+        if self._fingerprint is None:
+            from selfsup.methods.clip import HEADS_WEIGHTS
+
+            digest = hashlib.sha256()
+            for path in (self.run.encoder_weights, self.run.path / HEADS_WEIGHTS):
+                with open(path, "rb") as handle:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(block)
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def _autocast(self) -> Any:
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        """Normalised shared-space embeddings (B, dim) of one model-ready image batch."""
+        with self._autocast():
+            features = self.encoder(batch).float()
+        projected = features @ self.image_projection.T
+        return torch.nn.functional.normalize(projected, dim=1).numpy()
+
+    @torch.inference_mode()
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Normalised shared-space embeddings (N, dim) float32 of captions or queries."""
+        from selfsup.models.hf_text import tokenize
+
+        items = [texts] if isinstance(texts, str) else list(texts)
+        for item in items:
+            if not isinstance(item, str):
+                raise SelfsupError(f"text queries must be strings, not {type(item).__name__}")
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        length = int(self.clip_spec.get("max_caption_tokens", 32))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            ids, mask, _ = tokenize(self.tokenizer, chunk, length)
+            with self._autocast():
+                features = self.text_encoder(ids, mask).float()
+            projected = torch.nn.functional.normalize(features @ self.text_projection.T, dim=1)
+            out[start : start + len(chunk)] = projected.numpy()
+        return out
+
+    def embed_query(self, query: Any, modality: str) -> np.ndarray:
+        if modality == "text":
+            return self.embed_text([query])
+        return super().embed_query(query, modality)
+
+
 def _open_image(path: Path) -> Image.Image:
     if not path.is_file():
         raise SelfsupError(f"{path}: no such image file")
@@ -224,6 +325,50 @@ def _open_image(path: Path) -> Image.Image:
         raise
     except Exception as error:  # any decode failure is this file's problem
         raise SelfsupError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+
+
+@EMBEDDERS.register("text")
+class TextEmbedder(Embedder):
+    """Texts in (str or a list of str): tokenised with the run's tokenizer, cut to the model's
+    positions (``max_length``; the number cut is logged), mean-pooled over the real tokens.
+
+    Serves runs whose encoder is ``hf_text`` (masked-LM, span corruption, continued
+    pre-training); the tokenizer is the run's ``hf/tokenizer.json`` (or its init folder's).
+    """
+
+    modality: ClassVar[str] = "text"
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+
+    def __init__(self, run: RunDir, encoder: torch.nn.Module, spec: dict[str, Any],
+                 **kwargs: Any) -> None:
+        super().__init__(run, encoder, spec, **kwargs)
+        from selfsup.evaluate.text import TextModel, run_tokenizer
+
+        if spec.get("name") != "hf_text":
+            raise SelfsupError(
+                f"{run.path}: embedding text needs an hf_text encoder (methods mlm, span); this"
+                f" run's encoder is {spec.get('name')!r}"
+            )
+        self.model = TextModel(self.encoder, run_tokenizer(run.path, run.read_config()),
+                               str(run.path))
+        self.max_length = min(self.model.max_length, 512)
+
+    def as_list(self, inputs: Any) -> list[Any]:
+        items = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [type(x).__name__ for x in items if not isinstance(x, str)]
+        if bad:
+            raise SelfsupError(f"a text encoder embeds strings, not {bad[0]}")
+        return items
+
+    def embed(self, inputs: Any) -> np.ndarray:
+        from selfsup.evaluate.text import text_features, tokenize_texts
+
+        tokens = tokenize_texts(self.model, self.as_list(inputs), self.max_length)
+        return text_features(self.encoder, tokens, self.model.pad_id,
+                             batch_size=self.batch_size, precision=self.precision)
+
+    def query_hint(self) -> str:
+        return "search it with a text query"
 
 
 _PLURAL = {"image": "images", "series": "series", "text": "text"}
@@ -253,4 +398,4 @@ def batched(n: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:
         yield a, min(a + size, n)
 
 
-__all__ = ["EMBEDDERS", "Embedder", "ImageEmbedder", "batched", "load"]
+__all__ = ["EMBEDDERS", "CLIPEmbedder", "Embedder", "ImageEmbedder", "batched", "load"]

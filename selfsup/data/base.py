@@ -81,6 +81,7 @@ _READER_MODULES = {
     "image": "selfsup.data.images",
     "text": "selfsup.data.tokens",
     "series": "selfsup.data.series",
+    "image_text": "selfsup.data.pairs",  # CLIP: image paths + captions
 }
 
 

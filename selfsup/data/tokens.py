@@ -464,14 +464,33 @@ class WindowSubset(WindowDataset):
         return self.parent.start(int(self.indices[index]))
 
 
-def load_text(path: str, options: dict[str, Any], config: Any) -> TokenData:
-    """The ``text`` reader: tokenize (or reuse the cached shards) and wrap as training data."""
+def load_text(path: str, options: dict[str, Any], config: Any) -> Any:
+    """The ``text`` reader: tokenize (or reuse the cached shards) and wrap as training data.
+
+    Methods that train on framed sequences (masked LM, span corruption: they declare a
+    ``framing``) read the corpus through selfsup/data/documents.py instead.
+    """
     from selfsup.config import options_dataclass
+
+    if _reads_documents(config):
+        from selfsup.data.documents import load_documents
+
+        return load_documents(path, options, config)
 
     text_options = options_dataclass(TextOptions, options or {}, "text data options")
     text_options.validate()
     shards = build_shards(path, text_options, getattr(config, "cache_dir", None))
     return TokenData(path, shards, text_options)
+
+
+def _reads_documents(config: Any) -> bool:
+    """Whether the config's method trains on framed documents (``framing``), not a stream."""
+    name = getattr(config, "method", None)
+    if not name:
+        return False
+    from selfsup.methods import METHODS
+
+    return name in METHODS and hasattr(METHODS.get(name), "framing")
 
 
 def _register() -> None:

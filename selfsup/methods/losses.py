@@ -206,3 +206,46 @@ def dino_loss(
     same_view = torch.eye(globals_, views, dtype=torch.bool, device=cross.device)
     total = distributed.total_count(batch, cross.device)
     return distributed.local_share(cross[~same_view].mean(), total)
+
+
+@_float32
+def clip_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    image_ids: torch.Tensor | None = None,
+    caption_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP (Radford et al. 2021, fig. 3): each image must pick its own
+    caption among the batch's captions, and each caption its own image, by cosine similarity
+    times ``logit_scale``; the mean of the two cross entropies.
+
+    Rows that share an image (``image_ids``) or a caption (``caption_ids``, e.g. captions
+    built from labels repeat) are not negatives of each other: every such pair is a positive,
+    and the target spreads evenly over a row's positives. Without ids each row's only positive
+    is itself, which is exactly the paper's loss. Under DDP the candidates are the global batch.
+    """
+    a = F.normalize(image.float(), dim=1)
+    b = F.normalize(text.float(), dim=1)
+    all_a, offset = distributed.all_gather(a)
+    all_b, _ = distributed.all_gather(b)
+    scale = torch.as_tensor(logit_scale, device=a.device).float()
+    logits_image = scale * a @ all_b.T  # (n, N): this rank's images against every caption
+    logits_text = scale * b @ all_a.T
+    n, total = a.shape[0], all_a.shape[0]
+    rows = torch.arange(n, device=a.device) + offset
+    if image_ids is None and caption_ids is None:
+        terms = (F.cross_entropy(logits_image, rows, reduction="sum")
+                 + F.cross_entropy(logits_text, rows, reduction="sum"))
+        return distributed.local_share(terms, 2 * total)
+    positive = F.one_hot(rows, total).bool()
+    for ids in (image_ids, caption_ids):
+        if ids is not None:
+            # float32 holds integer ids exactly up to 2**24; all_gather needs a float tensor
+            all_ids, _ = distributed.all_gather(ids.float().unsqueeze(1))
+            positive |= ids.float().unsqueeze(1) == all_ids.T
+    target = positive.float() / positive.sum(dim=1, keepdim=True)
+    terms = -(target * F.log_softmax(logits_image, dim=1)).sum() - (
+        target * F.log_softmax(logits_text, dim=1)
+    ).sum()
+    return distributed.local_share(terms, 2 * total)

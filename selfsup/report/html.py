@@ -289,6 +289,26 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     return table(["labels", "count (mean)", *(name for name, _ in columns)], rows)
 
 
+def text_eval_table(evaluation: dict[str, Any]) -> str:
+    """A text evaluation's budgets: the model's probes and fine-tuning against the starting
+    model and the same architecture from scratch (test accuracy)."""
+    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
+             ("start", "linear"), ("start", "knn"), ("start", "finetune"),
+             ("scratch", "finetune")]
+    names = {"model": "model", "start": "starting model", "scratch": "from scratch"}
+    budgets = evaluation["budgets"]
+    shown = [k for k in kinds if any(k[1] in (b.get(k[0]) or {}) for b in budgets)]
+    rows = [[f"{b['budget']} ({b['num_labels']})",
+             *[(b.get(k) or {}).get(p, {}).get("accuracy") for k, p in shown]]
+            for b in budgets]
+    note = (f'<p class="note">Test: {_e(evaluation.get("test_data"))} '
+            f'({evaluation.get("num_test")} texts), chance '
+            f'{_pct(evaluation.get("chance_accuracy", 0.0))}; texts cut to '
+            f'{evaluation.get("max_length")} tokens; starting model: '
+            f'{_e(evaluation.get("start_model") or "none recorded")}.</p>')
+    return table(["labels", *[f"{names[k]} {p}" for k, p in shown]], rows) + note
+
+
 def _quality_rows(quality: dict[str, Any]) -> list[list[Any]]:
     notes = {
         "std_ratio": "per-dim std of normalised embeddings × √d: ≈1 healthy, 0 collapsed "
@@ -386,12 +406,23 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
             f'{sweep.get("val_fraction", 0.2):.0%} validation carve of each label subset. '
             f"{_e(baseline_note)} Test split: {_e(sweep.get('test_data'))} "
             f"({sweep.get('num_test')} examples).</p>")
+    elif evaluation and evaluation.get("modality") == "text" and evaluation.get("budgets"):
+        body.append("<h2>Evaluation (text)</h2>" + text_eval_table(evaluation))
     elif evaluation:
         rows = [["linear probe", evaluation["linear"]["accuracy"]],
                 ["kNN", evaluation["knn"]["accuracy"]]]
         if evaluation.get("supervised"):
             rows.append(["supervised baseline", evaluation["supervised"]["accuracy"]])
         body.append("<h2>Evaluation</h2>" + table(["protocol", "test accuracy"], rows))
+    curve = _json(run / "probe_curve.json")
+    if curve and curve.get("records"):
+        png = plots.probe_curve(curve["records"])
+        if png:
+            body.append("<h2>Probe curve</h2>" + img(png, "probe curve") + (
+                f'<p class="note">Linear probe on frozen mean-pooled embeddings of '
+                f'{_e(curve.get("data"))}: fitted on {curve.get("num_probe_train")} texts, '
+                f'scored on the other {curve.get("num_probe_test")}, every '
+                f'{curve.get("every_steps")} steps.</p>'))
 
     body.append("<h2>Run summary</h2>")
     body.append(table(["", "value"], [[k, v] for k, v in summary.items()

@@ -26,7 +26,7 @@ LABELS = {"linear": "SSL + linear probe", "knn": "SSL + kNN", "finetune": "SSL +
 # metrics.csv columns drawn as training curves, in this order, when present.
 CURVE_GROUPS = [
     ("loss", ("train/loss",)),
-    ("monitor", ("monitor/knn_acc",)),
+    ("monitor", ("monitor/knn_acc", "probe_acc")),
     ("throughput (samples/s)", ("train/samples_per_s", "train/images_per_s", "throughput")),
     ("learning rate", ("train/lr",)),
     ("collapse: std ratio", ("collapse/std_ratio",)),
@@ -115,6 +115,23 @@ def label_efficiency(points: list[dict[str, Any]], metric: str = "accuracy") -> 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Label efficiency: mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def probe_curve(records: list[dict[str, Any]], key: str = "probe_acc") -> bytes | None:
+    """Linear-probe accuracy on the probe set against the pre-training step (the probe curve):
+    where it flattens, more pre-training stops paying for this task."""
+    points = sorted((r["step"], r[key]) for r in records if r.get(key) is not None)
+    if not points:
+        return None
+    steps, values = zip(*points, strict=True)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    ax.plot(steps, np.asarray(values) * 100, marker="o", markersize=4, color=COLOURS["linear"])
+    ax.set_xlabel("pre-training step")
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_title("Probe curve: linear probe on frozen embeddings", fontsize=10)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return to_png(fig)
 

@@ -1,0 +1,722 @@
+"""Text downstream evaluation: is continued (or from-scratch) pre-training worth it for my task?
+
+For a text encoder (a run whose exported encoder is ``hf_text``, or a plain Hugging Face folder)
+and a labelled training and test set (selfsup/data/labelled_text.py), at each label budget
+(``--labels-per-class 10,100,all`` or ``--fractions``; one stratified subset per budget, drawn
+from the training data only):
+
+- **sentence embeddings**: mean-pooled token states (Reimers & Gurevych 2019), texts cut to the
+  model's positions (``max_length``) with the number cut logged and recorded, never a crash;
+- **linear probe and kNN** on those cached features, hyper-parameters chosen on a validation
+  carve of the subset (selfsup/evaluate/probes.py);
+- **fine-tuning** of the whole encoder plus a linear head (``protocol="finetune"``; the recipe of
+  Devlin et al. 2019 at CPU scale: AdamW, lr 5e-5, weight decay 0.01, linear warm-up then
+  cosine decay, batch 16), keeping the epoch with the best accuracy on a validation carve;
+
+against (a) **the same architecture from scratch**, fine-tuned on the same labels with the same
+budget (it needs a larger learning rate, 5e-4, having nothing pre-trained to protect), and (b)
+**the starting model** before continued pre-training (the run's recorded ``init`` folder), when
+there is one, probed and fine-tuned the same way. The test split only scores. Results go to
+``eval.json`` with the same top-level ``linear`` / ``knn`` / ``supervised`` entries as image
+evaluations (the largest budget's), so ``selfsup report`` reads them, plus one row per budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import atomic
+from selfsup.config import inference_precision
+from selfsup.data.labelled_text import LabelledText, read_with_options
+from selfsup.errors import SelfsupError
+from selfsup.evaluate.finetune import FinetuneConfig, FinetuneModule
+from selfsup.evaluate.probes import stratified_split
+from selfsup.evaluate.sweep import LabelBudget, label_subset, macro_f1, parse_budgets, probe_subset
+
+log = logging.getLogger("selfsup")
+
+#: Fine-tuning recipe for pre-trained text encoders (BERT's: Devlin et al. 2019, appendix A.3).
+TEXT_FINETUNE = {"batch_size": 16, "lr": 5e-5, "weight_decay": 0.01, "layer_decay": None,
+                 "warmup_fraction": 0.1, "label_smoothing": 0.0, "val_fraction": 0.1}
+#: A randomly initialised transformer needs a larger step than a pre-trained one.
+SCRATCH_LR = 5e-4
+#: Validation carves larger than this only cost time: the carve is capped at this many texts.
+MAX_VAL = 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: a run's encoder or a Hugging Face folder, with its tokenizer
+
+
+@dataclass
+class TextModel:
+    """A text encoder (``HFTextEncoder``), its tokenizer and where they came from."""
+
+    encoder: nn.Module
+    tokenizer: Any  # tokenizers.Tokenizer
+    source: str
+
+    @property
+    def max_length(self) -> int:
+        return int(self.encoder.max_length)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.encoder.pad_id)
+
+    def fresh(self, seed: int = 0) -> TextModel:
+        """The same architecture and tokenizer, randomly initialised (the from-scratch one)."""
+        from selfsup.models.hf_text import hf_text
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = hf_text(config=self.encoder.config.to_dict())
+        return TextModel(encoder, self.tokenizer, f"{self.source} architecture, random init")
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (
+        path / "config.yaml").is_file()
+
+
+def is_text_target(path: str | Path) -> bool:
+    """Whether ``selfsup evaluate PATH`` is a text evaluation: a Hugging Face folder, or a run
+    whose exported encoder is ``hf_text``."""
+    import json
+
+    path = Path(path)
+    if is_hf_folder(path):
+        return True
+    spec = path / "encoder.json"
+    if not spec.is_file():
+        return False
+    try:
+        return json.loads(spec.read_text(encoding="utf-8")).get("name") == "hf_text"
+    except (OSError, ValueError):
+        return False
+
+
+def load_folder_model(path: str | Path) -> TextModel:
+    """A Hugging Face encoder folder (e.g. MiniLM) with its pretrained weights and tokenizer."""
+    from selfsup.models.hf_text import HFTextEncoder, check_tokenizer, load_hf_tokenizer
+
+    encoder = HFTextEncoder.from_folder(path)
+    tokenizer = load_hf_tokenizer(path)
+    check_tokenizer(tokenizer, encoder.config)
+    return TextModel(encoder.eval(), tokenizer, str(path))
+
+
+def run_init(config: dict[str, Any]) -> str | None:
+    """The Hugging Face folder a run's pre-training continued from, if any (config.yaml)."""
+    for value in (config.get("init"), (config.get("method_options") or {}).get("init"),
+                  (config.get("encoder_options") or {}).get("init")):
+        if value:
+            return str(value)
+    return None
+
+
+def run_tokenizer(run_path: Path, config: dict[str, Any]) -> Any:
+    """The tokenizer a text run trained with: its exported ``hf/`` folder, a ``tokenizer.json``
+    in the run, else its ``init`` folder's."""
+    from selfsup.models.hf_text import load_hf_tokenizer
+
+    for candidate in (run_path / "hf" / "tokenizer.json", run_path / "tokenizer.json"):
+        if candidate.is_file():
+            return load_hf_tokenizer(candidate)
+    init = run_init(config)
+    if init and (Path(init) / "tokenizer.json").is_file():
+        return load_hf_tokenizer(init)
+    raise SelfsupError(
+        f"{run_path}: no tokenizer found (hf/tokenizer.json or tokenizer.json in the run)"
+    )
+
+
+def load_run_model(run_path: str | Path) -> tuple[TextModel, dict[str, Any], dict[str, Any]]:
+    """(model, encoder spec, config) of a run whose exported encoder is ``hf_text``."""
+    import selfsup.models.hf_text  # noqa: F401  (registers hf_text)
+    from selfsup.models.hf_text import check_tokenizer
+    from selfsup.run import as_run, load_encoder
+
+    run = as_run(run_path)
+    encoder, spec = load_encoder(run)
+    if spec.get("name") != "hf_text":
+        raise SelfsupError(
+            f"{run.path}: its encoder is {spec.get('name')!r}; text evaluation needs an "
+            "hf_text encoder (methods mlm, span)"
+        )
+    config = run.read_config()
+    tokenizer = run_tokenizer(run.path, config)
+    check_tokenizer(tokenizer, encoder.config)
+    return TextModel(encoder.eval(), tokenizer, str(run.path)), spec, config
+
+
+def load_text_model(path: str | Path) -> TextModel:
+    """A run directory (hf_text encoder) or a Hugging Face folder, as a :class:`TextModel`."""
+    if is_hf_folder(path):
+        return load_folder_model(path)
+    return load_run_model(path)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens and features
+
+
+@dataclass
+class Tokenized:
+    """Token ids per text (special tokens included, cut to ``max_length``), unpadded."""
+
+    ids: list[np.ndarray]
+    max_length: int
+    truncated: int  # how many texts were longer than max_length and were cut
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: np.ndarray | list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
+        """(input_ids, attention_mask) of ``rows``, padded to the longest of them."""
+        pieces = [self.ids[int(i)] for i in rows]
+        width = max((len(p) for p in pieces), default=1)
+        ids = torch.full((len(pieces), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(pieces), width), dtype=torch.long)
+        for row, piece in enumerate(pieces):
+            ids[row, : len(piece)] = torch.from_numpy(piece.astype(np.int64))
+            mask[row, : len(piece)] = 1
+        return ids, mask
+
+
+def tokenize_texts(
+    model: TextModel, texts: list[str], max_length: int | None = None, *, what: str = "texts",
+    chunk: int = 2048,
+) -> Tokenized:
+    """Tokenise ``texts`` for ``model``, cut to min(max_length, the model's positions); the
+    number of cut texts is logged (they are embedded from their first tokens)."""
+    from selfsup.models.hf_text import tokenize
+
+    limit = model.max_length if max_length is None else min(int(max_length), model.max_length)
+    if limit < 2:
+        raise SelfsupError(f"max_length must be at least 2, not {max_length}")
+    ids: list[np.ndarray] = []
+    truncated = 0
+    for start in range(0, len(texts), chunk):
+        batch_ids, mask, cut = tokenize(model.tokenizer, texts[start:start + chunk], limit)
+        truncated += cut
+        lengths = mask.sum(1).tolist()
+        array = batch_ids.numpy().astype(np.int32)
+        ids.extend(array[row, :n].copy() for row, n in enumerate(lengths))
+    if truncated:
+        log.info("%d of %d %s were longer than %d tokens and were truncated", truncated,
+                 len(texts), what, limit)
+    return Tokenized(ids, limit, truncated)
+
+
+@torch.inference_mode()
+def text_features(
+    encoder: nn.Module, tokens: Tokenized, pad_id: int, *, batch_size: int = 64,
+    precision: str = "32",
+) -> np.ndarray:
+    """Mean-pooled embeddings (N, D) float32, in eval mode, batches of similar length (sorted by
+    token count, so short texts are not padded to long ones; padding never changes a vector)."""
+    precision = inference_precision(precision)
+    order = np.argsort([len(x) for x in tokens.ids], kind="stable")
+    out = np.zeros((len(tokens), int(encoder.embed_dim)), dtype=np.float32)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, mask = tokens.batch(rows, pad_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out[rows] = encoder(ids, mask).float().numpy()
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def embed_texts(
+    model: TextModel, texts: list[str], *, max_length: int | None = None, batch_size: int = 64,
+    what: str = "texts",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features of raw texts and how they were made (truncated count, texts per second)."""
+    started = time.monotonic()
+    tokens = tokenize_texts(model, texts, max_length, what=what)
+    features = text_features(model.encoder, tokens, model.pad_id, batch_size=batch_size)
+    seconds = time.monotonic() - started
+    return features, {"texts": len(texts), "truncated": tokens.truncated,
+                      "max_length": tokens.max_length, "seconds": seconds,
+                      "texts_per_s": len(texts) / max(seconds, 1e-9)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+class TextClassifier(nn.Module):
+    """Text encoder + linear head on the mean-pooled embedding (head starts near zero)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(int(encoder.embed_dim), num_classes)
+        nn.init.normal_(self.head.weight, std=0.02)  # BERT's initialiser range
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.encoder(input_ids, attention_mask)))
+
+
+@dataclass
+class TextSplit:
+    """Tokens and labels of one split, as the fine-tuning loop consumes them."""
+
+    tokens: Tokenized
+    labels: np.ndarray
+    pad_id: int
+
+    def subset(self, rows: np.ndarray) -> TextSplit:
+        kept = Tokenized([self.tokens.ids[int(i)] for i in rows], self.tokens.max_length, 0)
+        return TextSplit(kept, self.labels[rows], self.pad_id)
+
+
+@torch.no_grad()
+def classifier_predictions(
+    model: nn.Module, split: TextSplit, precision: str = "32", batch_size: int = 64
+) -> np.ndarray:
+    """Predicted classes of ``split`` (eval mode; the mode is restored)."""
+    order = np.argsort([len(x) for x in split.tokens.ids], kind="stable")
+    predicted = np.zeros(len(split.labels), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, mask = split.tokens.batch(rows, split.pad_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                predicted[rows] = model(ids, mask).argmax(1).numpy()
+    finally:
+        model.train(was_training)
+    return predicted
+
+
+class TextFinetuneModule(FinetuneModule):
+    """The image fine-tuning module's schedule, budget and best-epoch keeping, for token batches
+    (no augmentation: text has no cheap label-preserving one)."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = F.cross_entropy(
+            logits.float(), batch["labels"], label_smoothing=self.config.label_smoothing
+        )
+        self.log("finetune/loss", loss, prog_bar=True)
+        return loss
+
+    def keep_if_best(self, epoch: int) -> None:
+        predicted = classifier_predictions(self.model, self.val_data, self.config.precision)
+        accuracy = float((predicted == self.val_data.labels).mean())
+        self.history.append(accuracy)
+        self.checked_at_step = self.trainer.global_step
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+
+def text_finetune_config(**changes: Any) -> FinetuneConfig:
+    """The text recipe (TEXT_FINETUNE) with ``changes``; precision 32 unless bf16 is native."""
+    values = {**TEXT_FINETUNE, "precision": inference_precision("auto"), **changes}
+    return FinetuneConfig(**values)
+
+
+def finetune_text(
+    encoder: nn.Module, train: TextSplit, test: TextSplit, num_classes: int,
+    config: FinetuneConfig,
+) -> dict[str, Any]:
+    """Fine-tune ``encoder`` (changed in place) + a new linear head on ``train``; score test.
+
+    A stratified validation carve (``val_fraction``, at most MAX_VAL texts) of ``train`` picks
+    the epoch whose weights are kept; the budget is ``minutes`` and/or ``epochs``.
+    """
+    from selfsup.engine import _quiet_lightning
+
+    if len(train.labels) < 4:
+        raise SelfsupError(f"fine-tuning needs at least 4 labelled texts, got {len(train.labels)}")
+    fraction = min(config.val_fraction, MAX_VAL / len(train.labels))
+    fit_idx, val_idx = stratified_split(train.labels, fraction, config.seed)
+    fit, val = train.subset(fit_idx), train.subset(val_idx)
+    batch_size = min(config.batch_size, len(fit_idx))
+
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        ids, mask = fit.tokens.batch(rows, fit.pad_id)
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.from_numpy(fit.labels[np.asarray(rows)])}
+
+    loader = torch.utils.data.DataLoader(
+        range(len(fit_idx)), batch_size=batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate, generator=torch.Generator().manual_seed(config.seed),
+    )
+    pl.seed_everything(config.seed, verbose=False)
+    model = TextClassifier(encoder.train(), num_classes)
+    module = TextFinetuneModule(model, config, val, len(loader))
+    _quiet_lightning()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1,
+        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
+        max_epochs=config.epochs or -1,
+        max_time=timedelta(minutes=config.minutes) if config.minutes else None,
+        logger=False, enable_checkpointing=False, enable_progress_bar=config.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
+    )
+    started = time.monotonic()
+    trainer.fit(module, train_dataloaders=loader)
+    seconds = time.monotonic() - started
+    if trainer.interrupted:
+        raise SelfsupError(f"fine-tuning interrupted at step {trainer.global_step}")
+    if module.checked_at_step != trainer.global_step:  # stopped by the clock mid-epoch
+        module.keep_if_best(trainer.current_epoch)
+    if module.best_state is not None:
+        model.load_state_dict(module.best_state)
+    predicted = classifier_predictions(model, test, config.precision)
+    return {
+        "accuracy": float((predicted == test.labels).mean()),
+        "macro_f1": macro_f1(test.labels, predicted),
+        "val_accuracy": module.best_accuracy,
+        "chosen_epoch": module.best_epoch,
+        "val_history": module.history,
+        "steps": trainer.global_step,
+        "epochs": trainer.global_step / max(1, len(loader)),
+        "seconds": seconds,
+        "texts_per_s": trainer.global_step * batch_size / max(seconds, 1e-9),
+        "num_train": len(fit_idx),
+        "num_val": len(val_idx),
+        "num_test": len(test.labels),
+        "config": {k: v for k, v in dataclasses.asdict(config).items()
+                   if k not in ("progress", "augment_options")},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def parse_text_budgets(
+    fractions: str | list[float] | None = None, labels_per_class: str | list | None = None
+) -> list[LabelBudget]:
+    """Budgets as the sweep parses them; ``all`` among the labels per class means every label.
+    Neither given: all labels."""
+    parts: list[str] = []
+    if labels_per_class is not None:
+        raw = labels_per_class.split(",") if isinstance(labels_per_class, str) else labels_per_class
+        parts = [str(p).strip() for p in raw if str(p).strip()]
+    every = any(p.lower() == "all" for p in parts)
+    counts = [p for p in parts if p.lower() != "all"]
+    budgets: list[LabelBudget] = []
+    if fractions is not None or counts:
+        budgets = parse_budgets(fractions, counts or None)
+    if every or not budgets:
+        budgets.append(LabelBudget(fraction=1.0))
+    return list(dict.fromkeys(budgets))
+
+
+def budget_name(budget: LabelBudget) -> str:
+    return "all" if budget.fraction == 1.0 else budget.name
+
+
+def _probe(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+           test_y: np.ndarray, seed: int, val_fraction: float) -> dict[str, Any]:
+    return probe_subset(features[rows], labels[rows], test_x, test_y, seed, val_fraction)
+
+
+def evaluate_models(
+    model: TextModel,
+    train: LabelledText,
+    test: LabelledText,
+    *,
+    start: TextModel | None = None,
+    budgets: list[LabelBudget] | None = None,
+    finetune: bool = False,
+    baseline: bool = True,
+    finetune_minutes: float | None = 5.0,
+    finetune_epochs: int | None = None,
+    scratch_lr: float = SCRATCH_LR,
+    max_length: int | None = 128,
+    batch_size: int = 64,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The text protocol for ``model`` (and ``start``, and from scratch) on ``train``/``test``.
+
+    Returns the eval.json record (see the module docstring); writes nothing.
+    """
+    started = time.monotonic()
+    budgets = budgets or [LabelBudget(fraction=1.0)]
+    train_y, test_y = np.asarray(train.labels), np.asarray(test.labels)
+    num_classes = max(train.num_classes, test.num_classes)
+    if len(np.unique(train_y)) < 2:
+        raise SelfsupError(f"{train.source}: the labels hold a single class")
+    subsets = {budget_name(b): label_subset(train_y, b, seed) for b in budgets}
+    needed = np.unique(np.concatenate(list(subsets.values())))
+    position = np.full(len(train_y), -1, dtype=np.int64)
+    position[needed] = np.arange(len(needed))
+    needed_texts = [train.texts[i] for i in needed]
+
+    contenders: dict[str, TextModel] = {"model": model}
+    if start is not None:
+        contenders["start"] = start
+    embeddings: dict[str, dict[str, Any]] = {}
+    features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tokens: dict[str, tuple[Tokenized, Tokenized]] = {}
+    for name, contender in contenders.items():
+        info: dict[str, Any] = {}
+        made: list[tuple[Tokenized, np.ndarray]] = []
+        for split, texts in (("train", needed_texts), ("test", test.texts)):
+            began = time.monotonic()
+            tokenized = tokenize_texts(contender, texts, max_length,
+                                       what=f"{split} texts ({name})")
+            vectors = text_features(contender.encoder, tokenized, contender.pad_id,
+                                    batch_size=batch_size)
+            seconds = time.monotonic() - began
+            info[split] = {"texts": len(texts), "truncated": tokenized.truncated,
+                           "max_length": tokenized.max_length, "seconds": seconds,
+                           "texts_per_s": len(texts) / max(seconds, 1e-9)}
+            made.append((tokenized, vectors))
+        tokens[name] = (made[0][0], made[1][0])
+        features[name] = (made[0][1], made[1][1])
+        embeddings[name] = info
+        log.info("%s: embedded %d texts at %.1f texts/s (at most %d tokens)", contender.source,
+                 len(needed) + len(test_y),
+                 (len(needed) + len(test_y)) / max(info["train"]["seconds"]
+                                                   + info["test"]["seconds"], 1e-9),
+                 info["test"]["max_length"])
+
+    def splits(name: str, pad_id: int, local: np.ndarray) -> tuple[TextSplit, TextSplit]:
+        train_tokens, test_tokens = tokens[name]
+        return (TextSplit(train_tokens, train_y[needed], pad_id).subset(local),
+                TextSplit(test_tokens, test_y, pad_id))
+
+    base_config = text_finetune_config(minutes=finetune_minutes, epochs=finetune_epochs,
+                                       seed=seed, progress=progress)
+    scratch_config = dataclasses.replace(base_config, lr=scratch_lr)
+    rows_out = []
+    for budget in budgets:
+        name = budget_name(budget)
+        rows = subsets[name]
+        local = position[rows]
+        row: dict[str, Any] = {"budget": name, "fraction": budget.fraction,
+                               "labels_per_class": budget.per_class, "num_labels": int(len(rows))}
+        for kind in contenders:
+            train_x, test_x = features[kind]
+            row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, seed,
+                               val_fraction)
+        if finetune:
+            for kind, contender in contenders.items():
+                tr, te = splits(kind, contender.pad_id, local)
+                log.info("fine-tuning %s on %s labels", contender.source, name)
+                row[kind]["finetune"] = finetune_text(
+                    copy.deepcopy(contender.encoder), tr, te, num_classes, base_config)
+        if baseline:
+            fresh = model.fresh(seed)
+            tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
+            log.info("training the same architecture from scratch on %s labels", name)
+            row["scratch"] = {"finetune": finetune_text(fresh.encoder, tr, te, num_classes,
+                                                        scratch_config)}
+        row["gains"] = _gains(row)
+        rows_out.append(row)
+
+    last = rows_out[-1]
+    result: dict[str, Any] = {
+        "method": None,
+        "encoder": "hf_text",
+        "modality": "text",
+        "model": model.source,
+        "start_model": start.source if start is not None else None,
+        "train_data": train.source,
+        "test_data": test.source,
+        "num_train": int(len(train_y)),
+        "num_test": int(len(test_y)),
+        "num_classes": int(num_classes),
+        "class_names": train.class_names,
+        "chance_accuracy": float(np.bincount(test_y).max() / len(test_y)),
+        "max_length": int(min(max_length or model.max_length, model.max_length)),
+        "truncated": {k: {s: v[s]["truncated"] for s in v} for k, v in embeddings.items()},
+        "embedding": embeddings,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "protocol": "finetune" if finetune else "probes",
+        "finetune_config": {**dataclasses.asdict(base_config), "scratch_lr": scratch_lr},
+        "budgets": rows_out,
+        # The largest budget's scores, where image evaluations keep theirs (for the report).
+        "budget": last["budget"],
+        "linear": last["model"]["linear"],
+        "knn": last["model"]["knn"],
+    }
+    if baseline:
+        result["supervised"] = {**last["scratch"]["finetune"],
+                                "minutes": finetune_minutes or 0.0,
+                                "what": "same architecture from scratch, fine-tuned on the labels"}
+        sup = result["supervised"]["accuracy"]
+        result["linear_over_supervised"] = result["linear"]["accuracy"] / sup if sup > 0 else None
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def _gains(row: dict[str, Any]) -> dict[str, float]:
+    """Accuracy differences (in [0, 1] units) that answer the question directly."""
+    gains: dict[str, float] = {}
+    model = row["model"]
+    if "start" in row:
+        gains["linear_over_start"] = (model["linear"]["accuracy"]
+                                      - row["start"]["linear"]["accuracy"])
+        if "finetune" in model and "finetune" in row["start"]:
+            gains["finetune_over_start"] = (model["finetune"]["accuracy"]
+                                            - row["start"]["finetune"]["accuracy"])
+    if "scratch" in row:
+        scratch = row["scratch"]["finetune"]["accuracy"]
+        gains["linear_over_scratch"] = model["linear"]["accuracy"] - scratch
+        if "finetune" in model:
+            gains["finetune_over_scratch"] = model["finetune"]["accuracy"] - scratch
+    return gains
+
+
+def read_splits(
+    data: str, test: str | None, *, data_options: dict[str, Any] | None = None,
+    test_options: dict[str, Any] | None = None, test_fraction: float = 0.2, seed: int = 0,
+    test_size: int | None = None, train_size: int | None = None,
+) -> tuple[LabelledText, LabelledText]:
+    """(train, test) labelled text; without ``test``, a stratified ``test_fraction`` of ``data``.
+    ``train_size`` / ``test_size`` take fixed seeded random subsets (recorded in the source)."""
+    labelled = read_with_options(data, data_options)
+    if test is None:
+        fit_idx, test_idx = stratified_split(labelled.labels, test_fraction, seed)
+        train = labelled.subset(fit_idx, f"{data} (train part)")
+        held = labelled.subset(test_idx, f"{test_fraction:.0%} of {data}, stratified, seed {seed}")
+    else:
+        train = labelled
+        held = read_with_options(test, {**(data_options or {}), **(test_options or {})},
+                                 class_names=labelled.class_names)
+    return train.sample(train_size, seed, "--train-size"), held.sample(test_size, seed,
+                                                                       "--test-size")
+
+
+def evaluate_text_model(
+    model: str | Path | TextModel,
+    data: str,
+    test: str | None = None,
+    *,
+    start: str | Path | TextModel | None = None,
+    out: str | Path | None = None,
+    fractions: str | list[float] | None = None,
+    labels_per_class: str | list | None = None,
+    protocol: str = "probes",
+    baseline: bool = True,
+    finetune_minutes: float | None = 5.0,
+    finetune_epochs: int | None = None,
+    max_length: int | None = 128,
+    seed: int = 0,
+    test_size: int | None = None,
+    train_size: int | None = None,
+    data_options: dict[str, Any] | None = None,
+    test_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a text model (a Hugging Face folder, an hf_text run, or a loaded TextModel)
+    without reading any run state: e.g. MiniLM as the starting model. Writes ``out/eval.json``
+    when ``out`` is given."""
+    if protocol not in ("probes", "finetune"):
+        raise SelfsupError(f"protocol must be 'probes' or 'finetune', not {protocol!r}")
+    loaded = model if isinstance(model, TextModel) else load_text_model(model)
+    start_model = (start if isinstance(start, TextModel) or start is None
+                   else load_text_model(start))
+    train, held = read_splits(data, test, data_options=data_options, test_options=test_options,
+                              seed=seed, test_size=test_size, train_size=train_size)
+    result = evaluate_models(
+        loaded, train, held, start=start_model,
+        budgets=parse_text_budgets(fractions, labels_per_class), finetune=protocol == "finetune",
+        baseline=baseline, finetune_minutes=finetune_minutes, finetune_epochs=finetune_epochs,
+        max_length=max_length, seed=seed, progress=progress,
+    )
+    result["run"] = str(out) if out is not None else loaded.source
+    result["method"] = "hf-folder" if is_hf_folder(loaded.source) else result["method"]
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic.write_json(Path(out) / "eval.json", result)
+    return result
+
+
+def evaluate_text_run(
+    run_path: str | Path,
+    data: str,
+    test: str | None = None,
+    *,
+    start: bool | str | Path = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """`selfsup evaluate RUN` for an hf_text run: the run's encoder, against the same
+    architecture from scratch and (``start=True``) the run's recorded ``init`` folder, if any;
+    writes RUN/eval.json."""
+    model, spec, config = load_run_model(run_path)
+    start_model = None
+    if start is True:
+        init = run_init(config)
+        if init is not None:
+            if Path(init).is_dir():
+                start_model = load_folder_model(init)
+            else:
+                log.warning("the run's starting model %s is gone; no comparison with it", init)
+    elif start:
+        start_model = load_text_model(start)
+    # The labelled files are read with their own options (text/label fields), not the corpus's.
+    result = evaluate_text_model(model, data, test, start=start_model, **options)
+    run = Path(run_path)
+    summary_path = run / "pretrain.json"
+    if summary_path.is_file():
+        import json
+
+        result["pretrain_seconds"] = json.loads(summary_path.read_text()).get("train_seconds")
+    result.update({"run": str(run), "method": spec.get("method") or config.get("method"),
+                   "init": run_init(config)})
+    atomic.write_json(run / "eval.json", result)
+    return result
+
+
+def evaluate_text(target: str | Path, data: str, test: str | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Either a run (see :func:`evaluate_text_run`) or a Hugging Face folder (``out``, if
+    given, receives eval.json)."""
+    if is_hf_folder(target):
+        options.pop("start", None)
+        return evaluate_text_model(target, data, test, **options)
+    options.pop("out", None)
+    return evaluate_text_run(target, data, test, **options)
+
+
+__all__ = [
+    "TextClassifier",
+    "TextModel",
+    "Tokenized",
+    "embed_texts",
+    "evaluate_models",
+    "evaluate_text",
+    "evaluate_text_model",
+    "evaluate_text_run",
+    "finetune_text",
+    "is_text_target",
+    "load_text_model",
+    "parse_text_budgets",
+    "read_splits",
+    "text_features",
+    "tokenize_texts",
+]
