@@ -102,7 +102,13 @@ class RunDir:
 
 def save_encoder(run: RunDir, encoder: nn.Module, spec: dict[str, Any]) -> None:
     """Export the encoder: weights as safetensors, and the registry name + options to rebuild it."""
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in encoder.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        # Tied weights (T5's encoder embedding is its shared one) are one tensor under two
+        # names; safetensors refuses shared memory, so the second name gets a copy.
+        state[key] = value.clone() if value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
     with atomic.atomic_path(run.encoder_weights) as tmp:
         save_file(state, str(tmp))
     atomic.write_json(run.encoder_spec, {**spec, "embed_dim": encoder.embed_dim})

@@ -122,16 +122,6 @@ def _padded(rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tenso
     return out, mask
 
 
-def _unshare_tensors(module: torch.nn.Module, state: dict, prefix: str, metadata: Any) -> dict:
-    """A state-dict hook: a tensor seen twice (tied weights) is cloned the second time."""
-    seen: set[int] = set()
-    for key, value in state.items():
-        if value.data_ptr() in seen:
-            state[key] = value.clone()
-        seen.add(value.data_ptr())
-    return state
-
-
 @METHODS.register("span")
 class SpanMethod(Method):
     """T5 span corruption: encoder reads the corrupted text, decoder writes the spans."""
@@ -194,10 +184,7 @@ class SpanMethod(Method):
         t5.encoder = encoder.model.encoder
         t5.decoder.embed_tokens = encoder.model.shared
         t5.tie_weights()
-        self.t5 = t5
-        # T5's encoder stack shares its embedding with the model's ``shared`` one; safetensors
-        # refuses tensors that share memory, so the exported state holds a copy of each.
-        encoder._register_state_dict_hook(_unshare_tensors)
+        self.t5 = t5  # tied tensors are copied on export (run.save_encoder)
 
     def corrupt_batch(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
