@@ -4,7 +4,7 @@
    each in a fresh subprocess (`selfsup.embed.embed`, batch 256, precision auto), after the
    folders are
    decoded into the reader's cache (decoding is timed separately). Recorded: images/s and peak
-   RSS (ru_maxrss); then the train files linked 5 times (250,000 rows). Streaming holds if
+   RSS (VmHWM); then the train files linked 5 times (250,000 rows). Streaming holds if
    the 5x larger input does not raise the peak.
 2. CIFAR-10 search. An index over the train embeddings (auto: exact, 50k < 100k); 1,000 test
    images as queries: latency p50/p99 of the index search alone (one query at a time), and of
@@ -25,6 +25,7 @@ Writes benchmarks/results/embed_search.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,9 +63,20 @@ def child_embed(run: str, data: str, out: str, batch_size: int) -> None:
     started = time.perf_counter()
     result = embed(run, data, out, batch_size=batch_size, progress=False)
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = peak_rss_bytes()
     print(json.dumps({**result, "wall_seconds": wall, "rss_ready_bytes": ready,
                       "peak_rss_bytes": peak}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM, which belongs to the process image since
+    exec. (ru_maxrss can carry over the parent's peak through fork/vfork + exec, so a parent
+    that decoded a large folder would inflate every child's figure.)"""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def embed_in_subprocess(run: str, data: str, out: Path, batch_size: int) -> dict[str, Any]:
