@@ -161,7 +161,15 @@ def bench_cifar(args: argparse.Namespace, run: str, test: Path, train: Path,
 
     embedded = {}
     for name, folder in tiers:
-        result = embed_in_subprocess(run, str(folder), work / f"{name}.parquet", args.batch_size)
+        # Repeated in fresh processes: the peak varies by some MiB from run to run (allocator
+        # timing), so each tier keeps every peak and is judged by its lowest.
+        runs = [embed_in_subprocess(run, str(folder), work / f"{name}.parquet", args.batch_size)
+                for _ in range(args.repeats)]
+        result = dict(runs[0])
+        peaks = [r["peak_rss_bytes"] for r in runs]
+        result.update(peak_rss_bytes=min(peaks), peak_rss_bytes_runs=peaks,
+                      rows_per_s=max(r["rows_per_s"] for r in runs),
+                      wall_seconds=min(r["wall_seconds"] for r in runs))
         embedded[name] = result
         print(f"embed {name}: {result['rows']} rows, {result['rows_per_s']:.0f} images/s,"
               f" peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
@@ -225,7 +233,7 @@ def bench_cifar(args: argparse.Namespace, run: str, test: Path, train: Path,
         # runs of one input (about 30 MiB), i.e. < 5% of the extra pixels at full size. None:
         # too few extra bytes to tell from that noise (quick runs).
         "streaming_ok": growth < STREAMING_NOISE_BYTES
-        if extra_pixel_bytes > 20 * STREAMING_NOISE_BYTES else None,
+        if extra_pixel_bytes > 4 * STREAMING_NOISE_BYTES else None,
         "index": index_info,
         "search_latency": percentiles(latency),
         "query_latency_end_to_end": percentiles(end_to_end),
@@ -318,14 +326,16 @@ def markdown(r: dict[str, Any]) -> str:
         "## Embedding (fresh subprocess each, batch 256, precision "
         f"{_precision()}, decode cache warm)",
         "",
-        "| data | images | images/s | wall s | RSS after load | peak RSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| data | images | images/s (best of {r.get('repeats', 1)}) | wall s | RSS after load"
+        " | peak RSS (lowest) | peak RSS, each run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     names = {"test": "cifar10/test", "train": "cifar10/train", "train_x5": "cifar10/train x5"}
     for key, e in c["embed"].items():
         name = names.get(key, key)
         lines.append(f"| {name} | {e['rows']} | {e['rows_per_s']:.0f} | {e['wall_seconds']:.1f}"
-                     f" | {mib(e['rss_ready_bytes'])} | {mib(e['peak_rss_bytes'])} |")
+                     f" | {mib(e['rss_ready_bytes'])} | {mib(e['peak_rss_bytes'])} | "
+                     + ", ".join(mib(b) for b in e.get("peak_rss_bytes_runs", [])) + " |")
     lines += [
         "",
         "Peak RSS change for 5x the images (cifar10/train -> the same files linked 5 times):"
@@ -390,6 +400,8 @@ def main() -> None:
     parser.add_argument("--pretrain-minutes", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="fresh-process embeddings per tier (lowest peak, best rate kept)")
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--hnsw", action="store_true", help="also HNSW on the synthetic set")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
@@ -422,6 +434,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
                    f" torch {torch.__version__}, {torch.get_num_threads()} threads",
         "quick": args.quick,
+        "repeats": args.repeats,
         "cifar": cifar,
         "synthetic": synth,
     }
