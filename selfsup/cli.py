@@ -610,6 +610,43 @@ def demo(
     print_eval(run_demo(out=out, minutes=minutes, progress=progress))
 
 
+@app.command("prepare")
+def prepare_cmd(
+    path: Annotated[
+        str, typer.Argument(help="An image folder, an .npz, 'digits', or a series file.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the shards (new, empty or a previous "
+                                           "prepare's output).")],
+    repeat: Annotated[int, typer.Option(help="Write the data K times over (scale tests).")] = 1,
+    shard_size_mb: Annotated[
+        float, typer.Option("--shard-size-mb", help="Target size of one tar shard.")
+    ] = 256,
+    image_size: Annotated[
+        int | None, typer.Option(help="Resize images to SxS (default: their common size).")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    cache_dir: Annotated[str | None, typer.Option(help="Decode cache for image folders.")] = None,
+    data_option: Annotated[
+        list[str] | None, typer.Option(help="Series reader option KEY=VALUE (repeatable).")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Convert data into WebDataset shards + manifest; every --data option then reads OUT."""
+    from selfsup.data.shards import prepare
+
+    manifest = prepare(
+        path, out, repeat=repeat, shard_bytes=int(shard_size_mb * 2**20), image_size=image_size,
+        skip_bad=skip_bad, cache_dir=cache_dir,
+        data_options=_pairs(data_option, "--data-option"), progress=progress,
+    )
+    console.print(
+        f"[bold]done[/]: {manifest['count']} {manifest['modality']} samples "
+        f"{tuple(manifest['sample']['shape'])} {manifest['sample']['dtype']} in "
+        f"{len(manifest['shards'])} shard(s), written to {out}"
+    )
+    console.print(f"next: selfsup pretrain METHOD --data {out}")
+
+
 @app.command("embed")
 def embed_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory with an exported encoder.")],

@@ -87,6 +87,10 @@ _READER_MODULES = {
 
 def load_data(modality: str, path: str, config: PretrainConfig) -> TrainData:
     """Read ``path`` with the reader of ``modality``, passing the config's ``data_options``."""
+    from selfsup.data import shards  # `selfsup prepare` output, whatever the modality
+
+    if shards.is_prepared(path):
+        return shards.load_prepared(modality, path, config)
     if modality not in READERS and modality in _READER_MODULES:
         importlib.import_module(_READER_MODULES[modality])
     reader = READERS.get(modality)

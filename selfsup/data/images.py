@@ -144,6 +144,10 @@ def load_images(
     if str(path) == "digits":
         return load_digits(image_size=image_size)
     p = Path(path).expanduser()
+    from selfsup.data import shards  # `selfsup prepare` output: read from its shards
+
+    if shards.is_prepared(p):
+        return shards.load_image_shards(p, image_size)
     if p.is_dir():
         return load_folder(
             p, skip_bad=skip_bad, image_size=image_size, cache_dir=cache_dir, progress=progress

@@ -500,6 +500,12 @@ def _load_long(path: Path, options: dict[str, Any], fill: str) -> SeriesData:
 def load_series(path: str | Path, options: dict[str, Any] | None = None) -> SeriesData:
     """Read a series file; ``options`` are the data options described in the module docstring."""
     options = dict(options or {})
+    from selfsup.data import shards  # `selfsup prepare` output: read from its shards
+
+    if shards.is_prepared(path):
+        if options:
+            raise SelfsupError(f"{path}: prepared shards take no data options (given at prepare)")
+        return shards.load_series_shards(path)
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise SelfsupError(
