@@ -62,6 +62,14 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Rename the complete folder ``staging`` onto ``target``, moving an old one aside first."""
+    try:
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             target.rename(old)
@@ -71,8 +79,6 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
             staging.rename(target)
     except OSError as error:
         raise SelfsupError(f"could not write {target}: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_leftovers(*folders: str | Path) -> list[Path]:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup import atomic
 from selfsup.data.series import SeriesData
 from selfsup.errors import SelfsupError
 
@@ -449,7 +450,7 @@ def prepare(
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         _write_json(staging / MANIFEST, manifest)  # last: its presence marks a whole folder
-        _replace(staging, out)
+        atomic.replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("prepared %d %s samples in %d shard(s) into %s", manifest["count"], modality,
@@ -482,19 +483,6 @@ def _remove_stale_staging(out: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
         except OSError:
             pass
-
-
-def _replace(staging: Path, out: Path) -> None:
-    try:
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except OSError as e:
-        raise SelfsupError(f"could not write {out}: {e}") from None
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -288,15 +288,7 @@ def finetune(
         num_sanity_val_steps=0,
         gradient_clip_val=3.0,
     )
-    started = time.monotonic()
-    trainer.fit(module, train_dataloaders=loader)
-    seconds = time.monotonic() - started
-    if trainer.interrupted:
-        raise SelfsupError(f"fine-tuning interrupted at step {trainer.global_step}")
-    if module.checked_at_step != trainer.global_step:  # stopped by the clock mid-epoch
-        module.keep_if_best(trainer.current_epoch)
-    if module.best_state is not None:
-        model.load_state_dict(module.best_state)
+    seconds = fit_keeping_best(trainer, module, model, loader)
     accuracy = accuracy_on(model, test, config.precision)
     return {
         "accuracy": accuracy,
@@ -380,3 +372,18 @@ def evaluate_finetune(
         encoder, spec, train, test, config, label_fractions=fractions, baseline=baseline
     )
     return {"minutes": minutes, "config": dataclasses.asdict(config), "fractions": rows}
+
+
+def fit_keeping_best(trainer: pl.Trainer, module: Any, model: nn.Module, loader: Any) -> float:
+    """Fit, score the last partial epoch too, and leave ``model`` at its best validation
+    epoch (``module``: a :class:`FinetuneModule`); returns the seconds spent fitting."""
+    started = time.monotonic()
+    trainer.fit(module, train_dataloaders=loader)
+    seconds = time.monotonic() - started
+    if trainer.interrupted:
+        raise SelfsupError(f"fine-tuning interrupted at step {trainer.global_step}")
+    if module.checked_at_step != trainer.global_step:  # stopped by the clock mid-epoch
+        module.keep_if_best(trainer.current_epoch)
+    if module.best_state is not None:
+        model.load_state_dict(module.best_state)
+    return seconds

@@ -42,7 +42,7 @@ from selfsup import atomic
 from selfsup.config import inference_precision
 from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
-from selfsup.evaluate.finetune import FinetuneConfig, FinetuneModule
+from selfsup.evaluate.finetune import FinetuneConfig, FinetuneModule, fit_keeping_best
 from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.sweep import LabelBudget, label_subset, macro_f1, parse_budgets, probe_subset
 
@@ -379,15 +379,7 @@ def finetune_text(
         logger=False, enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
     )
-    started = time.monotonic()
-    trainer.fit(module, train_dataloaders=loader)
-    seconds = time.monotonic() - started
-    if trainer.interrupted:
-        raise SelfsupError(f"fine-tuning interrupted at step {trainer.global_step}")
-    if module.checked_at_step != trainer.global_step:  # stopped by the clock mid-epoch
-        module.keep_if_best(trainer.current_epoch)
-    if module.best_state is not None:
-        model.load_state_dict(module.best_state)
+    seconds = fit_keeping_best(trainer, module, model, loader)
     predicted = classifier_predictions(model, test, config.precision)
     return {
         "accuracy": float((predicted == test.labels).mean()),
