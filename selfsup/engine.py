@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup import atomic
@@ -152,6 +152,39 @@ class PretrainModule(pl.LightningModule):
         if "selfsup_generator" in checkpoint:
             self.generator.set_state(checkpoint["selfsup_generator"])
         self.skipped_steps = list(checkpoint.get("selfsup_skipped_steps", []))
+
+
+class RunProgressBar(RichProgressBar):
+    """Lightning's (rich) progress bar, truthful about this engine's budgets.
+
+    Lightning titles the bar "Epoch N/{max_epochs - 1}", which reads "Epoch N/-2" in a run
+    limited by steps or minutes (the engine passes max_epochs=-1 there). Here a run with
+    ``--steps`` (and no ``--epochs``) counts optimiser steps over the whole run (global step /
+    steps) under "Epoch N" with no epoch total; ``--epochs`` keeps Lightning's "Epoch N/last"
+    over each epoch's batches; a run limited by minutes alone shows "Epoch N" over the epoch.
+    """
+
+    def _counts_steps(self) -> bool:
+        return self.trainer.max_steps > 0 and self.trainer.max_epochs in (None, -1)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        if self._counts_steps():
+            return self.trainer.max_steps
+        return super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch}"
+        if self._counts_steps():
+            description += ", steps"
+        elif self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs - 1}"
+        return description
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._counts_steps():  # the bar's position is the run's step, not the epoch's batch
+            batch_idx = trainer.global_step - 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def _quiet_lightning() -> None:
@@ -382,7 +415,8 @@ def fit(
         max_steps=config.steps or -1,
         callbacks=[
             throughput, timer, collapse, *monitors, checkpoint,
-            *method.callbacks(run), *(callbacks or []),
+            *method.callbacks(run), *([RunProgressBar()] if config.progress else []),
+            *(callbacks or []),
         ],
         logger=[
             CSVLogger(run.path, name="logs", version=attempt),
