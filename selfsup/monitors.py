@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from selfsup.data.base import TrainData
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_classify
-from selfsup.evaluate.quality import COLLAPSE_STD_RATIO, collapse_signals
+from selfsup.evaluate.quality import collapse_signals, collapse_threshold
 
 log = logging.getLogger("selfsup")
 
@@ -77,13 +77,19 @@ class CollapseMonitor(pl.Callback):
     raises the collapse alarm.
 
     The alarm fires when, for ``window`` checks in a row, either the spread of the
-    L2-normalised embeddings (``std_ratio`` = embedding std * sqrt(d), about 1 when healthy)
-    stays below ``COLLAPSE_STD_RATIO`` (a tenth), or the loss stays within ``loss_tolerance``
+    L2-normalised embeddings (``std_ratio`` = embedding std * sqrt(d), about 1 when isotropic)
+    stays below its threshold, or the loss stays within ``loss_tolerance``
     (relative) of the method's ``trivial_loss``, the value a constant encoder gets (SimCLR:
     ln(2N - 1)). It logs one warning naming the symptom; with ``stop`` it also ends the run at
     the end of the step (``trainer.should_stop``), and the engine's summary says why. Every rank
     measures its own embeddings and the ranks agree (any rank's alarm stops all of them), so
     stopping never leaves one process waiting in a collective.
+
+    The spread threshold is :func:`~selfsup.evaluate.quality.collapse_threshold` of the spread
+    the encoder showed at the first step (``reference``, measured while the learning rate is
+    still warming up): a tenth of that start, at most 0.1, never below 0.01. Why: untrained
+    series encoders (max-pooled over time) start near 0.1 to 0.15 on UCR data, and a healthy
+    ts-mask run goes on to 0.06 to 0.1, which a fixed 0.1 called collapse.
     """
 
     def __init__(
@@ -102,8 +108,20 @@ class CollapseMonitor(pl.Callback):
         self.loss_tolerance = loss_tolerance
         self.last: dict[str, float] = {}
         self.streaks = {"std": 0, "loss": 0}  # consecutive checks showing each symptom
+        self.reference: float | None = None  # std_ratio at the first step (kept on --resume)
         self.alarm: str | None = None  # the warning, once raised
         self.stopped = False
+
+    @property
+    def std_threshold(self) -> float:
+        """The std_ratio below which the embeddings count as collapsed (see the class doc)."""
+        return collapse_threshold(self.reference)
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"reference": self.reference}
+
+    def load_state_dict(self, state_dict: dict[str, float | None]) -> None:
+        self.reference = state_dict.get("reference")
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         embeddings = pl_module.last_embeddings
@@ -117,7 +135,7 @@ class CollapseMonitor(pl.Callback):
     def _symptom(self, loss: float | None) -> str | None:
         """Update the streaks with the latest check; the symptom once one lasts ``window``."""
         ratio = self.last.get("std_ratio")
-        low_std = ratio is not None and ratio < COLLAPSE_STD_RATIO
+        low_std = ratio is not None and ratio < self.std_threshold
         self.streaks["std"] = self.streaks["std"] + 1 if low_std else 0
         trivial = self.trivial_loss
         at_trivial = (
@@ -130,9 +148,9 @@ class CollapseMonitor(pl.Callback):
         if self.streaks["std"] >= self.window:
             return (
                 f"embedding collapse: the std of the L2-normalised embeddings is "
-                f"{self.last['embedding_std']:.2e}, {ratio:.3f} of the healthy 1/sqrt(d) "
-                f"(alarm below {COLLAPSE_STD_RATIO}), {span}: the encoder maps its inputs to "
-                "(nearly) one point"
+                f"{self.last['embedding_std']:.2e}, {ratio:.3f} of the isotropic 1/sqrt(d) "
+                f"(alarm below {self.std_threshold:.3f}, {self._reference_text()}), {span}: "
+                "the encoder maps its inputs to (nearly) one point"
             )
         if self.streaks["loss"] >= self.window:
             return (
@@ -141,7 +159,14 @@ class CollapseMonitor(pl.Callback):
             )
         return None
 
+    def _reference_text(self) -> str:
+        if self.reference is None:
+            return "no reference measured"
+        return f"{self.reference:.3f} at the first step"
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.reference is None and pl_module.last_embeddings is not None:
+            self.reference = collapse_signals(pl_module.last_embeddings.float())["std_ratio"]
         if trainer.global_step % self.every_steps != 0:
             return
         self._measure(trainer, pl_module)

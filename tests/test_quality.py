@@ -12,6 +12,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate.quality import (
     alignment,
     collapse_signals,
+    collapse_threshold,
     effective_rank,
     embedding_std,
     per_dimension_std,
@@ -165,3 +166,24 @@ def test_quality_metrics_collapse_flag():
     half = torch.cat([torch.randn(400, 16, generator=rng), torch.zeros(400, 16)], dim=1)
     metrics = quality_metrics(half)
     assert metrics["collapsed"] is False and metrics["dead_dimensions"] == 16
+
+
+def test_collapse_threshold_follows_the_untrained_start():
+    assert collapse_threshold() == pytest.approx(0.1)
+    assert collapse_threshold(1.7) == pytest.approx(0.1)  # a start above 1 keeps the tenth
+    assert collapse_threshold(0.12) == pytest.approx(0.012)
+    assert collapse_threshold(0.0) == pytest.approx(0.01)  # never below the floor
+
+
+def test_quality_metrics_judges_a_narrow_start_by_its_fall():
+    rng = torch.Generator().manual_seed(5)
+    # Rows sharing a large common part: std ratio about 0.07, as a max-pooled series encoder's.
+    common = 3.0 * torch.ones(400, 32)
+    narrow = common + 0.07 * torch.randn(400, 32, generator=rng)
+    ratio = collapse_signals(narrow)["std_ratio"]
+    assert 0.02 < ratio < 0.1
+    assert quality_metrics(narrow)["collapsed"] is True  # the fixed tenth calls it collapsed
+    judged = quality_metrics(narrow, reference=0.12)  # its untrained copy started at 0.12
+    assert judged["collapsed"] is False and judged["std_ratio_untrained"] == 0.12
+    fallen = common + 1e-4 * torch.randn(400, 32, generator=rng)  # a real fall from that start
+    assert quality_metrics(fallen, reference=0.12)["collapsed"] is True

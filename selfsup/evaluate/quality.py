@@ -28,6 +28,7 @@ from selfsup.errors import SelfsupError
 __all__ = [
     "alignment",
     "collapse_signals",
+    "collapse_threshold",
     "effective_rank",
     "embedding_std",
     "per_dimension_std",
@@ -38,6 +39,21 @@ __all__ = [
 # Below this std ratio (embedding_std * sqrt(d)) the embeddings count as collapsed: a tenth of
 # the healthy 1/sqrt(d) spread, far below what any working run shows (SimSiam, fig. 2).
 COLLAPSE_STD_RATIO = 0.1
+
+
+def collapse_threshold(reference: float | None = None) -> float:
+    """The std ratio below which embeddings count as collapsed, given where the encoder started.
+
+    ``reference`` is the std ratio of the same architecture untrained (the collapse monitor takes
+    the first training step's, the report a random-init copy's). An encoder's ratio is not 1
+    even untrained when its embeddings share a large common part: the series encoders max-pool
+    per-step features over time and land near 0.1, and a healthy run goes on lower. A collapse
+    is a fall by an order of magnitude from the start, so the threshold is a tenth of the start
+    (where that is below 1), and never below a hundredth: an encoder that maps everything to
+    one point from the start is still caught.
+    """
+    start = 1.0 if reference is None else min(1.0, reference)
+    return COLLAPSE_STD_RATIO * max(start, COLLAPSE_STD_RATIO)
 
 
 def _matrix(z: Any) -> torch.Tensor:
@@ -145,13 +161,16 @@ def uniformity(z: Any, t: float = 2.0) -> float:
         return float(torch.logsumexp(-t * sq, dim=0) - math.log(len(sq)))
 
 
-def quality_metrics(z: Any, z2: Any | None = None, *, max_rows: int = 2048) -> dict[str, Any]:
+def quality_metrics(
+    z: Any, z2: Any | None = None, *, max_rows: int = 2048, reference: float | None = None
+) -> dict[str, Any]:
     """Every label-free metric of Z for a report, with the `collapsed` flag.
 
     `z2`, optional, holds second views of the same inputs (row for row) for `alignment`. At most
     `max_rows` rows (the first ones) go into `uniformity`, whose cost grows with n squared.
-    `collapsed` is true when `std_ratio` is below COLLAPSE_STD_RATIO or the effective rank is
-    below 1.5 (essentially one direction).
+    `collapsed` is true when `std_ratio` is below :func:`collapse_threshold` of `reference` (the
+    untrained encoder's std ratio, when known) or the effective rank is below 1.5 (essentially
+    one direction).
     """
     t = _matrix(z)
     signals = collapse_signals(t)
@@ -166,7 +185,9 @@ def quality_metrics(z: Any, z2: Any | None = None, *, max_rows: int = 2048) -> d
     }
     if z2 is not None:
         out["alignment"] = alignment(t, z2)
+    if reference is not None:
+        out["std_ratio_untrained"] = float(reference)
     out["collapsed"] = bool(
-        signals["std_ratio"] < COLLAPSE_STD_RATIO or signals["effective_rank"] < 1.5
+        signals["std_ratio"] < collapse_threshold(reference) or signals["effective_rank"] < 1.5
     )
     return out

@@ -38,7 +38,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
-from selfsup.evaluate.quality import quality_metrics
+from selfsup.evaluate.quality import collapse_signals, quality_metrics
 from selfsup.run import RunDir, as_run, load_encoder
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,25 @@ def train_baseline(
     return result
 
 
+def untrained_std_ratio(spec: dict[str, Any], data: Any, precision: str, *,
+                        rows: int = 512, seed: int = 0) -> float:
+    """The std ratio of the run's architecture at random init, on up to ``rows`` test inputs.
+
+    The start a collapse is a fall from (quality.collapse_threshold): an untrained series
+    encoder's embeddings already share a large common part, so a fixed 0.1 would call healthy
+    series runs collapsed.
+    """
+    from selfsup.models import build_encoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = build_encoder(spec["name"], **spec["options"]).eval()
+    picked = np.sort(np.random.default_rng(seed).permutation(len(data))[:rows])
+    features = extract_features(encoder, data.subset(picked, "untrained reference"),
+                                precision=precision)
+    return collapse_signals(torch.from_numpy(features))["std_ratio"]
+
+
 @torch.inference_mode()
 def view_alignment(
     encoder: torch.nn.Module, data: Any, augment_options: dict[str, Any], precision: str,
@@ -437,7 +456,9 @@ def sweep(
         np.savez_compressed(handle, features=test_x[sample], labels=test_y[sample])
     with atomic.atomic_path(run.path / SUBSETS_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **subsets)
-    quality = {k: v for k, v in quality_metrics(test_x).items() if k != "per_dimension_std"}
+    untrained = untrained_std_ratio(spec, test_data, precision)
+    quality = {k: v for k, v in quality_metrics(test_x, reference=untrained).items()
+               if k != "per_dimension_std"}
     aligned = view_alignment(encoder, test_data, pretrain_config.get("augment_options") or {},
                              precision)
     if aligned is not None:

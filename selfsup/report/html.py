@@ -318,7 +318,9 @@ def _quality_rows(quality: dict[str, Any]) -> list[list[Any]]:
         "uniformity": "Wang & Isola 2020, t=2: 0 = collapsed, about −4 = spread on the sphere",
         "alignment": "Wang & Isola 2020: distance between two views, 0 = identical",
         "dead_dimensions": "dimensions with std below 1% of 1/√d",
-        "collapsed": "std ratio < 0.1 or effective rank < 1.5",
+        "std_ratio_untrained": "the std ratio of the same encoder at random init",
+        "collapsed": "std ratio < a tenth of the untrained one's (at most 0.1, at least 0.01) "
+                     "or effective rank < 1.5",
     }
     return [[k, v, notes.get(k, "")] for k, v in quality.items()
             if not isinstance(v, list | dict)]
