@@ -6,6 +6,10 @@ running this script again. The method has no randomness (its second view is the 
 image) and no BatchNorm (CPU processes cannot synchronise its statistics), so 2 processes
 with B samples each must follow one process with 2B exactly: same losses, same weights.
 Each rank saves its final weights as ``OUT/weights-rank{R}.pt``.
+
+A fourth argument names the method: ``ddp_test_mirror`` (default) or ``ddp_test_mocov2``, MoCo
+v2 with the same mirrored views, whose queue must hold every rank's keys (``weights-rank{R}.pt``
+holds the queue and its pointer too, as buffers of the method).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from selfsup import api
 from selfsup.methods import METHODS, Method
 from selfsup.methods.base import StepOutput
 from selfsup.methods.losses import nt_xent
+from selfsup.methods.mocov2 import MoCoV2
 from selfsup.models import ENCODERS, ImageEncoder
 
 
@@ -57,6 +62,25 @@ class MirrorContrast(Method):
         return StepOutput(loss=nt_xent(z1, z2, 0.5), embeddings=features[: len(images)].detach())
 
 
+@METHODS.register("ddp_test_mocov2")
+class MirrorMoCoV2(MoCoV2):
+    """MoCo v2 whose two views are each image and its mirror image (no randomness)."""
+
+    default_encoder = "ddp_test_mlp"
+
+    def views(self, images: torch.Tensor, count: int, generator, augment=None) -> torch.Tensor:
+        images = images.permute(0, 3, 1, 2).float() / 255
+        return torch.cat([images, images.flip(-1)])
+
+
+# A queue of 20 keys that a global batch of 16 does not divide, so the pointer wraps mid-batch;
+# over 4 steps every slot is overwritten, and the later steps' negatives are earlier keys.
+METHOD_OPTIONS = {
+    "ddp_test_mirror": {},
+    "ddp_test_mocov2": {"queue_size": 20, "hidden_dim": 32, "projection_dim": 8},
+}
+
+
 class SaveWeights(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out = Path(out)
@@ -66,10 +90,12 @@ class SaveWeights(pl.Callback):
         torch.save(state, self.out / f"weights-rank{trainer.global_rank}.pt")
 
 
-def pretrain(out: str, devices: int, batch_size: int, steps: int = 4) -> None:
+def pretrain(
+    out: str, devices: int, batch_size: int, method: str = "ddp_test_mirror", steps: int = 4
+) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     api.pretrain(
-        "ddp_test_mirror",
+        method,
         "digits",
         out=out,
         steps=steps,
@@ -78,6 +104,7 @@ def pretrain(out: str, devices: int, batch_size: int, steps: int = 4) -> None:
         strategy="ddp" if devices > 1 else "auto",
         precision="32",
         lr=0.05,
+        method_options=METHOD_OPTIONS[method],
         monitor_size=0,
         log_every_steps=1,
         checkpoint_steps=1000,
@@ -88,4 +115,4 @@ def pretrain(out: str, devices: int, batch_size: int, steps: int = 4) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    pretrain(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    pretrain(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])

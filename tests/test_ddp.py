@@ -7,9 +7,15 @@ averaged gradient with the same model on the whole batch in this process. Withou
 all-gather (or with the wrong gradient scaling) the losses or gradients differ by far more
 than the tolerance.
 
+MoCo v2 next, over several steps (its queue carries keys from one step into the next): with
+the same split, the ranks' mean loss and averaged gradients follow the 1-process run at every
+step, and both ranks end with the 1-process queue and pointer (every rank enqueues the keys of
+the whole global batch, as MoCo's official ``concat_all_gather`` does).
+
 Then a real 2-process pre-training through the engine (tests/ddp_pretrain_script.py): the
-ranks end with identical weights, and losses and weights follow the 1-process run with the same
-global batch, which needs the data split over the ranks as one process would batch it.
+ranks end with identical weights (and MoCo v2 queues), and losses and weights follow the
+1-process run with the same global batch, which needs the data split over the ranks as one
+process would batch it.
 """
 
 import csv
@@ -30,8 +36,11 @@ from selfsup import distributed
 from selfsup.config import PretrainConfig
 from selfsup.engine import check_processes
 from selfsup.errors import SelfsupError
+from selfsup.methods.base import DataInfo
 from selfsup.methods.dino import update_center
 from selfsup.methods.losses import barlow_twins_loss, dino_loss, info_nce, nt_xent, vicreg_loss
+from selfsup.methods.mocov2 import MoCoV2
+from selfsup.models import ImageEncoder
 
 SPLIT = (3, 5)  # examples per rank; the single process holds all 8
 IN_DIM, OUT_DIM = 6, 4
@@ -74,6 +83,64 @@ def _step(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, case: str)
     return loss.detach()
 
 
+class _TinyEncoder(ImageEncoder):
+    """(B, 1, 2, 3) images, flattened, through one linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__(1, None, None)
+        self.embed_dim = OUT_DIM
+        self.net = torch.nn.Linear(IN_DIM, OUT_DIM)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.flatten(1))
+
+
+class _MirrorMoCoV2(MoCoV2):
+    """MoCo v2 whose views are each image and its mirror image, so no randomness is involved."""
+
+    def views(self, images: torch.Tensor, count: int, generator, augment=None) -> torch.Tensor:
+        return torch.cat([images, images.flip(-1)])
+
+
+MOCO_STEPS = 3
+
+
+def _moco() -> MoCoV2:
+    """Queue clamped to 10 by the 20 samples: the 8 keys of a step wrap around its end."""
+    torch.manual_seed(1)
+    options = {"queue_size": 4096, "hidden_dim": 8, "projection_dim": OUT_DIM, "momentum": 0.9}
+    return _MirrorMoCoV2(_TinyEncoder(), DataInfo(num_images=20), options=options)
+
+
+def _moco_batches() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(MOCO_STEPS, sum(SPLIT), 1, 2, 3, generator=generator)
+
+
+def _moco_steps(method: MoCoV2, batches: torch.Tensor):
+    """SGD steps; per step the (rank-mean) loss and the (rank-averaged, as DDP's) gradients;
+    then the final queue and pointer."""
+    optimiser = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    steps = []
+    for images in batches:
+        optimiser.zero_grad()
+        loss = method.training_step({"images": images}, torch.Generator()).loss
+        loss.backward()
+        loss = loss.detach()
+        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        if distributed.world_size() > 1:
+            for value in (loss, *grads.values()):
+                dist.all_reduce(value)
+                value /= distributed.world_size()
+            for name, p in method.named_parameters():  # the step uses the averaged gradient
+                if name in grads:
+                    p.grad.copy_(grads[name])
+        steps.append((float(loss), grads))
+        optimiser.step()
+        method.on_train_step_end(0.0)
+    return steps, method.queue.clone(), int(method.queue_ptr)
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -94,6 +161,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.all_reduce(loss)  # the mean over ranks is what must equal the 1-process loss
             grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
             results[case] = (float(loss) / len(SPLIT), grads)
+        results["mocov2"] = _moco_steps(_moco(), _moco_batches()[:, mine])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -133,6 +201,22 @@ def test_two_process_loss_and_gradients_equal_one_process(ddp_results, case):
             assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), (case, rank, name)
 
 
+def test_two_process_mocov2_steps_and_queues_equal_one_process(ddp_results):
+    steps, queue, ptr = _moco_steps(_moco(), _moco_batches())
+    assert len(queue) == 10 and ptr == (MOCO_STEPS * sum(SPLIT)) % 10
+    for rank, results in enumerate(ddp_results):
+        rank_steps, rank_queue, rank_ptr = results["mocov2"]
+        pairs = zip(steps, rank_steps, strict=True)
+        for step, ((loss, grads), (rank_loss, rank_grads)) in enumerate(pairs):
+            assert rank_loss == pytest.approx(loss, rel=1e-5), (rank, step)
+            assert grads.keys() == rank_grads.keys()
+            for name, grad in grads.items():
+                assert torch.allclose(rank_grads[name], grad, rtol=1e-4, atol=1e-6), (rank, name)
+        assert rank_ptr == ptr, rank
+        assert torch.allclose(rank_queue, queue, rtol=1e-4, atol=1e-6), rank
+    assert torch.equal(ddp_results[0]["mocov2"][1], ddp_results[1]["mocov2"][1])
+
+
 def test_without_torch_distributed_the_collectives_are_identities():
     x = torch.randn(5, 3, requires_grad=True)
     gathered, offset = distributed.all_gather(x)
@@ -147,14 +231,19 @@ def _losses(run: Path) -> list[float]:
     return [float(row["train/loss"]) for row in sorted(rows, key=lambda r: int(r["step"]))]
 
 
-def test_two_process_pretraining_matches_one_process(tmp_path):
+# MoCo v2 through the engine as well (about a minute more; its steps and queue are checked
+# above without the engine, in the default run).
+@pytest.mark.parametrize(
+    "method", ["ddp_test_mirror", pytest.param("ddp_test_mocov2", marks=pytest.mark.slow)]
+)
+def test_two_process_pretraining_matches_one_process(tmp_path, method):
     script = Path(__file__).with_name("ddp_pretrain_script.py")
     env = {**os.environ, "PYTHONPATH": str(script.parent.parent)}
     runs = {"two": ("2", "8"), "one": ("1", "16")}  # the same global batch of 16
     # Both at once; each in its own interpreter, so its test method stays out of this one.
     started = {
         name: subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / name), devices, batch],
+            [sys.executable, str(script), str(tmp_path / name), devices, batch, method],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -174,8 +263,12 @@ def test_two_process_pretraining_matches_one_process(tmp_path):
     rank0, rank1 = (torch.load(two / f"weights-rank{r}.pt") for r in (0, 1))
     single = torch.load(one / "weights-rank0.pt")
     for name, value in rank0.items():
-        assert torch.equal(value, rank1[name]), name  # DDP keeps the replicas identical
+        # DDP keeps the replicas identical; MoCo's queue (a buffer) too, by enqueueing every
+        # rank's keys
+        assert torch.equal(value, rank1[name]), name
         assert torch.allclose(value, single[name], rtol=1e-4, atol=1e-5), name
+    if method == "ddp_test_mocov2":
+        assert rank0["queue"].shape == (20, 8) and int(rank0["queue_ptr"]) == (4 * 16) % 20
     losses_two, losses_one = _losses(two), _losses(one)
     assert len(losses_two) == len(losses_one) == 4
     assert losses_two == pytest.approx(losses_one, rel=1e-5)

@@ -18,6 +18,9 @@ Defaults and their sources:
   ``symmetric=True`` adds the swapped term (the CIFAR demo's option; twice the compute).
 - augmentation: SimCLR's recipe with crops from 20% of the area (v2's "aug+"), without its
   Gaussian blur at 32x32 (as SimCLR's CIFAR setting).
+Under DDP every process enqueues the keys of the whole global batch, gathered from all ranks
+(Algorithm 1 and the official code's ``concat_all_gather``), so the ranks share one queue and
+two processes with B samples each follow one process with 2B (checked in tests/test_ddp.py).
 Not done: Shuffle-BN (v1, sec. 3.3), which needs several devices; on one device the key
 encoder's BatchNorm sees the same batch as the query encoder's.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selfsup import distributed
 from selfsup.errors import SelfsupError
 from selfsup.methods.base import ImageMethod, StepOutput
 from selfsup.methods.heads import ProjectionHead
@@ -84,13 +88,21 @@ class MoCoV2(ImageMethod):
             keys = self.teacher(views)
             features = self.encoder(views)
             queries = self.projector(features)
-            loss = info_nce(queries[:n], keys[n:], t, queue)
-            loss = loss + info_nce(queries[n:], keys[:n], t, queue)
+            pairs = [(queries[:n], keys[n:]), (queries[n:], keys[:n])]
+            new_keys = [keys[:n], keys[n:]]
         else:
             keys = self.teacher(views[n:])
             features = self.encoder(views[:n])
-            loss = info_nce(self.projector(features), keys, t, queue)
-        self._enqueue(keys)
+            pairs = [(self.projector(features), keys)]
+            new_keys = [keys]
+        # Every rank's keys in rank order, i.e. the global batch's as one process would hold
+        # them (each view gathered on its own so the order is that of one process too).
+        gathered = [distributed.all_gather(k.detach())[0] for k in new_keys]
+        # Sum over this rank's queries, scaled so that the ranks' values average to the mean
+        # over the global batch (DDP averages gradients; batches may differ in size).
+        terms = sum(info_nce(q, k, t, queue) for q, k in pairs) * n
+        loss = distributed.local_share(terms, len(gathered[0]))
+        self._enqueue(torch.cat(gathered))
         return StepOutput(
             loss=loss,
             embeddings=features[:n].detach(),
@@ -99,7 +111,12 @@ class MoCoV2(ImageMethod):
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        """Write the newest keys over the oldest (ring buffer; wraps around the end)."""
+        """Write the newest keys over the oldest (ring buffer; wraps around the end).
+
+        ``keys`` are the global batch's: every rank writes the same keys at the same slots, so
+        the ranks' queues stay identical (MoCo's ``concat_all_gather``). A batch longer than
+        the queue keeps its last ``len(queue)`` keys.
+        """
         keys = F.normalize(keys.float(), dim=1)[-len(self.queue) :]
         slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
         self.queue[slots] = keys.to(self.queue.dtype)
