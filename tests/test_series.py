@@ -383,3 +383,39 @@ def test_anomaly_scores_and_roc_auc():
     assert roc_auc([0.1, 0.2, 0.3], [1, 0, 0]) == 0.0
     with pytest.raises(SelfsupError, match="both normal and anomalous"):
         roc_auc([0.1, 0.2], [0, 0])
+
+
+class _MaskSpy(torch.nn.Module):
+    """Wraps an encoder and records the timestamp mask each ``features`` call receives."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.inner, self.masks = encoder, []
+        self.embed_dim, self.min_length = encoder.embed_dim, encoder.min_length
+
+    def features(self, x, lengths=None, mask=None):
+        self.masks.append((mask, lengths))
+        return self.inner.features(x, lengths, mask)
+
+    def pool(self, feats, valid):
+        return self.inner.pool(feats, valid)
+
+
+def test_ts_contrast_masks_only_when_asked():
+    """Off by default (it made MNIST-1D features worse than random init); with mask_p the share
+    of masked valid steps is about p, and padding is never masked."""
+    torch.manual_seed(0)
+    x, lens = padded_batch([64, 40, 64, 50] * 8, channels=2)
+    info = DataInfo(channels=2, num_images=32, length=64, extra={"min_length": 40})
+    plain = TSContrast(_MaskSpy(DilatedCNN(2, hidden=4, depth=1, embed_dim=8)), info,
+                       {"average": False})
+    plain.training_step({"series": x, "lengths": lens}, gen(0))
+    assert plain.options.mask_p == 0.0 and plain.encoder.masks[0][0] is None
+    masked = TSContrast(_MaskSpy(DilatedCNN(2, hidden=4, depth=1, embed_dim=8)), info,
+                        {"average": False, "mask_p": 0.3})
+    masked.training_step({"series": x, "lengths": lens}, gen(0))
+    mask, view_lens = masked.encoder.masks[0]
+    valid = torch.arange(mask.shape[1])[None, :] < view_lens[:, None]
+    assert not (mask & ~valid).any()
+    share = mask[valid].float().mean().item()
+    assert abs(share - 0.3) < 0.03, share

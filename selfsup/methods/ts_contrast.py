@@ -1,14 +1,15 @@
 """TS2Vec-style contrastive learning on series (Yue et al. 2022, "TS2Vec: Towards Universal
 Representation of Time Series", AAAI).
 
-Two overlapping random crops of each series are encoded with random timestamp masking; the
-features of the overlapping steps must agree, at every scale of a max-pooling pyramid, in two
-ways: *temporal* (a step's feature picks its partner in the other view among all steps of both
-views of that series) and *instance* (a series' feature at a step picks its partner among all
-series of the batch at that step). The instance-level representation is the max over the
-steps (the encoder's ``forward``).
+Two overlapping random crops of each series are encoded (optionally with random timestamp
+masking); the features of the overlapping steps must agree, at every scale of a max-pooling
+pyramid, in two ways: *temporal* (a step's feature picks its partner in the other view among
+all steps of both views of that series) and *instance* (a series' feature at a step picks
+its partner among all series of the batch at that step). The instance-level representation is
+the max over the steps (the encoder's ``forward``).
 
-Differences from the paper, for variable-length batches: the overlap length is shared by the
+Differences from the paper: timestamp masking is off unless ``mask_p`` asks for it (see
+:class:`TSContrastOptions`); for variable-length batches, the overlap length is shared by the
 batch (at most the shortest series), while each series draws its own crop positions inside its
 own length; with a patch encoder, crops are aligned to the patch size so that the overlapping
 patches line up.
@@ -87,7 +88,11 @@ def hierarchical_contrastive_loss(
 @dataclass
 class TSContrastOptions:
     alpha: float = 0.5  # weight of the instance term; 1 - alpha for the temporal term
-    mask_p: float = 0.5  # TS2Vec's binomial timestamp mask: each step masked with this p
+    # TS2Vec's binomial timestamp mask: each step masked with this p (the paper uses 0.5). Off
+    # by default: on a validation split carved from MNIST-1D's train set (linear probe, 300
+    # steps x 64) masking at 0.5 made the features worse than the random-init encoder's (75% vs
+    # 86%), while crops alone reached 89%.
+    mask_p: float = 0.0
     temporal_unit: int = 0  # pyramid level from which temporal terms count
     min_overlap: int = 2  # shortest overlap of the two crops, in steps
     # Export the average of the encoder's weights over all steps (TS2Vec evaluates its
