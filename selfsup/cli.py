@@ -613,7 +613,8 @@ def demo(
 @app.command("prepare")
 def prepare_cmd(
     path: Annotated[
-        str, typer.Argument(help="An image folder, an .npz, 'digits', or a series file.")
+        str, typer.Argument(help="An image folder, an .npz, 'digits', a series file, or a text "
+                             "corpus (.txt/.md file or folder, .jsonl(.gz), .parquet).")
     ],
     out: Annotated[Path, typer.Option(help="Folder for the shards (new, empty or a previous "
                                            "prepare's output).")],
@@ -627,7 +628,8 @@ def prepare_cmd(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
     cache_dir: Annotated[str | None, typer.Option(help="Decode cache for image folders.")] = None,
     data_option: Annotated[
-        list[str] | None, typer.Option(help="Series reader option KEY=VALUE (repeatable).")
+        list[str] | None, typer.Option(help="Series or text reader option KEY=VALUE, e.g. "
+                                            "text_field=body (repeatable).")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
@@ -639,10 +641,14 @@ def prepare_cmd(
         skip_bad=skip_bad, cache_dir=cache_dir,
         data_options=_pairs(data_option, "--data-option"), progress=progress,
     )
+    if manifest["modality"] == "text":
+        what = f"documents ({manifest['characters']:,} characters)"
+    else:
+        sample = manifest["sample"]
+        what = f"{manifest['modality']} samples {tuple(sample['shape'])} {sample['dtype']}"
     console.print(
-        f"[bold]done[/]: {manifest['count']} {manifest['modality']} samples "
-        f"{tuple(manifest['sample']['shape'])} {manifest['sample']['dtype']} in "
-        f"{len(manifest['shards'])} shard(s), written to {out}"
+        f"[bold]done[/]: {manifest['count']} {what} in {len(manifest['shards'])} shard(s), "
+        f"written to {out}"
     )
     console.print(f"next: selfsup pretrain METHOD --data {out}")
 

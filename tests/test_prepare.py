@@ -200,9 +200,9 @@ def test_bad_inputs_exit_2_and_never_touch_unrelated_files(monkeypatch, capsys, 
     (tmp_path / "x.bin").write_bytes(b"1")
     code, err = run_cli(monkeypatch, capsys, "prepare", str(tmp_path / "x.bin"), "--out", out)
     assert code == 2 and "unknown input" in err
-    (tmp_path / "c.txt").write_text("some text")
+    (tmp_path / "c.txt").write_text("")
     code, err = run_cli(monkeypatch, capsys, "prepare", str(tmp_path / "c.txt"), "--out", out)
-    assert code == 2 and "not be prepared as shards yet" in err
+    assert code == 2 and "the corpus is empty" in err
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -236,4 +236,183 @@ def test_damaged_shards_are_a_clear_error(tmp_path):
     with open(tmp_path / "s" / "shard-000001.tar", "r+b") as f:
         f.truncate(1000)
     with pytest.raises(SelfsupError, match="shard-000001.tar: shard 1000 bytes"):
+        load_images(tmp_path / "s")
+
+
+# ------------------------------------------------------------------------------------ text ----
+
+# Non-ASCII (2-, 3- and 4-byte UTF-8), blank lines, a byte-order mark, an empty document.
+DOCS = {
+    "a.txt": "First line\n\nthird line after a blank one\n",
+    "b/c.md": "naïve café — 日本語 🙂\r\nzwölf Äpfel",
+    "b/d.txt": "",
+    "e.txt": "\ufeffwith a byte-order mark\n\n\n",
+}
+
+
+def _text_folder(root):
+    for name, text in DOCS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(text.encode("utf-8"))
+    (root / "skip.bin").write_bytes(b"\xff")  # not text: the folder reader skips it
+    return root
+
+
+def _jsonl(path, texts, field="text"):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n")  # a blank line: the jsonl reader skips it
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": i, field: text}) + "\n")
+    return path
+
+
+def _documents(path, **options):
+    """Whole documents as data/text.py yields them (pieces joined), in order."""
+    from selfsup.data.text import TextSource, iter_documents
+
+    docs, parts = [], []
+    for piece in iter_documents(TextSource(str(path), **options)):
+        parts.append(piece.text)
+        if piece.last:
+            docs.append("".join(parts))
+            parts = []
+    return docs
+
+
+def test_text_folder_shards_yield_exactly_the_readers_documents(tmp_path):
+    from selfsup.data.shards import TextShards
+    from selfsup.data.text import TextSource, fingerprint, iter_documents
+
+    src = _text_folder(tmp_path / "corpus")
+    manifest = prepare(str(src), tmp_path / "s", shard_bytes=600, progress=False)
+    ref = _documents(src)
+    assert ref[0] == DOCS["a.txt"] and ref[-1] == DOCS["e.txt"][1:]  # the reader drops the BOM
+    assert _documents(tmp_path / "s") == ref
+    assert _documents(tmp_path / "s" / MANIFEST) == ref  # the manifest path reads the same
+    pieces = [(p.text, p.last) for p in iter_documents(TextSource(str(src)))]
+    assert [(p.text, p.last) for p in iter_documents(TextSource(str(tmp_path / "s")))] == pieces
+    assert manifest["modality"] == "text" and manifest["count"] == len(ref) == 4
+    assert manifest["characters"] == sum(map(len, ref))
+    assert manifest["bytes"] == sum(len(d.encode()) for d in ref)
+    assert manifest["sample"]["key"] == "txt" and not manifest["labels"]
+    shards = TextShards(tmp_path / "s")
+    assert len(shards.names) > 1  # several shards, read across
+    assert [shards.document(i) for i in (2, 0, -1, 1)] == [ref[2], ref[0], ref[3], ref[1]]
+    assert np.array_equal(np.load(tmp_path / "s" / "lengths.npy"),
+                          [len(d.encode()) for d in ref])
+    # the token-cache key is the manifest's: stable across reads, new after a new prepare
+    key = fingerprint(TextSource(str(tmp_path / "s")))
+    assert key == fingerprint(TextSource(str(tmp_path / "s" / MANIFEST)))
+    prepare(str(src), tmp_path / "s", shard_bytes=600, progress=False)
+    assert fingerprint(TextSource(str(tmp_path / "s"))) != key
+
+
+def test_text_shards_are_webdataset_txt_samples(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    src = _text_folder(tmp_path / "corpus")
+    manifest = prepare(str(src), tmp_path / "s", progress=False)
+    urls = [str(tmp_path / "s" / s["name"]) for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(4)]
+    assert [s["txt"] for s in samples] == _documents(src)
+
+
+def test_jsonl_shards_keep_the_text_field_and_repeat_doubles(tmp_path):
+    texts = ["plain", "", "línea 1\n\nlínea 3", "emoji 🙂🙂", "tab\there"]
+    src = _jsonl(tmp_path / "c.jsonl", texts, field="body")
+    with pytest.raises(SelfsupError, match="no field 'text'"):
+        prepare(str(src), tmp_path / "bad", progress=False)
+    with pytest.raises(SelfsupError, match="unknown --data-option colour"):
+        prepare(str(src), tmp_path / "bad", data_options={"colour": 1}, progress=False)
+    one = prepare(str(src), tmp_path / "s1", data_options={"text_field": "body"}, progress=False)
+    assert _documents(src, text_field="body") == texts  # the reference reader
+    assert _documents(tmp_path / "s1") == texts
+    assert one["text_options"]["text_field"] == "body"
+    two = prepare(str(src), tmp_path / "s2", repeat=2, shard_bytes=100,
+                  data_options={"text_field": "body"}, progress=False)
+    assert _documents(tmp_path / "s2") == texts + texts
+    assert two["count"] == 2 * one["count"] and two["bytes"] == 2 * one["bytes"]
+
+
+def test_text_prepare_through_the_cli(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "c.jsonl"
+    _jsonl(src, ["ein Satz", "zwei Sätze"], field="body")
+    monkeypatch.setattr(sys, "argv", ["selfsup", "prepare", str(src), "--out",
+                                      str(tmp_path / "s"), "--data-option", "text_field=body",
+                                      "--no-progress"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    assert "2 documents (18 characters)" in capsys.readouterr().out
+    assert _documents(tmp_path / "s") == ["ein Satz", "zwei Sätze"]
+
+
+def test_empty_text_corpora_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    (tmp_path / "empty" / "b.txt").write_text("")
+    with pytest.raises(SelfsupError, match="the corpus is empty"):
+        prepare(str(tmp_path / "empty"), tmp_path / "s", progress=False)
+    _jsonl(tmp_path / "e.jsonl", [])
+    with pytest.raises(SelfsupError, match="the corpus is empty"):
+        prepare(str(tmp_path / "e.jsonl"), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_large_document_streams_in_the_readers_pieces(tmp_path, monkeypatch):
+    """A document bigger than the piece size and the in-memory limit goes through the scratch
+    file when written, and comes back in the same pieces (cut at line ends) as from the file."""
+    from selfsup.data import shards, text
+
+    monkeypatch.setattr(text, "PIECE_CHARS", 64)
+    monkeypatch.setattr(text, "_READ_BYTES", 50)
+    monkeypatch.setattr(shards, "_SPILL_BYTES", 100)
+    lines = [f"ligne {i} é🙂 " + "x" * (i % 7) + "\n" for i in range(40)]
+    (tmp_path / "big.txt").write_text("".join(lines), encoding="utf-8")
+    prepare(str(tmp_path / "big.txt"), tmp_path / "s", progress=False)
+    ref, got = ([(p.text, p.last) for p in text.iter_documents(text.TextSource(str(path)))]
+                for path in (tmp_path / "big.txt", tmp_path / "s"))
+    assert len(ref) > 5 and got == ref
+
+
+def test_gpt_and_mlm_pretrain_from_text_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "film", "was", "a", "wonderful", "surprise", "and", "drags", "naïve", "🙂"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(5, 30)))) for _ in range(60)]
+    _jsonl(tmp_path / "c.jsonl", texts)
+    prepare(str(tmp_path / "c.jsonl"), tmp_path / "s", progress=False)
+    run = selfsup.pretrain(
+        "gpt", str(tmp_path / "s"), out=str(tmp_path / "gpt"), steps=2, batch_size=4,
+        encoder="gpt_tiny", precision="32", progress=False, cache_dir=str(tmp_path / "cache"),
+        data_options={"block_size": 16},
+    )
+    assert json.loads(run.summary.read_text())["steps"] == 2
+    # the same tokens as from the corpus itself (same documents, same EOS between them)
+    from selfsup.data.tokens import TextOptions, build_shards
+
+    a = build_shards(str(tmp_path / "c.jsonl"), TextOptions(), tmp_path / "c1")
+    b = build_shards(str(tmp_path / "s"), TextOptions(), tmp_path / "c2")
+    assert np.array_equal(a.tokens(), b.tokens())
+    run = selfsup.pretrain(
+        "mlm", str(tmp_path / "s"), out=str(tmp_path / "mlm"), steps=2, batch_size=4,
+        precision="32", progress=False, cache_dir=str(tmp_path / "cache"),
+        method_options={"dim": 32, "layers": 1, "heads": 2},
+        data_options={"block_size": 32, "vocab_size": 150},
+    )
+    summary = json.loads(run.summary.read_text())
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+
+
+def test_text_methods_refuse_other_shards_and_other_readers_refuse_text(digit_shards, tmp_path):
+    with pytest.raises(SelfsupError, match="holds image shards but this method reads text"):
+        selfsup.pretrain("gpt", str(digit_shards), out=str(tmp_path / "r"), steps=1,
+                         progress=False, cache_dir=str(tmp_path / "cache"))
+    from selfsup.data.text import TextSource, iter_documents
+
+    with pytest.raises(SelfsupError, match="holds image shards, not text"):
+        list(iter_documents(TextSource(str(digit_shards))))
+    _jsonl(tmp_path / "c.jsonl", ["one", "two"])
+    prepare(str(tmp_path / "c.jsonl"), tmp_path / "s", progress=False)
+    with pytest.raises(SelfsupError, match="holds text shards"):
         load_images(tmp_path / "s")

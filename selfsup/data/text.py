@@ -1,11 +1,14 @@
 """Text readers: a path becomes a stream of documents, read piece by piece.
 
-Four sources, picked by :func:`iter_documents` from the path:
+Five sources, picked by :func:`iter_documents` from the path:
 
 * a ``.txt`` / ``.md`` file: one document;
 * a folder: every ``.txt`` / ``.md`` file under it (sorted, hidden ones skipped), a document each;
 * ``.jsonl`` / ``.jsonl.gz``: one JSON object a line, the document in ``text_field``;
-* ``.parquet``: one row a document, the text in ``text_column`` (read a row group at a time).
+* ``.parquet``: one row a document, the text in ``text_column`` (read a row group at a time);
+* a ``selfsup prepare`` output (a folder with ``manifest.json``, or that file): the documents of
+  the corpus it was prepared from, in the same order, streamed one document at a time (the
+  text options were applied when it was prepared, so here they are ignored).
 
 A document arrives as one or more pieces (:class:`Piece`) so that a file larger than memory
 streams: big text files are cut at line ends into pieces of about ``PIECE_CHARS`` characters.
@@ -20,10 +23,10 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from selfsup.errors import SelfsupError
 
@@ -61,10 +64,15 @@ class Piece:
 
 
 def kind_of(path: str | Path) -> str:
-    """"txt", "folder", "jsonl" or "parquet", from the path; a clear error for anything else."""
+    """"txt", "folder", "jsonl", "parquet" or "shards" (a prepared folder), from the path; a
+    clear error for anything else."""
+    from selfsup.data.shards import is_prepared
+
     path = Path(path)
     if not path.exists():
         raise SelfsupError(f"text data {path} does not exist")
+    if is_prepared(path):
+        return "shards"
     if path.is_dir():
         return "folder"
     name = path.name.lower()
@@ -94,17 +102,35 @@ def list_text_files(root: str | Path) -> list[Path]:
 
 def source_files(source: TextSource) -> list[Path]:
     """The files a corpus reads, for cache keys and messages."""
-    if kind_of(source.path) == "folder":
+    kind = kind_of(source.path)
+    if kind == "folder":
         return list_text_files(source.path)
+    if kind == "shards":
+        from selfsup.data.shards import read_manifest
+
+        folder, manifest = read_manifest(source.path)
+        return [folder / "manifest.json", *(folder / s["name"] for s in manifest["shards"])]
     return [Path(source.path)]
 
 
 def fingerprint(source: TextSource, extra: dict[str, Any] | None = None) -> str:
-    """A key that changes when any file of the corpus or any reading option changes."""
+    """A key that changes when any file of the corpus or any reading option changes.
+
+    A prepared folder is keyed by its manifest's bytes (which name every shard and its size, and
+    an id unique to each prepare), not by paths and times: a copy or a move of the folder keeps its
+    token caches, and preparing it again makes new ones.
+    """
     digest = hashlib.sha256()
-    for path in source_files(source):
-        stat = path.stat()
-        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if kind_of(source.path) == "shards":
+        from selfsup.data.shards import manifest_path
+
+        manifest = manifest_path(source.path)
+        assert manifest is not None
+        digest.update(b"prepared\0" + hashlib.sha256(manifest.read_bytes()).digest())
+    else:
+        for path in source_files(source):
+            stat = path.stat()
+            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     options = {
         "text_field": source.text_field,
         "text_column": source.text_column,
@@ -128,6 +154,10 @@ def iter_documents(source: TextSource) -> Iterator[Piece]:
             yield from _text_file(path, source.encoding_errors)
     elif kind == "jsonl":
         yield from _jsonl(Path(source.path), source.text_field, source.encoding_errors)
+    elif kind == "shards":
+        from selfsup.data.shards import TextShards
+
+        yield from TextShards(source.path).pieces()
     else:
         yield from _parquet(Path(source.path), source.text_column)
 
@@ -150,16 +180,37 @@ def _bad_utf8(path: Path, offset: int, error: UnicodeDecodeError, where: str = "
     )
 
 
+def pieces_of(texts: Iterable[str]) -> Iterator[Piece]:
+    """One document arriving as consecutive strings, re-cut into pieces of at most
+    ``PIECE_CHARS`` characters ending at a line end where one exists.
+
+    Where the cuts fall depends on the text only, not on how it arrived, so a document read
+    back from prepared shards comes in the same pieces as from its original file.
+    """
+    pending = ""
+    for text in texts:
+        pending += text
+        while len(pending) >= PIECE_CHARS:
+            cut = pending.rfind("\n", 0, PIECE_CHARS) + 1 or PIECE_CHARS
+            yield Piece(pending[:cut], last=False)
+            pending = pending[cut:]
+    yield Piece(pending, last=True)
+
+
 def _text_file(path: Path, errors: str) -> Iterator[Piece]:
     """One file, decoded incrementally; pieces end at a line end where one exists."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    offset = 0  # bytes of the file decoded before the current chunk
-    pending = ""
-    first = True
     try:
-        handle = open(path, "rb")  # noqa: SIM115  (closed by the with below; errors named here)
+        handle = open(path, "rb")  # noqa: SIM115  (closed in _decoded; errors named here)
     except OSError as error:
         raise SelfsupError(f"{path}: cannot read ({error.strerror})") from None
+    yield from pieces_of(_decoded(path, handle, errors))
+
+
+def _decoded(path: Path, handle: BinaryIO, errors: str) -> Iterator[str]:
+    """The file's text in parts of about ``_READ_BYTES``, without a leading byte-order mark."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = 0  # bytes of the file decoded before the current chunk
+    first = True
     with handle:
         while True:
             chunk = handle.read(_READ_BYTES)
@@ -175,14 +226,9 @@ def _text_file(path: Path, errors: str) -> Iterator[Piece]:
             if first and text.startswith("\ufeff"):
                 text = text[1:]  # a byte-order mark is not text
             first = text == "" and first
-            pending += text
-            while len(pending) >= PIECE_CHARS:
-                cut = pending.rfind("\n", 0, PIECE_CHARS) + 1 or PIECE_CHARS
-                yield Piece(pending[:cut], last=False)
-                pending = pending[cut:]
+            yield text
             if final:
                 break
-    yield Piece(pending, last=True)
 
 
 def _jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
