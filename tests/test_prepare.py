@@ -416,3 +416,26 @@ def test_text_methods_refuse_other_shards_and_other_readers_refuse_text(digit_sh
     prepare(str(tmp_path / "c.jsonl"), tmp_path / "s", progress=False)
     with pytest.raises(SelfsupError, match="holds text shards"):
         load_images(tmp_path / "s")
+
+
+def test_text_options_on_a_prepared_folder_are_refused_not_ignored(tmp_path):
+    from selfsup.data.text import TextSource, iter_documents
+
+    src = _text_folder(tmp_path / "corpus")
+    prepare(str(src), tmp_path / "s", progress=False)
+    for option in ({"text_field": "body"}, {"text_column": "body"},
+                   {"encoding_errors": "replace"}):
+        with pytest.raises(SelfsupError, match=f"{next(iter(option))}=.*prepare again"):
+            next(iter_documents(TextSource(str(tmp_path / "s"), **option)))
+    assert next(iter_documents(TextSource(str(tmp_path / "s")))).text  # defaults read it
+
+
+def test_one_prepared_txt_file_gives_the_file_s_tokens(tmp_path):
+    # a lone .txt is one document with no EOS; its prepared folder must not add one
+    from selfsup.data.tokens import TextOptions, build_shards
+
+    (tmp_path / "a.txt").write_text("hello world\nsecond line\n" * 50, encoding="utf-8")
+    prepare(str(tmp_path / "a.txt"), tmp_path / "s", progress=False)
+    a = build_shards(str(tmp_path / "a.txt"), TextOptions(), tmp_path / "c1")
+    b = build_shards(str(tmp_path / "s"), TextOptions(), tmp_path / "c2")
+    assert len(a.tokens()) == 1200 and np.array_equal(a.tokens(), b.tokens())

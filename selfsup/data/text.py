@@ -157,9 +157,24 @@ def iter_documents(source: TextSource) -> Iterator[Piece]:
     elif kind == "shards":
         from selfsup.data.shards import TextShards
 
+        _refuse_options_on_shards(source)
         yield from TextShards(source.path).pieces()
     else:
         yield from _parquet(Path(source.path), source.text_column)
+
+
+def _refuse_options_on_shards(source: TextSource) -> None:
+    """A prepared folder holds documents already read with its prepare's options; options given
+    now cannot apply, so say so rather than ignore them."""
+    given = [f"{name}={getattr(source, name)}" for name in ("text_field", "text_column",
+                                                            "encoding_errors")
+             if getattr(source, name) != getattr(TextSource, name)]
+    if given:
+        raise SelfsupError(
+            f"{source.path} is a prepared folder: its documents were read when it was prepared, "
+            f"so {', '.join(given)} cannot apply now; pass the option(s) to `selfsup prepare` "
+            "(--data-option) and prepare again, or drop them here"
+        )
 
 
 def read_text(source: TextSource, separator: str = "\n") -> str:
