@@ -68,26 +68,30 @@ def markdown(result: dict) -> str:
         f"`{result['command']}`. CIFAR-10 here is re-encoded JPEG (quality 75).",
         "",
         "| method | kNN | linear probe | linear / supervised | images/s | steps | epochs "
-        "| peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak memory (MiB) | precision, date |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     supervised = result.get("supervised")
     for name in METHODS:
         row = result["methods"].get(name)
         if row is None:
-            lines.append(f"| {name} | not run yet | | | | | | |")
+            lines.append(f"| {name} | not run yet | | | | | | | |")
             continue
         ratio = f"{row['linear'] / supervised:.3f}" if supervised else "n/a"
         lines.append(
             f"| {name} | {row['knn']:.4f} | {row['linear']:.4f} | {ratio} | "
             f"{row['images_per_s']:.1f} | {row['steps']} | {row['epochs']:.1f} | "
-            f"{row['peak_mib']:.0f} |"
+            f"{row['peak_mib']:.0f} | {row.get('precision', '?')}, {row['date']} |"
         )
     if supervised:
         lines.append(f"| supervised baseline ({minutes} min, same encoder) | | {supervised:.4f} "
-                     "| 1.000 | | | | |")
+                     f"| 1.000 | | | | | {result.get('supervised_precision', '?')} |")
     target = [n for n, r in result["methods"].items() if r["knn"] < 0.5]
     lines += [
+        "",
+        "Rows measured on different days may come from different machines of the same 2-core "
+        "kind: precision `bf16` means a CPU with AVX-512 BF16 (bf16 autocast), `32` one "
+        "without, where the same minutes buy fewer steps.",
         "",
         "Target: every method above 50% kNN accuracy within the budget. "
         + (f"Below it: {', '.join(target)}." if target else "All measured methods reach it."),
@@ -146,6 +150,7 @@ def main() -> None:
         evaluation = json.loads((run / "eval.json").read_text())
         if "supervised" in evaluation:
             result["supervised"] = evaluation["supervised"]["accuracy"]
+            result["supervised_precision"] = summary["precision"]
         result["methods"][name] = {
             "knn": evaluation["knn"]["accuracy"],
             "linear": evaluation["linear"]["accuracy"],
@@ -154,6 +159,7 @@ def main() -> None:
             "epochs": summary["samples_seen"] / summary["num_samples"],
             "peak_mib": peak,
             "final_loss": summary["final_loss"],
+            "precision": summary["precision"],
             "date": time.strftime("%Y-%m-%d"),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
