@@ -40,6 +40,7 @@ import torch
 from tokenizers import Tokenizer
 
 from selfsup.data.text import TextSource, fingerprint, iter_documents
+from selfsup.data.tokens import CorpusData
 from selfsup.errors import SelfsupError
 
 log = logging.getLogger("selfsup")
@@ -374,10 +375,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         return view
 
 
-class DocumentData:
+class DocumentData(CorpusData):
     """The corpus as training data of a masked-LM / span method (the ``TrainData`` protocol)."""
-
-    modality = "text"
 
     def __init__(
         self,
@@ -411,17 +410,6 @@ class DocumentData:
         else:
             log.info("%d of %d documents are longer than a window of %d tokens and continue "
                      "across windows (packing)", longer, len(docs), self.train.content)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.shards.meta["vocab_size"])
-
-    @property
-    def num_classes(self) -> int | None:
-        return None
-
-    def __len__(self) -> int:
-        return len(self.train)
 
     def extra(self) -> dict[str, Any]:
         return {

@@ -370,10 +370,28 @@ class WindowDataset(torch.utils.data.Dataset):
         return {"tokens": self.windows([position], self.block_size + 1)[0]}
 
 
-class TokenData:
-    """A tokenized corpus as the engine's training data (the ``TrainData`` protocol)."""
+class CorpusData:
+    """What both text readers' training data share: an unlabelled corpus, tokenized into
+    ``shards`` (whose metadata hold the vocabulary size), trained on through ``train``."""
 
     modality = "text"
+    shards: Any
+    train: torch.utils.data.Dataset
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.shards.meta["vocab_size"])
+
+    @property
+    def num_classes(self) -> int | None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+
+class TokenData(CorpusData):
+    """A tokenized corpus as the engine's training data (the ``TrainData`` protocol)."""
 
     def __init__(self, source: str, shards: Shards, options: TextOptions) -> None:
         self.source = source
@@ -396,17 +414,6 @@ class TokenData:
                 "it needs at least 2 (add text or raise val_fraction)"
             )
         self.train = WindowDataset(self.tokens, 0, self.train_end, block)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.shards.meta["vocab_size"])
-
-    @property
-    def num_classes(self) -> int | None:
-        return None
-
-    def __len__(self) -> int:
-        return len(self.train)
 
     def validation_tokens(self) -> np.ndarray:
         """The whole validation split (a memmap slice)."""
