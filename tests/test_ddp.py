@@ -170,14 +170,15 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    # fork: the children inherit the imported modules (spawn would re-import torch and selfsup,
-    # tens of seconds on a busy 2-core machine).
+    # spawn, not fork: a child forked from this process, whose earlier tests have started
+    # OpenMP's thread pool, can hang in its first parallel region (seen in a full `make test`:
+    # both ranks stuck until the deadline). Spawn re-imports torch and selfsup instead.
     context = mp.start_processes(
         _worker,
         args=(str(tmp / "init"), str(tmp)),
         nprocs=len(SPLIT),
         join=False,
-        start_method="fork",
+        start_method="spawn",
     )
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):  # raises if a rank failed
