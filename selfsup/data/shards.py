@@ -254,16 +254,20 @@ class TextShards(_ShardFiles):
         size = int(self.lengths[index])
         data = os.pread(self._fd(shard), size, int(self.offsets[index]))
         if len(data) != size:
-            raise SelfsupError(f"{self.folder / self.names[shard]}: truncated at document "
-                               f"{index}; run selfsup prepare again")
+            raise self._truncated(self.folder / self.names[shard], index)
         return self._decode(data, index)
 
-    def _decode(self, data: bytes, index: int) -> str:
+    def _decode(self, data: bytes, index: int, decoder: Any = None, final: bool = True) -> str:
+        """``data`` as text (through ``decoder`` when a document comes in parts)."""
         try:
-            return data.decode("utf-8")
+            return data.decode("utf-8") if decoder is None else decoder.decode(data, final=final)
         except UnicodeDecodeError:
             raise SelfsupError(f"{self.folder}: document {index} is not valid UTF-8 (a damaged "
                                "shard); run selfsup prepare again") from None
+
+    @staticmethod
+    def _truncated(where: Any, index: int) -> SelfsupError:
+        return SelfsupError(f"{where}: truncated at document {index}; run selfsup prepare again")
 
     def pieces(self) -> Iterator[Any]:
         """Every document in order as :class:`selfsup.data.text.Piece` s, cut as the text
@@ -288,8 +292,7 @@ class TextShards(_ShardFiles):
         if size <= chunk:  # nearly every document: one read, one decode
             data = handle.read(size)
             if len(data) != size:
-                raise SelfsupError(f"{handle.name}: truncated at document {index}; run "
-                                   "selfsup prepare again")
+                raise self._truncated(handle.name, index)
             yield self._decode(data, index)
             return
         decoder = codecs.getincrementaldecoder("utf-8")()
@@ -297,14 +300,9 @@ class TextShards(_ShardFiles):
         while left:
             data = handle.read(min(chunk, left))
             if not data:
-                raise SelfsupError(f"{handle.name}: truncated at document {index}; run "
-                                   "selfsup prepare again")
+                raise self._truncated(handle.name, index)
             left -= len(data)
-            try:
-                yield decoder.decode(data, final=not left)
-            except UnicodeDecodeError:
-                raise SelfsupError(f"{self.folder}: document {index} is not valid UTF-8 (a "
-                                   "damaged shard); run selfsup prepare again") from None
+            yield self._decode(data, index, decoder, final=not left)
 
 
 def _arrays(folder: Path, manifest: dict[str, Any]) -> tuple[ShardArray, np.ndarray | None]:
@@ -566,13 +564,12 @@ def _series_source(path: str, options: dict[str, Any]) -> _Source:
                    data.labels, data.class_names, {}, data.lengths.astype(np.int64))
 
 
-#: The data options a text corpus takes at prepare time (data/text.py TextSource's fields).
-TEXT_OPTIONS = ("text_field", "text_column", "encoding_errors")
 #: A document larger than this goes through an unnamed scratch file, not memory, while written.
 _SPILL_BYTES = 64 * 2**20
 
 
 def _text_source(path: str, options: dict[str, Any]) -> _Source:
+    from selfsup.data.text import READING_OPTIONS as TEXT_OPTIONS
     from selfsup.data.text import TextSource
 
     unknown = sorted(set(options) - set(TEXT_OPTIONS))

@@ -55,6 +55,10 @@ class TextSource:
             )
 
 
+#: TextSource's reading options: where a corpus's text is and how its bytes decode.
+READING_OPTIONS = ("text_field", "text_column", "encoding_errors")
+
+
 @dataclass(frozen=True)
 class Piece:
     """Part of a document; ``last`` marks the document's final piece."""
@@ -131,12 +135,7 @@ def fingerprint(source: TextSource, extra: dict[str, Any] | None = None) -> str:
         for path in source_files(source):
             stat = path.stat()
             digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    options = {
-        "text_field": source.text_field,
-        "text_column": source.text_column,
-        "encoding_errors": source.encoding_errors,
-        **(extra or {}),
-    }
+    options = {**{name: getattr(source, name) for name in READING_OPTIONS}, **(extra or {})}
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 
@@ -166,8 +165,7 @@ def iter_documents(source: TextSource) -> Iterator[Piece]:
 def _refuse_options_on_shards(source: TextSource) -> None:
     """A prepared folder holds documents already read with its prepare's options; options given
     now cannot apply, so say so rather than ignore them."""
-    given = [f"{name}={getattr(source, name)}" for name in ("text_field", "text_column",
-                                                            "encoding_errors")
+    given = [f"{name}={getattr(source, name)}" for name in READING_OPTIONS
              if getattr(source, name) != getattr(TextSource, name)]
     if given:
         raise SelfsupError(
