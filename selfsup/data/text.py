@@ -8,7 +8,7 @@ Five sources, picked by :func:`iter_documents` from the path:
 * ``.parquet``: one row a document, the text in ``text_column`` (read a row group at a time);
 * a ``selfsup prepare`` output (a folder with ``manifest.json``, or that file): the documents of
   the corpus it was prepared from, in the same order, streamed one document at a time (the
-  text options were applied when it was prepared, so here they are ignored).
+  text options were applied when it was prepared, so given here they are refused).
 
 A document arrives as one or more pieces (:class:`Piece`) so that a file larger than memory
 streams: big text files are cut at line ends into pieces of about ``PIECE_CHARS`` characters.
