@@ -21,15 +21,14 @@ process would batch it.
 import csv
 import datetime
 import os
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup import distributed
@@ -141,11 +140,11 @@ def _moco_steps(method: MoCoV2, batches: torch.Tensor):
     return steps, method.queue.clone(), int(method.queue_ptr)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"file://{init_file}",
+        init_method=init_method,
         rank=rank,
         world_size=len(SPLIT),
         timeout=datetime.timedelta(seconds=60),
@@ -167,25 +166,57 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+# Each rank runs in a fresh interpreter that imports this module and calls _worker. Neither
+# fork nor multiprocessing's spawn stayed reliable inside a long pytest process: a forked rank
+# hung once in OpenMP (a full local `make test`), and spawned ranks with a file:// rendezvous
+# hung in CI. Plain subprocesses meeting over TCP on loopback are what the engine's own
+# 2-process test does (it has always passed in CI); a rank that still hangs prints its stacks.
+_RANK_COMMAND = """
+import faulthandler, sys
+faulthandler.dump_traceback_later({limit}, exit=True)
+sys.path.insert(0, {tests!r})
+import test_ddp
+test_ddp._worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+"""
+RANK_LIMIT_S = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    # spawn, not fork: a child forked from this process, whose earlier tests have started
-    # OpenMP's thread pool, can hang in its first parallel region (seen in a full `make test`:
-    # both ranks stuck until the deadline). Spawn re-imports torch and selfsup instead.
-    context = mp.start_processes(
-        _worker,
-        args=(str(tmp / "init"), str(tmp)),
-        nprocs=len(SPLIT),
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):  # raises if a rank failed
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process run did not finish within 120 s")
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": str(Path(tests).parent)}
+    command = _RANK_COMMAND.format(limit=RANK_LIMIT_S, tests=tests)
+    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", command, str(rank), init_method, str(tmp)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for rank in range(len(SPLIT))
+    ]
+    outputs = []
+    for rank in ranks:
+        try:
+            outputs.append(rank.communicate(timeout=RANK_LIMIT_S + 30)[0])
+        except subprocess.TimeoutExpired:
+            rank.kill()
+            outputs.append(rank.communicate()[0])
+    if any(rank.returncode != 0 for rank in ranks):
+        report = "\n".join(
+            f"--- rank {r} (exit {p.returncode}):\n{out[-4000:]}"
+            for r, (p, out) in enumerate(zip(ranks, outputs, strict=True))
+        )
+        pytest.fail(f"the 2-process run failed or hung:\n{report}")
     return [torch.load(tmp / f"rank{r}.pt") for r in range(len(SPLIT))]
 
 
