@@ -213,6 +213,76 @@ def test_knn_probe_val_accuracy_matches_knn_classify():
 
 
 # ---------------------------------------------------------------------------------------------
+# Cross-validated choice (tiny labelled sets)
+
+
+def _reference_folds(y: np.ndarray, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedKFold
+
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def test_linear_probe_cross_validation_matches_a_direct_computation():
+    """C and its score: mean fold accuracy over train+val, each fold scaled and fit on its own."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = blobs(12, 3, 8, spread=1.5, seed=4)
+    split = three_splits(x, y)
+    all_x, all_y = np.concatenate([split[0], split[2]]), np.concatenate([split[1], split[3]])
+    grid = (0.01, 0.1, 1.0, 10.0)
+    scores = []
+    for c in grid:
+        accuracies = []
+        for fit, val in _reference_folds(all_y, 5, seed=3):
+            scaler = StandardScaler().fit(all_x[fit])
+            model = LogisticRegression(C=c, max_iter=1000)
+            model.fit(scaler.transform(all_x[fit]), all_y[fit])
+            accuracies.append(np.mean(model.predict(scaler.transform(all_x[val])) == all_y[val]))
+        scores.append(np.mean(accuracies))
+    res = linear_probe(*split, Cs=grid, cv_folds=5, seed=3)
+    assert res.chosen["cv_folds"] == 5
+    assert res.chosen["C"] == grid[int(np.argmax(scores))]
+    assert res.val_accuracy == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_knn_probe_cross_validation_matches_a_direct_computation():
+    x, y = blobs(10, 3, 8, spread=1.5, seed=5)
+    split = three_splits(x, y)
+    all_x, all_y = np.concatenate([split[0], split[2]]), np.concatenate([split[1], split[3]])
+    settings_ = [(k, t) for k in (1, 3, 9) for t in (0.07, 0.5)]
+    scores = [
+        np.mean([
+            np.mean(knn_classify(all_x[f], all_y[f], all_x[v], k=k, temperature=t) == all_y[v])
+            for f, v in _reference_folds(all_y, 4, seed=2)
+        ])
+        for k, t in settings_
+    ]
+    res = knn_probe(*split, ks=(1, 3, 9), temperatures=(0.07, 0.5), cv_folds=4, seed=2)
+    assert (res.chosen["k"], res.chosen["temperature"]) == settings_[int(np.argmax(scores))]
+    assert res.val_accuracy == pytest.approx(max(scores), abs=1e-6)
+    assert res.chosen["cv_folds"] == 4
+
+
+def test_cross_validated_choice_ignores_test_labels():
+    x, y = blobs(10, 3, 8, spread=1.0, seed=6)
+    split = list(three_splits(x, y))
+    shuffled = split[:5] + [np.random.default_rng(0).permutation(split[5])]
+    for probe in (linear_probe, knn_probe):
+        a, b = probe(*split, cv_folds=5), probe(*shuffled, cv_folds=5)
+        assert a.chosen == b.chosen and a.val_accuracy == b.val_accuracy
+
+
+def test_cross_validation_refuses_too_few_folds_or_examples():
+    x, y = blobs(10, 2, 4, spread=3.0, seed=0)
+    with pytest.raises(SelfsupError, match="at least 2"):
+        linear_probe(*three_splits(x, y), cv_folds=1)
+    tiny = (x[:2], y[:2] * 0 + np.arange(2), x[2:3], y[2:3], x, y)
+    with pytest.raises(SelfsupError, match="at least 4"):
+        knn_probe(*tiny, cv_folds=3)
+
+
+# ---------------------------------------------------------------------------------------------
 # Stratified split
 
 

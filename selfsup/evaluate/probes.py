@@ -1,7 +1,10 @@
 """Frozen-feature probes: how much a pretrained encoder already knows, read off cached features.
 
 Two standard read-outs, both with the hyper-parameter chosen on a validation split that the caller
-carves from the labelled training data, so the test split never influences a choice:
+carves from the labelled training data, so the test split never influences a choice. On a tiny
+labelled set (UCR's dozens of examples) a held-out quarter is a handful of examples and its
+choice is noise; `cv_folds=k` chooses instead by stratified k-fold cross-validation over train
+and validation together, the usual protocol there (e.g. TS2Vec, Yue et al. 2022):
 
 - a linear probe (multinomial logistic regression on standardised features), the protocol of
   Chen et al. 2020 (SimCLR) and Kolesnikov et al. 2019 ("Revisiting self-supervised visual
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from selfsup.errors import SelfsupError
@@ -127,6 +130,49 @@ def _fit_logreg(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> bool
     return converged
 
 
+def _c_path(
+    tr_x: np.ndarray, tr_y: np.ndarray, va_x: np.ndarray, va_y: np.ndarray,
+    grid: list[float], max_iter: int, seed: int,
+) -> tuple[list[float], list[LogisticRegression]]:
+    """Validation accuracy, and the fitted model, for each C of the grid (fit on train).
+
+    Fits are warm-started along the C path (the objective is convex, so only the speed changes).
+    """
+    scaler = StandardScaler().fit(tr_x)
+    tr_s, va_s = scaler.transform(tr_x), scaler.transform(va_x)
+    model = LogisticRegression(C=grid[0], max_iter=max_iter, random_state=seed, warm_start=True)
+    accuracies, models = [], []
+    for c in grid:
+        model.set_params(C=c)
+        _fit_logreg(model, tr_s, tr_y)
+        accuracies.append(_accuracy(model.predict(va_s), va_y))
+        models.append(copy.deepcopy(model))
+    return accuracies, models
+
+
+def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (fit, val) index pairs over all of y.
+
+    k is capped by the largest class (scikit-learn's limit) and is at least 2; a class with fewer
+    than k examples is then missing from some validation folds, which scikit-learn allows.
+    """
+    if int(folds) < 2:
+        raise SelfsupError(f"cv_folds must be at least 2, got {folds}")
+    if len(y) < 4:
+        raise SelfsupError(f"cross-validation needs at least 4 labelled examples, got {len(y)}")
+    _, counts = np.unique(y, return_counts=True)
+    k = max(2, min(int(folds), int(counts.max()), len(y) // 2))
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(splitter.split(np.zeros(len(y)), y))
+
+
+def _best(scores: Sequence[float]) -> int:
+    """Index of the highest score; ties go to the first (the simpler setting)."""
+    return int(np.argmax(np.asarray(scores)))
+
+
 def linear_probe(
     train_x: Any,
     train_y: Any,
@@ -138,14 +184,15 @@ def linear_probe(
     Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
     max_iter: int = 1000,
     seed: int = 0,
+    cv_folds: int | None = None,
 ) -> ProbeResult:
     """Multinomial logistic regression (lbfgs) on standardised frozen features.
 
-    C (inverse L2 strength) is chosen by validation accuracy with the probe fit on train; ties go
-    to the smaller C (the simpler model). The probe is then refit on train+val with that C and
-    scored on test, which never influences a choice. Fits are warm-started along the C path
-    (the objective is convex, so only the speed changes). `chosen` also records whether the final
-    fit converged within `max_iter`.
+    C (inverse L2 strength) is chosen by validation accuracy with the probe fit on train, or with
+    `cv_folds` by the mean accuracy of stratified k-fold cross-validation over train and val
+    together; ties go to the smaller C (the simpler model). The probe is then refit on train+val
+    with that C and scored on test, which never influences a choice. `chosen` also records
+    whether the final fit converged within `max_iter`.
     """
     tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
     grid = sorted({float(c) for c in Cs})
@@ -153,31 +200,38 @@ def linear_probe(
         raise SelfsupError(f"linear probe: Cs must be positive numbers, got {list(Cs)}")
     if len(np.unique(tr_y)) < 2:
         raise SelfsupError("linear probe: the training labels hold a single class")
-
-    scaler = StandardScaler().fit(tr_x)
-    tr_s, va_s = scaler.transform(tr_x), scaler.transform(va_x)
-    model = LogisticRegression(C=grid[0], max_iter=max_iter, random_state=seed, warm_start=True)
-    best_c, best_acc, best_model = grid[0], -1.0, model
-    for c in grid:
-        model.set_params(C=c)
-        _fit_logreg(model, tr_s, tr_y)
-        acc = _accuracy(model.predict(va_s), va_y)
-        if acc > best_acc:
-            best_c, best_acc, best_model = c, acc, copy.deepcopy(model)
-
     all_x = np.concatenate([tr_x, va_x])
     all_y = np.concatenate([tr_y, va_y])
-    scaler = StandardScaler().fit(all_x)
-    if np.array_equal(np.unique(all_y), best_model.classes_):
-        final = best_model  # warm start from the chosen model: same classes, same shape
+
+    chosen: dict[str, Any] = {}
+    if cv_folds is None:
+        accuracies, models = _c_path(tr_x, tr_y, va_x, va_y, grid, max_iter, seed)
+        best = _best(accuracies)
+        # Warm start the final fit from the chosen model where the classes (so shapes) agree.
+        same_classes = np.array_equal(np.unique(all_y), models[best].classes_)
+        final = models[best] if same_classes else None
     else:
-        final = LogisticRegression(C=best_c, max_iter=max_iter, random_state=seed)
+        folds = _cv_folds(all_y, cv_folds, seed)
+        per_fold = [
+            _c_path(all_x[f], all_y[f], all_x[v], all_y[v], grid, max_iter, seed)[0]
+            for f, v in folds
+            if len(np.unique(all_y[f])) >= 2
+        ]
+        if not per_fold:
+            raise SelfsupError("linear probe: every cross-validation fold holds a single class")
+        accuracies = list(np.mean(per_fold, axis=0))
+        best = _best(accuracies)
+        final = None
+        chosen["cv_folds"] = len(folds)
+    if final is None:
+        final = LogisticRegression(C=grid[best], max_iter=max_iter, random_state=seed)
+    scaler = StandardScaler().fit(all_x)
     converged = _fit_logreg(final, scaler.transform(all_x), all_y)
     predicted = final.predict(scaler.transform(te_x))
     return ProbeResult(
         accuracy=_accuracy(predicted, te_y),
-        val_accuracy=best_acc,
-        chosen={"C": best_c, "converged": converged},
+        val_accuracy=float(accuracies[best]),
+        chosen={"C": grid[best], "converged": converged, **chosen},
         predictions=predicted,
     )
 
@@ -279,6 +333,26 @@ def knn_classify(
     return classes[torch.cat(pred).cpu().numpy()]
 
 
+def _knn_grid(
+    tr_x: np.ndarray, tr_y: np.ndarray, va_x: np.ndarray, va_y: np.ndarray,
+    grid_k: list[int], grid_t: list[float],
+) -> list[float]:
+    """Validation accuracy of every (k, T) in product order, train as the bank.
+
+    The neighbours are found once for the largest k and reused for every setting.
+    """
+    classes, codes = np.unique(tr_y, return_inverse=True)
+    codes_t = torch.as_tensor(codes, dtype=torch.long)
+    with torch.no_grad():
+        found = list(_neighbours(torch.from_numpy(tr_x), torch.from_numpy(va_x), max(grid_k), 1024))
+        sims = torch.cat([s for s, _ in found])
+        near = codes_t[torch.cat([i for _, i in found])]
+        return [
+            _accuracy(classes[_vote(sims[:, :k], near[:, :k], t, len(classes)).numpy()], va_y)
+            for k, t in itertools.product(grid_k, grid_t)
+        ]
+
+
 def knn_probe(
     train_x: Any,
     train_y: Any,
@@ -289,41 +363,43 @@ def knn_probe(
     *,
     ks: Sequence[int] = (10, 20, 50, 100, 200),
     temperatures: Sequence[float] = (0.07,),
+    cv_folds: int | None = None,
+    seed: int = 0,
 ) -> ProbeResult:
     """Weighted kNN with (k, T) chosen on validation, train as the bank; test uses train+val.
 
-    ks are first clipped to the train size (duplicates dropped), so the reported k is the one
-    actually used. The neighbours of the validation set are found once for the largest k and
-    reused for every (k, T). Ties go to the first setting in (ks, temperatures) order.
+    With `cv_folds` the choice is by mean accuracy over stratified k-fold cross-validation of
+    train and val together (`seed` shuffles the folds). ks are first clipped to the smallest bank
+    (duplicates dropped), so the reported k is the one actually used. Ties go to the first
+    setting in (ks, temperatures) order.
     """
     tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
     if not ks or not temperatures:
         raise SelfsupError("knn probe: ks and temperatures must not be empty")
     for k, t in itertools.product(ks, temperatures):
         _check_knn_args(k, t, 1)
-    grid_k = list(dict.fromkeys(min(int(k), len(tr_x)) for k in ks))
+    all_x = np.concatenate([tr_x, va_x])
+    all_y = np.concatenate([tr_y, va_y])
+    folds = (
+        [(np.arange(len(tr_x)), np.arange(len(tr_x), len(all_x)))]
+        if cv_folds is None
+        else _cv_folds(all_y, cv_folds, seed)
+    )
+    smallest_bank = min(len(f) for f, _ in folds)
+    grid_k = list(dict.fromkeys(min(int(k), smallest_bank) for k in ks))
     grid_t = [float(t) for t in dict.fromkeys(temperatures)]
-
-    classes, codes = np.unique(tr_y, return_inverse=True)
-    codes_t = torch.as_tensor(codes, dtype=torch.long)
-    bank, query = torch.from_numpy(tr_x), torch.from_numpy(va_x)
-    with torch.no_grad():
-        found = list(_neighbours(bank, query, max(grid_k), 1024))
-        sims = torch.cat([s for s, _ in found])
-        near = codes_t[torch.cat([i for _, i in found])]
-        best: tuple[float, int, float] = (-1.0, grid_k[0], grid_t[0])
-        for k, t in itertools.product(grid_k, grid_t):
-            pred = classes[_vote(sims[:, :k], near[:, :k], t, len(classes)).numpy()]
-            acc = _accuracy(pred, va_y)
-            if acc > best[0]:
-                best = (acc, k, t)
-    val_acc, k, t = best
-    pred = knn_classify(np.concatenate([tr_x, va_x]), np.concatenate([tr_y, va_y]), te_x,
-                        k=k, temperature=t)
+    per_fold = [_knn_grid(all_x[f], all_y[f], all_x[v], all_y[v], grid_k, grid_t) for f, v in folds]
+    accuracies = np.mean(per_fold, axis=0)
+    best = _best(accuracies)
+    k, t = list(itertools.product(grid_k, grid_t))[best]
+    pred = knn_classify(all_x, all_y, te_x, k=k, temperature=t)
+    chosen: dict[str, Any] = {"k": k, "temperature": t}
+    if cv_folds is not None:
+        chosen["cv_folds"] = len(folds)
     return ProbeResult(
         accuracy=_accuracy(pred, te_y),
-        val_accuracy=val_acc,
-        chosen={"k": k, "temperature": t},
+        val_accuracy=float(accuracies[best]),
+        chosen=chosen,
         predictions=pred,
     )
 
