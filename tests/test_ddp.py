@@ -181,6 +181,11 @@ test_ddp._worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
 RANK_LIMIT_S = 150
 
 
+def _repo_env() -> dict[str, str]:
+    """This environment with the repository importable, for a child interpreter."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,7 +196,6 @@ def _free_port() -> int:
 def ddp_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     tests = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": str(Path(tests).parent)}
     command = _RANK_COMMAND.format(limit=RANK_LIMIT_S, tests=tests)
     init_method = f"tcp://127.0.0.1:{_free_port()}"
     ranks = [
@@ -200,7 +204,7 @@ def ddp_results(tmp_path_factory):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=_repo_env(),
         )
         for rank in range(len(SPLIT))
     ]
@@ -270,7 +274,6 @@ def _losses(run: Path) -> list[float]:
 )
 def test_two_process_pretraining_matches_one_process(tmp_path, method):
     script = Path(__file__).with_name("ddp_pretrain_script.py")
-    env = {**os.environ, "PYTHONPATH": str(script.parent.parent)}
     runs = {"two": ("2", "8"), "one": ("1", "16")}  # the same global batch of 16
     # Both at once; each in its own interpreter, so its test method stays out of this one.
     started = {
@@ -279,7 +282,7 @@ def test_two_process_pretraining_matches_one_process(tmp_path, method):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=_repo_env(),
         )
         for name, (devices, batch) in runs.items()
     }

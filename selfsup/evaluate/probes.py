@@ -133,21 +133,23 @@ def _fit_logreg(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> bool
 def _c_path(
     tr_x: np.ndarray, tr_y: np.ndarray, va_x: np.ndarray, va_y: np.ndarray,
     grid: list[float], max_iter: int, seed: int,
-) -> tuple[list[float], list[LogisticRegression]]:
-    """Validation accuracy, and the fitted model, for each C of the grid (fit on train).
+) -> tuple[list[float], LogisticRegression]:
+    """Validation accuracy for each C of the grid (fit on train), and the first best model.
 
     Fits are warm-started along the C path (the objective is convex, so only the speed changes).
     """
     scaler = StandardScaler().fit(tr_x)
     tr_s, va_s = scaler.transform(tr_x), scaler.transform(va_x)
     model = LogisticRegression(C=grid[0], max_iter=max_iter, random_state=seed, warm_start=True)
-    accuracies, models = [], []
+    accuracies: list[float] = []
+    best_model = model
     for c in grid:
         model.set_params(C=c)
         _fit_logreg(model, tr_s, tr_y)
         accuracies.append(_accuracy(model.predict(va_s), va_y))
-        models.append(copy.deepcopy(model))
-    return accuracies, models
+        if accuracies[-1] > max(accuracies[:-1], default=-1.0):
+            best_model = copy.deepcopy(model)
+    return accuracies, best_model
 
 
 def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -205,11 +207,11 @@ def linear_probe(
 
     chosen: dict[str, Any] = {}
     if cv_folds is None:
-        accuracies, models = _c_path(tr_x, tr_y, va_x, va_y, grid, max_iter, seed)
+        accuracies, best_model = _c_path(tr_x, tr_y, va_x, va_y, grid, max_iter, seed)
         best = _best(accuracies)
         # Warm start the final fit from the chosen model where the classes (so shapes) agree.
-        same_classes = np.array_equal(np.unique(all_y), models[best].classes_)
-        final = models[best] if same_classes else None
+        same_classes = np.array_equal(np.unique(all_y), best_model.classes_)
+        final = best_model if same_classes else None
     else:
         folds = _cv_folds(all_y, cv_folds, seed)
         per_fold = [
