@@ -391,7 +391,9 @@ def evaluate(
 
     Text (a run with an hf_text encoder, or a Hugging Face model folder as RUN): probes and,
     with --protocol finetune, fine-tuning at each of --labels-per-class 10,100,all or
-    --fractions, against the same architecture from scratch and the run's starting model.
+    --fractions, against the same architecture from scratch and the run's starting model;
+    with --fractions or --labels-per-class each budget is run for --seeds label subsets, and
+    RUN/sweep.json holds the curve in the image sweep's form.
     """
     from selfsup.evaluate.text import evaluate_text, is_text_target
 
@@ -403,6 +405,7 @@ def evaluate(
             run, data, test, out=out, fractions=fractions, labels_per_class=labels_per_class,
             protocol=protocol, baseline=baseline, finetune_minutes=finetune_minutes,
             finetune_epochs=finetune_epochs, max_length=max_length, seed=seed,
+            seeds=seeds if fractions is not None or labels_per_class is not None else 1,
             test_size=test_size, progress=progress,
             data_options={**(_pairs(data_option, "--data-option") or {}),
                           **{k: v for k, v in fields.items() if v is not None}},
@@ -510,8 +513,12 @@ def print_clip_eval(result: dict[str, Any]) -> None:
 
 def print_text_eval(result: dict[str, Any]) -> None:
     """Text evaluation: one row per label budget, the model against its references."""
+    from selfsup.evaluate.text import budget_accuracy
+
+    seeds = int(result.get("seeds", 1))
+    over = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
     table = Table(title=f"{result.get('method')} / {result['model']} on {result['test_data']} "
-                        f"(test accuracy, %)")
+                        f"(test accuracy, %{over})")
     kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
              ("start", "linear"), ("start", "finetune"), ("scratch", "finetune")]
     rows = result["budgets"]
@@ -520,10 +527,16 @@ def print_text_eval(result: dict[str, Any]) -> None:
     for kind, protocol in shown:
         name = {"model": "model", "start": "starting model", "scratch": "from scratch"}[kind]
         table.add_column(f"{name} {protocol}", justify="right")
+
+    def cell(stat: dict[str, Any] | None) -> str:
+        if not stat or stat.get("mean") is None:
+            return "—"
+        return (f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}" if seeds > 1
+                else f"{100 * stat['mean']:.1f}")
+
     for r in rows:
-        cells = [f"{100 * r[k][p]['accuracy']:.1f}" if p in (r.get(k) or {}) else "—"
-                 for k, p in shown]
-        table.add_row(f"{r['budget']} ({r['num_labels']})", *cells)
+        table.add_row(f"{r['budget']} ({r['num_labels']})",
+                      *(cell(budget_accuracy(r, k, p)) for k, p in shown))
     console.print(table)
     cut = result.get("truncated", {}).get("model", {})
     console.print(f"chance {100 * result['chance_accuracy']:.1f}%; texts cut to "

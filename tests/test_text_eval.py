@@ -252,6 +252,50 @@ def test_evaluate_hf_run_end_to_end(tiny_model: TextModel, hf_folder: Path,
     assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
 
 
+def test_text_sweep_over_seeds_reaches_the_report(tiny_model: TextModel, hf_folder: Path,
+                                                  labelled: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    """`--seeds` works unchanged for a text run: every budget is run per seed, sweep.json has
+    the image sweep's form (mean ± std over seeds, the paired gap to from-scratch training), and
+    the report draws the curve and states the verdict from it."""
+    from typer.testing import CliRunner
+
+    from selfsup.cli import app
+    from selfsup.report import build_report
+
+    run = make_run(tmp_path / "run", tiny_model, init=hf_folder)
+    train, test = labelled
+    outcome = CliRunner().invoke(app, [
+        "evaluate", str(run), "--data", str(train), "--test", str(test),
+        "--labels-per-class", "5,all", "--seeds", "2", "--finetune-minutes", "0.1",
+        "--finetune-epochs", "1", "--no-progress"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "± " in outcome.output  # the table shows the spread over seeds
+    saved = json.loads((run / "eval.json").read_text())
+    sweep = json.loads((run / "sweep.json").read_text())
+    assert saved["seeds"] == 2 and sweep["seeds"] == 2 and sweep["modality"] == "text"
+    assert [p["budget"] for p in sweep["points"]] == ["5/class", "all"]
+    for point in sweep["points"]:
+        runs = point["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        linear = point["summary"]["linear"]["accuracy"]
+        assert linear["n"] == 2
+        assert linear["mean"] == pytest.approx(np.mean([r["linear"]["accuracy"] for r in runs]))
+        gaps = [r["linear"]["accuracy"] - r["supervised"]["accuracy"] for r in runs]
+        assert point["summary"]["linear_minus_supervised"]["mean"] == pytest.approx(
+            np.mean(gaps))
+        assert all("linear" in r["start"] for r in runs)  # the starting model, per seed
+    # Seed 0's row in eval.json is the one that seed's sweep entry came from.
+    first = saved["budgets"][0]
+    assert first["runs"][0]["linear"] == first["model"]["linear"]
+    assert 0 < sweep["quality"]["effective_rank"] <= 32
+    with np.load(run / "embeddings_sample.npz") as sample:
+        assert sample["features"].shape == (40, 32) and len(sample["labels"]) == 40
+    html = build_report(run, embedding_map=False).read_text()
+    assert "Label efficiency" in html and "over 2 seeds" in html
+    assert "mean ± std over seeds" in html  # the text table, aggregated too
+
+
 def test_evaluate_hf_folder_with_finetune(hf_folder: Path, labelled: tuple[Path, Path],
                                           tmp_path: Path) -> None:
     train, test = labelled

@@ -44,7 +44,18 @@ from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.finetune import FinetuneConfig, FinetuneModule, fit_keeping_best
 from selfsup.evaluate.probes import stratified_split
-from selfsup.evaluate.sweep import LabelBudget, label_subset, macro_f1, parse_budgets, probe_subset
+from selfsup.evaluate.quality import quality_metrics
+from selfsup.evaluate.sweep import (
+    EMBEDDINGS_FILE,
+    SWEEP_FILE,
+    LabelBudget,
+    label_subset,
+    macro_f1,
+    parse_budgets,
+    probe_subset,
+    spread,
+    summarise_point,
+)
 
 log = logging.getLogger("selfsup")
 
@@ -446,12 +457,20 @@ def evaluate_models(
     max_length: int | None = 128,
     batch_size: int = 64,
     seed: int = 0,
+    seeds: int = 1,
     val_fraction: float = 0.2,
     progress: bool = False,
+    embeddings_out: Path | None = None,
 ) -> dict[str, Any]:
     """The text protocol for ``model`` (and ``start``, and from scratch) on ``train``/``test``.
 
-    Returns the eval.json record (see the module docstring); writes nothing.
+    Every budget is run for ``seeds`` label subsets (seeds ``seed``, ``seed + 1``, ...): each
+    budget's row holds the first seed's full detail, and under ``runs`` / ``summary`` every
+    seed's scores and their mean and spread, in the form of the image sweep (sweep.py), so that
+    :func:`text_sweep` turns the record into a ``sweep.json``. Texts are embedded once for all.
+    The label-free metrics of the model's test embeddings go to ``quality``; with
+    ``embeddings_out``, a sample of those embeddings (for the report's map) is written there.
+    Returns the eval.json record (see the module docstring); writes nothing else.
     """
     started = time.monotonic()
     budgets = budgets or [LabelBudget(fraction=1.0)]
@@ -459,7 +478,10 @@ def evaluate_models(
     num_classes = max(train.num_classes, test.num_classes)
     if len(np.unique(train_y)) < 2:
         raise SelfsupError(f"{train.source}: the labels hold a single class")
-    subsets = {budget_name(b): label_subset(train_y, b, seed) for b in budgets}
+    if int(seeds) < 1:
+        raise SelfsupError(f"--seeds must be at least 1, got {seeds}")
+    draws = [seed + k for k in range(int(seeds))]
+    subsets = {(budget_name(b), s): label_subset(train_y, b, s) for b in budgets for s in draws}
     needed = np.unique(np.concatenate(list(subsets.values())))
     position = np.full(len(train_y), -1, dtype=np.int64)
     position[needed] = np.arange(len(needed))
@@ -505,29 +527,45 @@ def evaluate_models(
     rows_out = []
     for budget in budgets:
         name = budget_name(budget)
-        rows = subsets[name]
-        local = position[rows]
-        row: dict[str, Any] = {"budget": name, "fraction": budget.fraction,
-                               "labels_per_class": budget.per_class, "num_labels": int(len(rows))}
-        for kind in contenders:
-            train_x, test_x = features[kind]
-            row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, seed,
-                               val_fraction)
-        if finetune:
-            for kind, contender in contenders.items():
-                tr, te = splits(kind, contender.pad_id, local)
-                log.info("fine-tuning %s on %s labels", contender.source, name)
-                row[kind]["finetune"] = finetune_text(
-                    copy.deepcopy(contender.encoder), tr, te, num_classes, base_config)
-        if baseline:
-            fresh = model.fresh(seed)
-            tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
-            log.info("training the same architecture from scratch on %s labels", name)
-            row["scratch"] = {"finetune": finetune_text(fresh.encoder, tr, te, num_classes,
-                                                        scratch_config)}
-        row["gains"] = _gains(row)
-        rows_out.append(row)
+        runs = []
+        for s in draws:
+            rows = subsets[name, s]
+            local = position[rows]
+            row: dict[str, Any] = {"budget": name, "fraction": budget.fraction,
+                                   "labels_per_class": budget.per_class,
+                                   "num_labels": int(len(rows))}
+            for kind in contenders:
+                train_x, test_x = features[kind]
+                row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, s,
+                                   val_fraction)
+            if finetune:
+                for kind, contender in contenders.items():
+                    tr, te = splits(kind, contender.pad_id, local)
+                    log.info("fine-tuning %s on %s labels (seed %d)", contender.source, name, s)
+                    row[kind]["finetune"] = finetune_text(
+                        copy.deepcopy(contender.encoder), tr, te, num_classes,
+                        dataclasses.replace(base_config, seed=s))
+            if baseline:
+                fresh = model.fresh(s)
+                tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
+                log.info("training the same architecture from scratch on %s labels (seed %d)",
+                         name, s)
+                row["scratch"] = {"finetune": finetune_text(
+                    fresh.encoder, tr, te, num_classes, dataclasses.replace(scratch_config,
+                                                                           seed=s))}
+            row["gains"] = _gains(row)
+            runs.append(_seed_scores(row, s))
+            if s == draws[0]:
+                first = row
+        first["runs"] = runs
+        first["summary"] = summarise_point(runs)
+        rows_out.append(first)
 
+    test_x = features["model"][1]
+    if embeddings_out is not None:
+        sample = np.random.default_rng(0).permutation(len(test_x))[:2000]
+        with atomic.atomic_path(embeddings_out) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, features=test_x[sample], labels=test_y[sample])
     last = rows_out[-1]
     result: dict[str, Any] = {
         "method": None,
@@ -546,10 +584,12 @@ def evaluate_models(
         "truncated": {k: {s: v[s]["truncated"] for s in v} for k, v in embeddings.items()},
         "embedding": embeddings,
         "seed": seed,
+        "seeds": int(seeds),
         "val_fraction": val_fraction,
         "protocol": "finetune" if finetune else "probes",
         "finetune_config": {**dataclasses.asdict(base_config), "scratch_lr": scratch_lr},
         "budgets": rows_out,
+        "quality": {k: v for k, v in quality_metrics(test_x).items() if k != "per_dimension_std"},
         # The largest budget's scores, where image evaluations keep theirs (for the report).
         "budget": last["budget"],
         "linear": last["model"]["linear"],
@@ -563,6 +603,72 @@ def evaluate_models(
         result["linear_over_supervised"] = result["linear"]["accuracy"] / sup if sup > 0 else None
     result["seconds"] = time.monotonic() - started
     return result
+
+
+def _seed_scores(row: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One seed's scores of the model under the image sweep's protocol names: the probes, its
+    fine-tuning, and the from-scratch training as the supervised baseline."""
+    model = row["model"]
+    scores: dict[str, Any] = {"seed": seed, "num_labels": row["num_labels"],
+                              "linear": model["linear"], "knn": model["knn"]}
+    keep = ("accuracy", "macro_f1", "steps", "seconds", "val_accuracy")
+    if "finetune" in model:
+        scores["finetune"] = {k: model["finetune"].get(k) for k in keep}
+    if "scratch" in row:
+        scores["supervised"] = {k: row["scratch"]["finetune"].get(k) for k in keep}
+    if "start" in row:
+        scores["start"] = {p: {k: v.get(k) for k in keep} for p, v in row["start"].items()
+                           if isinstance(v, dict) and "accuracy" in v}
+    return scores
+
+
+def budget_accuracy(row: dict[str, Any], kind: str, protocol: str) -> dict[str, Any] | None:
+    """Mean and spread over seeds of one contender's test accuracy in a budget's row (kind
+    'model', 'start' or 'scratch'; protocol 'linear', 'knn' or 'finetune'); None if not run."""
+    runs = row.get("runs") or [_seed_scores(row, row.get("seed", 0))]
+    values = []
+    for scores in runs:
+        if kind == "scratch":
+            found = scores.get("supervised") if protocol == "finetune" else None
+        elif kind == "start":
+            found = (scores.get("start") or {}).get(protocol)
+        else:
+            found = scores.get(protocol)
+        if found is None:
+            return None
+        values.append(found["accuracy"])
+    return spread(values)
+
+
+def text_sweep(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``sweep.json`` of a text evaluation: the same record as an image sweep's, so that
+    ``selfsup report`` draws the label-efficiency curve and states the verdict unchanged."""
+    baseline = result.get("supervised") is not None
+    return {
+        "run": result.get("run"),
+        "method": result.get("method"),
+        "encoder": result.get("encoder"),
+        "modality": "text",
+        "train_data": result["train_data"],
+        "test_data": result["test_data"],
+        "num_train_pool": result["num_train"],
+        "num_test": result["num_test"],
+        "num_classes": result["num_classes"],
+        "chance_accuracy": result["chance_accuracy"],
+        "seeds": result.get("seeds", 1),
+        "val_fraction": result["val_fraction"],
+        "pretrain_seconds": result.get("pretrain_seconds"),
+        "baseline": ({"minutes": result["finetune_config"].get("minutes"),
+                      "epochs": result["finetune_config"].get("epochs")} if baseline else None),
+        "baseline_note": (None if baseline else "no from-scratch baseline was asked for"),
+        "baseline_what": "the same architecture from scratch, fine-tuned on the same labels",
+        "points": [{"budget": row["budget"], "fraction": row["fraction"],
+                    "labels_per_class": row["labels_per_class"],
+                    "num_labels": float(np.mean([r["num_labels"] for r in row["runs"]])),
+                    "runs": row["runs"], "summary": row["summary"]}
+                   for row in result["budgets"]],
+        "quality": result.get("quality"),
+    }
 
 
 def _gains(row: dict[str, Any]) -> dict[str, float]:
@@ -618,11 +724,13 @@ def evaluate_text_model(
     finetune_epochs: int | None = None,
     max_length: int | None = 128,
     seed: int = 0,
+    seeds: int = 1,
     test_size: int | None = None,
     train_size: int | None = None,
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
     progress: bool = False,
+    embeddings_out: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a text model (a Hugging Face folder, an hf_text run, or a loaded TextModel)
     without reading any run state: e.g. MiniLM as the starting model. Writes ``out/eval.json``
@@ -638,7 +746,8 @@ def evaluate_text_model(
         loaded, train, held, start=start_model,
         budgets=parse_text_budgets(fractions, labels_per_class), finetune=protocol == "finetune",
         baseline=baseline, finetune_minutes=finetune_minutes, finetune_epochs=finetune_epochs,
-        max_length=max_length, seed=seed, progress=progress,
+        max_length=max_length, seed=seed, seeds=seeds, progress=progress,
+        embeddings_out=embeddings_out,
     )
     result["run"] = str(out) if out is not None else loaded.source
     result["method"] = "hf-folder" if is_hf_folder(loaded.source) else result["method"]
@@ -658,7 +767,7 @@ def evaluate_text_run(
 ) -> dict[str, Any]:
     """`selfsup evaluate RUN` for an hf_text run: the run's encoder, against the same
     architecture from scratch and (``start=True``) the run's recorded ``init`` folder, if any;
-    writes RUN/eval.json."""
+    writes RUN/eval.json, and RUN/sweep.json (:func:`text_sweep`) for the report."""
     model, spec, config = load_run_model(run_path)
     start_model = None
     if start is True:
@@ -671,8 +780,9 @@ def evaluate_text_run(
     elif start:
         start_model = load_text_model(start)
     # The labelled files are read with their own options (text/label fields), not the corpus's.
-    result = evaluate_text_model(model, data, test, start=start_model, **options)
     run = Path(run_path)
+    result = evaluate_text_model(model, data, test, start=start_model,
+                                 embeddings_out=run / EMBEDDINGS_FILE, **options)
     summary_path = run / "pretrain.json"
     if summary_path.is_file():
         import json
@@ -681,6 +791,7 @@ def evaluate_text_run(
     result.update({"run": str(run), "method": spec.get("method") or config.get("method"),
                    "init": run_init(config)})
     atomic.write_json(run / "eval.json", result)
+    atomic.write_json(run / SWEEP_FILE, text_sweep(result))
     return result
 
 

@@ -296,17 +296,22 @@ def text_eval_table(evaluation: dict[str, Any]) -> str:
              ("start", "linear"), ("start", "knn"), ("start", "finetune"),
              ("scratch", "finetune")]
     names = {"model": "model", "start": "starting model", "scratch": "from scratch"}
+    from selfsup.evaluate.text import budget_accuracy
+
     budgets = evaluation["budgets"]
+    seeds = int(evaluation.get("seeds", 1))
     shown = [k for k in kinds if any(k[1] in (b.get(k[0]) or {}) for b in budgets)]
     rows = [[f"{b['budget']} ({b['num_labels']})",
-             *[(b.get(k) or {}).get(p, {}).get("accuracy") for k, p in shown]]
+             *[_mean_std(budget_accuracy(b, k, p)) if seeds > 1
+               else (budget_accuracy(b, k, p) or {}).get("mean") for k, p in shown]]
             for b in budgets]
     note = (f'<p class="note">Test: {_e(evaluation.get("test_data"))} '
             f'({evaluation.get("num_test")} texts), chance '
             f'{_pct(evaluation.get("chance_accuracy", 0.0))}; texts cut to '
             f'{evaluation.get("max_length")} tokens; starting model: '
             f'{_e(evaluation.get("start_model") or "none recorded")}.</p>')
-    return table(["labels", *[f"{names[k]} {p}" for k, p in shown]], rows) + note
+    unit = " % (mean ± std over seeds)" if seeds > 1 else ""
+    return table(["labels", *[f"{names[k]} {p}{unit}" for k, p in shown]], rows) + note
 
 
 def _quality_rows(quality: dict[str, Any]) -> list[list[Any]]:
@@ -398,19 +403,21 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
             body.append(img(png, "label-efficiency curve"))
         body.append(sweep_table(sweep))
         base = sweep.get("baseline")
-        limits = [f"{base[k]:g} {k}" for k in ("minutes", "steps") if base and base.get(k)]
+        limits = [f"{base[k]:g} {k}" for k in ("minutes", "steps", "epochs")
+                  if base and base.get(k)]
+        what = sweep.get("baseline_what") or "the same encoder from scratch on the same labels"
         baseline_note = (
-            "Supervised baseline: the same encoder from scratch on the same labels, at most "
-            + " and ".join(limits) + " per point." if base else
+            f"Supervised baseline: {what}, at most " + " and ".join(limits) + " per point."
+            if base else
             f"No supervised baseline ({sweep.get('baseline_note') or 'not asked for'}).")
         body.append(
             f'<p class="note">{sweep["seeds"]} seeds; probes choose C and k on a stratified '
             f'{sweep.get("val_fraction", 0.2):.0%} validation carve of each label subset. '
             f"{_e(baseline_note)} Test split: {_e(sweep.get('test_data'))} "
             f"({sweep.get('num_test')} examples).</p>")
-    elif evaluation and evaluation.get("modality") == "text" and evaluation.get("budgets"):
+    if evaluation and evaluation.get("modality") == "text" and evaluation.get("budgets"):
         body.append("<h2>Evaluation (text)</h2>" + text_eval_table(evaluation))
-    elif evaluation:
+    elif evaluation and not (sweep and sweep.get("points")):
         rows = [["linear probe", evaluation["linear"]["accuracy"]],
                 ["kNN", evaluation["knn"]["accuracy"]]]
         if evaluation.get("supervised"):
