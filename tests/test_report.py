@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from selfsup.cli import main
-from selfsup.report import build_compare, build_report, verdict
+from selfsup.report import build_compare, build_report, sweep_markdown, verdict
 
 
 def stat(values):
@@ -86,6 +86,20 @@ def test_verdict_ties_spread_and_missing_baseline():
     single = {"linear": {"accuracy": 0.6}, "knn": {"accuracy": 0.5}, "num_train": 100,
               "supervised": {"accuracy": 0.8}}
     assert "is worse than it by 20.0 points" in verdict(None, single)
+
+
+def test_sweep_markdown_rows_follow_the_numbers():
+    sweep = make_sweep([0.40, 0.42, 0.44], [0.30, 0.31, 0.35], [0.64, 0.64, 0.64],
+                       [0.80, 0.80, 0.80])
+    sweep["points"][1]["summary"]["linear_over_supervised"] = stat([0.8, 0.8, 0.8])
+    lines = sweep_markdown(sweep).splitlines()
+    assert lines[0] == ("| labels | count | linear probe | kNN | supervised | "
+                        "linear − supervised (points) | linear / supervised |")
+    assert lines[2] == "| 1% | 500 | 42.0 ± 2.0 | 42.0 ± 2.0 | 32.0 ± 2.6 | 10.0 ± 1.0 | — |"
+    assert lines[3] == ("| 100% | 50000 | 64.0 ± 0.0 | 64.0 ± 0.0 | 80.0 ± 0.0 | -16.0 ± 0.0 "
+                        "| 0.800 ± 0.000 |")
+    bare = sweep_markdown(make_sweep([0.4] * 3, None, [0.6] * 3, None))
+    assert "supervised" not in bare  # no baseline, no baseline columns
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,6 +289,32 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     return table(["labels", "count (mean)", *(name for name, _ in columns)], rows)
 
 
+def sweep_markdown(sweep: dict[str, Any]) -> str:
+    """The sweep as a Markdown table (accuracy in %, mean ± std over seeds), for benchmark
+    results and READMEs: every protocol run, the paired gap and the ratio to supervised."""
+    columns = [("linear probe", ("linear", "accuracy")), ("kNN", ("knn", "accuracy")),
+               ("fine-tune", ("finetune", "accuracy")), ("supervised", ("supervised", "accuracy")),
+               ("linear − supervised (points)", ("linear_minus_supervised",)),
+               ("linear / supervised", ("linear_over_supervised",))]
+    points = sweep["points"]
+    columns = [(name, keys) for name, keys in columns
+               if any(_stat(p["summary"], *keys) for p in points)]
+
+    def cell(keys: tuple[str, ...], stat: dict[str, Any] | None) -> str:
+        if stat is None:
+            return "—"
+        if keys == ("linear_over_supervised",):
+            return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+        return _mean_std(stat)
+
+    lines = ["| labels | count | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for p in points:
+        cells = [cell(keys, _stat(p["summary"], *keys)) for _, keys in columns]
+        lines.append(f"| {p['budget']} | {p['num_labels']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def text_eval_table(evaluation: dict[str, Any]) -> str:
     """A text evaluation's budgets: the model's probes and fine-tuning against the starting
     model and the same architecture from scratch (test accuracy)."""
