@@ -333,7 +333,8 @@ def evaluate(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Sweep: seeds (label subsets) per point.")] = 3,
     baseline_steps: Annotated[
-        int | None, typer.Option(help="Sweep: cap each baseline at this many steps.")
+        int | None, typer.Option(help="Sweep: each baseline's budget in steps (with "
+                                      "--baseline-minutes, whichever ends first).")
     ] = None,
     protocol: Annotated[
         str,

@@ -422,7 +422,8 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
     warn = " warn" if ("worse" in text or "Warning" in text) else ""
     body.append(f'<h2>Verdict</h2><p class="verdict{warn}" id="verdict">{_e(text)}</p>')
 
-    if sweep and sweep.get("points"):
+    swept = bool(sweep and sweep.get("points"))
+    if swept:
         body.append("<h2>Label efficiency</h2>")
         png = plots.label_efficiency(sweep["points"])
         if png:
@@ -441,9 +442,10 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
             f'{sweep.get("val_fraction", 0.2):.0%} validation carve of each label subset. '
             f"{_e(baseline_note)} Test split: {_e(sweep.get('test_data'))} "
             f"({sweep.get('num_test')} examples).</p>")
-    if evaluation and evaluation.get("modality") == "text" and evaluation.get("budgets"):
+    if (evaluation and evaluation.get("modality") == "text" and evaluation.get("budgets")
+            and (evaluation.get("start_model") or not swept)):  # else the sweep table says it
         body.append("<h2>Evaluation (text)</h2>" + text_eval_table(evaluation))
-    elif evaluation and not (sweep and sweep.get("points")):
+    elif evaluation and not swept:
         rows = [["linear probe", evaluation["linear"]["accuracy"]],
                 ["kNN", evaluation["knn"]["accuracy"]]]
         if evaluation.get("supervised"):
