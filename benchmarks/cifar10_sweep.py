@@ -15,7 +15,7 @@ The baseline's budget is the pre-training's, counted in steps so that it does no
 else the machine is doing while nine baselines train for hours: a short supervised run on all of
 cifar10/train on a quiet machine measures its steps per second, and every baseline gets
 ``minutes x 60 x that rate`` steps (the steps the pre-training's minutes buy the baseline). The
-calibration is kept in the results and reused.
+calibration is kept beside the runs and reused.
 
 Everything is cached: the pre-training is skipped when the run exists, and each finished
 baseline keeps its score in ``RUN/sweep/baseline-*/result.json``, so the sweep (about three and
@@ -130,17 +130,21 @@ def main() -> None:
     if not CIFAR.is_dir():
         sys.exit(f"needs {CIFAR} (see ../shared/data/README.md)")
     stem = "cifar10_sweep_quick" if args.quick else "cifar10_sweep"
-    path = RESULTS / f"{stem}.json"
     settings = {"method": args.method, "minutes": args.minutes, "encoder": args.encoder,
-                "batch_size": args.batch_size, "fractions": args.fractions, "seeds": args.seeds}
-    result = json.loads(path.read_text()) if path.is_file() else {}
-    if any(result.get(k) != v for k, v in settings.items()):
-        result = dict(settings)  # other settings: start over
-    result.update({
+                "batch_size": args.batch_size, "fractions": args.fractions, "seeds": args.seeds,
+                "calibrate_minutes": args.calibrate_minutes}
+    # The cache (pre-training, calibration, finished baselines) holds for these settings only.
+    recorded = args.runs / "settings.json"
+    if args.runs.exists() and (not recorded.is_file()
+                               or json.loads(recorded.read_text()) != settings):
+        shutil.rmtree(args.runs)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=2) + "\n")
+    result = {
+        **settings,
         "command": "python benchmarks/cifar10_sweep.py" + (" --quick" if args.quick else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-    })
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    }
 
     target = args.runs / args.method
     if not (target / "pretrain.json").is_file():
@@ -152,9 +156,10 @@ def main() -> None:
     pretrain = json.loads((target / "pretrain.json").read_text())
     result["pretrain"] = {k: pretrain.get(k) for k in
                           ("steps", "train_seconds", "images_per_s", "precision", "final_loss")}
-    if "calibration" not in result:
-        result["calibration"] = calibrate(args, args.runs / "calibration")
-        path.write_text(json.dumps(result, indent=2) + "\n")
+    calibration = args.runs / "calibration.json"
+    if not calibration.is_file():
+        calibration.write_text(json.dumps(calibrate(args, args.runs / "calibration"), indent=2))
+    result["calibration"] = json.loads(calibration.read_text())
     steps = round(args.minutes * 60 * result["calibration"]["steps_per_s"])
     result["baseline_steps"] = steps
 
@@ -174,8 +179,9 @@ def main() -> None:
     result["ratio_at_100"] = high.get("linear_over_supervised")
     result["gap_at_1"] = low.get("linear_minus_supervised")
     result["date"] = time.strftime("%Y-%m-%d")
+    RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(target / "report.html", RESULTS / f"{stem}_report.html")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(result))
     print(markdown(result), flush=True)
 
