@@ -94,7 +94,7 @@ def markdown(result: dict) -> str:
         f"{sweep['num_test']} test images.",
         "",
     ]
-    lines.append(sweep_markdown(sweep))
+    lines.append(sweep_markdown(sweep).rstrip("\n"))
     quality = sweep.get("quality") or {}
     lines += [
         "",
