@@ -194,7 +194,9 @@ class Throughput(pl.Callback):
     """Images per second over whole steps: data, augmentation, forward, backward, optimiser.
 
     Measured between consecutive step ends, less the time the ``paused_by`` monitors spent
-    (each has a running ``seconds`` total), so evaluation pauses do not count as training.
+    (each has a running ``seconds`` total), so evaluation pauses do not count as training. The
+    step after a data loader's restart is left out; when every epoch is a single step (a few
+    hundred labelled images), the rate counts those steps, restarts included, rather than none.
     """
 
     def __init__(self, every_steps: int, paused_by: list | None = None) -> None:
@@ -204,6 +206,8 @@ class Throughput(pl.Callback):
         self.seconds = 0.0
         self._last: tuple[float, float] | None = None  # (clock, paused seconds) at last step end
         self._window = (0, 0.0)
+        self._across: tuple[float, float] | None = None  # the same, not reset at epoch starts
+        self._with_restarts = (0, 0.0)
 
     def _paused(self) -> float:
         return sum(monitor.seconds for monitor in self.paused_by)
@@ -220,11 +224,18 @@ class Throughput(pl.Callback):
                 rate = self._window[0] / max(self._window[1], 1e-9)
                 trainer.logger.log_metrics({"train/images_per_s": rate}, trainer.global_step)
                 self._window = (0, 0.0)
-        self._last = (time.perf_counter(), self._paused())
+        if self._across is not None:
+            elapsed = now - self._across[0] - (paused - self._across[1])
+            self._with_restarts = (self._with_restarts[0] + len(next(iter(batch.values()))),
+                                   self._with_restarts[1] + elapsed)
+        self._last = self._across = (time.perf_counter(), self._paused())
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = None  # the data loader's restart is not a training step
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
+        if self.seconds:
+            return self.images / self.seconds
+        images, seconds = self._with_restarts
+        return images / seconds if seconds else 0.0
