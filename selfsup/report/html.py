@@ -318,12 +318,12 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
 def text_eval_table(evaluation: dict[str, Any]) -> str:
     """A text evaluation's budgets: the model's probes and fine-tuning against the starting
     model and the same architecture from scratch (test accuracy)."""
+    from selfsup.evaluate.text import budget_accuracy
+
     kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
              ("start", "linear"), ("start", "knn"), ("start", "finetune"),
              ("scratch", "finetune")]
     names = {"model": "model", "start": "starting model", "scratch": "from scratch"}
-    from selfsup.evaluate.text import budget_accuracy
-
     budgets = evaluation["budgets"]
     seeds = int(evaluation.get("seeds", 1))
     shown = [k for k in kinds if any(k[1] in (b.get(k[0]) or {}) for b in budgets)]
