@@ -14,7 +14,7 @@ Budgets are in steps and epochs, not minutes, so the figures do not depend on th
 load. The test is a fixed seeded ``--test-size`` subset of IMDB test (25,000 reviews would cost
 more than the rest together on 2 cores).
 
-    .venv/bin/python benchmarks/imdb_sweep.py            # about 15 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/imdb_sweep.py            # 42 min measured beside other work
     .venv/bin/python benchmarks/imdb_sweep.py --quick    # a tiny smoke run, to a _quick file
 """
 
