@@ -527,7 +527,8 @@ def evaluate_models(
     rows_out = []
     for budget in budgets:
         name = budget_name(budget)
-        runs = []
+        runs: list[dict[str, Any]] = []
+        detail: dict[str, Any] | None = None
         for s in draws:
             rows = subsets[name, s]
             local = position[rows]
@@ -555,11 +556,10 @@ def evaluate_models(
                                                                            seed=s))}
             row["gains"] = _gains(row)
             runs.append(_seed_scores(row, s))
-            if s == draws[0]:
-                first = row
-        first["runs"] = runs
-        first["summary"] = summarise_point(runs)
-        rows_out.append(first)
+            detail = detail or row  # the first seed's row keeps its full detail
+        detail["runs"] = runs
+        detail["summary"] = summarise_point(runs)
+        rows_out.append(detail)
 
     test_x = features["model"][1]
     if embeddings_out is not None:
