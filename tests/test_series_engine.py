@@ -83,3 +83,45 @@ def test_too_short_series_for_the_patch_is_refused(series_npz, tmp_path):
                  batch_size=8, encoder_options={"patch_size": 64, "embed_dim": 16, "depth": 1,
                                                 "heads": 2},
                  data_options={"split": "train"}, progress=False, monitor_size=0)
+
+
+def test_the_label_efficiency_sweep_and_report_work_unchanged_on_a_series_run(
+    series_npz, tmp_path, monkeypatch, capsys
+):
+    """The same `selfsup evaluate --fractions` and `selfsup report` as for images: per-seed
+    probes and the supervised-series baseline, the curve and the verdict in the page."""
+    import json
+    import sys
+
+    from selfsup.cli import main
+    from selfsup.report import verdict
+
+    run = pretrain("ts-contrast", data=str(series_npz), out=str(tmp_path / "run"), steps=3,
+                   batch_size=8, encoder_options=TINY_CNN, data_options={"split": "train"},
+                   progress=False, monitor_size=0, precision="32", log_every_steps=1)
+    commands = (
+        ["evaluate", str(run.path), "--data", str(series_npz), "--test", str(series_npz),
+         "--test-option", "split=test", "--fractions", "0.5,1", "--seeds", "2",
+         "--baseline-steps", "2", "--no-progress"],
+        ["report", str(run.path)],
+    )
+    for args in commands:
+        monkeypatch.setattr(sys, "argv", ["selfsup", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 0, capsys.readouterr().err
+    sweep = json.loads((run.path / "sweep.json").read_text())
+    assert [p["budget"] for p in sweep["points"]] == ["50%", "100%"]
+    assert sweep["num_test"] == 8 and sweep["seeds"] == 2
+    for point in sweep["points"]:
+        assert [r["seed"] for r in point["runs"]] == [0, 1]
+        for r in point["runs"]:
+            for protocol in ("linear", "knn", "supervised"):
+                assert 0 <= r[protocol]["accuracy"] <= 1
+        assert point["summary"]["supervised"]["accuracy"]["n"] == 2
+    full = sweep["points"][1]["runs"]
+    assert all(r["num_labels"] == 24 for r in full)  # 100%: every training series
+    assert all(r["num_labels"] == 12 for r in sweep["points"][0]["runs"])
+    page = (run.path / "report.html").read_text().replace("&#x27;", "'")
+    assert verdict(sweep, quality=sweep.get("quality")) in page
+    assert "data:image/png;base64," in page
