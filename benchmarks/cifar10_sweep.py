@@ -18,8 +18,9 @@ cifar10/train on a quiet machine measures its steps per second, and every baseli
 calibration is kept beside the runs and reused.
 
 Everything is cached: the pre-training is skipped when the run exists, and each finished
-baseline keeps its score in ``RUN/sweep/baseline-*/result.json``, so the sweep (about three and
-a half hours on 2 cores) may be spread over several sittings; run the same command again.
+baseline keeps its score in ``RUN/sweep/baseline-*/result.json`` (and an unfinished one continues
+from its last checkpoint), so the sweep (about three and a half hours on 2 cores) may be spread
+over several sittings; run the same command again.
 
     .venv/bin/python benchmarks/cifar10_sweep.py
     .venv/bin/python benchmarks/cifar10_sweep.py --quick     # 1-minute runs, 2 seeds, a _quick file

@@ -157,3 +157,47 @@ def test_sweep_bad_options_are_one_message(tiny_run, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
                            "--fractions", "0.1", "--seeds", "0", "--no-progress")
     assert code == 2 and "seeds" in err
+
+
+def test_an_unfinished_baseline_continues_from_its_checkpoint(tiny_run, tmp_path):
+    """A sweep stopped mid-baseline loses at most a checkpoint interval: the same key resumes
+    from the last checkpoint; a different key (other labels, other budget) starts afresh."""
+    from selfsup import atomic
+    from selfsup.config import build_config
+    from selfsup.data.images import load_digits
+    from selfsup.engine import fit
+    from selfsup.evaluate.protocol import baseline_values
+    from selfsup.evaluate.sweep import train_baseline
+    from selfsup.run import RunDir, as_run
+
+    run = as_run(tiny_run)
+    config = run.read_config()
+    digits = load_digits()
+    train = digits.subset(np.arange(200), "digits, first 200")
+    test = digits.subset(np.arange(200, 300), "digits, next 100")
+
+    def stopped_after_two_steps(folder, key):
+        folder.mkdir()
+        atomic.write_json(folder / "started.json", key)
+        values = {**baseline_values(config, train, None, 0, False), "steps": 2,
+                  "monitor_size": 0, "log_every_steps": 1}
+        fit(build_config(values), train, RunDir(folder))
+        assert RunDir(folder).last_checkpoint.is_file()
+
+    key = {"budget": "test", "seed": 0, "steps": 4}
+    folder = tmp_path / "same-key"
+    stopped_after_two_steps(folder, key)
+    result = train_baseline(run, config, {}, train, test, minutes=None, steps=4, seed=0,
+                            folder=folder, key=key, progress=False)
+    assert result["resumed"] and result["steps"] == 4
+    # The folder was kept (the first sitting's logs are attempt 0) and the second sitting, which
+    # loaded the checkpoint at step 2, is attempt 1.
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == ["0", "1"]
+    assert not (folder / "checkpoints").exists() and (folder / "result.json").is_file()
+
+    folder = tmp_path / "other-key"
+    stopped_after_two_steps(folder, key)
+    result = train_baseline(run, config, {}, train, test, minutes=None, steps=3, seed=0,
+                            folder=folder, key={**key, "steps": 3}, progress=False)
+    assert not result["resumed"] and result["steps"] == 3
+    assert [p.name for p in (folder / "logs").iterdir()] == ["0"]  # removed, then trained anew

@@ -218,7 +218,9 @@ def train_baseline(
 
     Trained by the same engine with the run's encoder, options, precision, batch size (capped by
     the subset's size) and learning rate. The result is kept in ``folder/result.json`` with its
-    key, and reused when the same point is asked for again; the checkpoints are removed.
+    key, and reused when the same point is asked for again; the checkpoints are removed. An
+    unfinished baseline of the same key (a sweep stopped for the night) continues from its last
+    checkpoint; any other leftover is removed and the baseline starts afresh.
     """
     from selfsup.config import build_config
     from selfsup.engine import fit
@@ -228,15 +230,21 @@ def train_baseline(
         saved = json.loads(record.read_text(encoding="utf-8"))
         if saved.get("key") == key:
             return saved["result"]
-    if folder.exists():
-        shutil.rmtree(folder)  # an unfinished or different earlier baseline: start afresh
-    folder.mkdir(parents=True)
+    started_key = folder / "started.json"
+    resume = RunDir(folder).last_checkpoint.is_file() and _read_json(started_key) == key
+    if not resume:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        atomic.write_json(started_key, key)
+    else:
+        log.info("sweep: continuing the unfinished baseline in %s", folder)
 
     values = {**baseline_values(pretrain_config, train, minutes, seed, progress),
               "steps": steps, "monitor_size": 0}
     config = build_config({k: v for k, v in values.items() if v is not None})
     started = time.monotonic()
-    trained, summary = fit(config, train, RunDir(folder))
+    trained, summary = fit(config, train, RunDir(folder), resume=resume)
     trained.eval()
     precision = config.precision
     features = torch.from_numpy(extract_features(trained.encoder, test, precision=precision))
@@ -250,10 +258,19 @@ def train_baseline(
         "steps": summary["steps"],
         "seconds": time.monotonic() - started,
         "images_per_s": summary.get("images_per_s"),
+        "resumed": resume,  # then "seconds" counts this sitting only
     }
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only the score is kept
     atomic.write_json(record, {"key": key, "result": result})
     return result
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is absent or unreadable (a half-written leftover)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def untrained_std_ratio(spec: dict[str, Any], data: Any, precision: str, *,
