@@ -249,3 +249,14 @@ def test_browser_check_catches_a_broken_image(report_run, browser, tmp_path):
     (tmp_path / "broken.html").write_text(broken)
     dom = headless(browser, "--dump-dom", (tmp_path / "broken.html").as_uri()).stdout
     assert 'data-images="broken"' in dom and 'data-images-broken="1"' in dom
+
+
+def test_sweep_table_writes_counts_as_counts():
+    """The label count is a mean over seeds, a float in sweep.json: 50,000, never 5e+04."""
+    from selfsup.report.html import sweep_table
+
+    sweep = make_sweep([0.4] * 3, [0.3] * 3, [0.6] * 3, [0.8] * 3)
+    sweep["points"][1]["num_labels"] = 50000.0
+    sweep["points"][0]["num_labels"] = 12.5
+    page = sweep_table(sweep)
+    assert "50,000" in page and "12.5" in page and "e+04" not in page

@@ -273,6 +273,11 @@ def _mean_std(stat: dict[str, Any] | None) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
 
+def _count(mean: float) -> str:
+    """A mean over seeds of label counts: 50,000 (not the general format's 5e+04), or 12.5."""
+    return f"{mean:,.0f}" if float(mean).is_integer() else f"{mean:,.1f}"
+
+
 def sweep_table(sweep: dict[str, Any]) -> str:
     """Mean ± std (in %) per budget; the fine-tuning column only when the sweep fine-tuned."""
     columns = [("linear acc %", ("linear", "accuracy")), ("linear F1 %", ("linear", "macro_f1")),
@@ -284,7 +289,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     points = sweep["points"]
     columns = [(name, keys) for name, keys in columns
                if any(_stat(p["summary"], *keys) for p in points)]
-    rows = [[p["budget"], p["num_labels"],
+    rows = [[p["budget"], _count(p["num_labels"]),
              *(_mean_std(_stat(p["summary"], *keys)) for _, keys in columns)] for p in points]
     return table(["labels", "count (mean)", *(name for name, _ in columns)], rows)
 
