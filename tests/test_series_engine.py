@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from selfsup.api import pretrain
+from selfsup.cli import main
 from selfsup.config import build_config
 from selfsup.data.series import load_series
 from selfsup.engine import fit
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
+from selfsup.report import verdict
 from selfsup.run import RunDir, load_encoder
 
 TINY_CNN = {"hidden": 8, "depth": 2, "embed_dim": 16}
@@ -90,12 +95,6 @@ def test_the_label_efficiency_sweep_and_report_work_unchanged_on_a_series_run(
 ):
     """The same `selfsup evaluate --fractions` and `selfsup report` as for images: per-seed
     probes and the supervised-series baseline, the curve and the verdict in the page."""
-    import json
-    import sys
-
-    from selfsup.cli import main
-    from selfsup.report import verdict
-
     run = pretrain("ts-contrast", data=str(series_npz), out=str(tmp_path / "run"), steps=3,
                    batch_size=8, encoder_options=TINY_CNN, data_options={"split": "train"},
                    progress=False, monitor_size=0, precision="32", log_every_steps=1)

@@ -230,8 +230,9 @@ def train_baseline(
         saved = json.loads(record.read_text(encoding="utf-8"))
         if saved.get("key") == key:
             return saved["result"]
-    started_key = folder / "started.json"
-    resume = RunDir(folder).last_checkpoint.is_file() and _read_json(started_key) == key
+    started_key = folder / "started.json"  # written atomically, as result.json is
+    resume = (RunDir(folder).last_checkpoint.is_file() and started_key.is_file()
+              and json.loads(started_key.read_text(encoding="utf-8")) == key)
     if not resume:
         if folder.exists():
             shutil.rmtree(folder)
@@ -263,14 +264,6 @@ def train_baseline(
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only the score is kept
     atomic.write_json(record, {"key": key, "result": result})
     return result
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None when it is absent or unreadable (a half-written leftover)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def untrained_std_ratio(spec: dict[str, Any], data: Any, precision: str, *,
