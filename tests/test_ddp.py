@@ -24,6 +24,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -161,16 +163,38 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
             grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
             results[case] = (float(loss) / len(SPLIT), grads)
         results["mocov2"] = _moco_steps(_moco(), _moco_batches()[:, mine])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        path = os.path.join(out_dir, f"rank{rank}.pt")
+        torch.save(results, path + ".partial")
+        os.replace(path + ".partial", path)
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(1)
+    _leave_when_every_rank_is_done(out_dir)
+
+
+def _leave_when_every_rank_is_done(out_dir: str) -> None:
+    """Exit once every rank has written its results, without tearing gloo down.
+
+    A rank whose file exists has finished its last collective, so nobody needs the process
+    group any more. Tearing it down is what hung once in CI: rank 0 (which hosts the store)
+    stuck in a gloo destructor after rank 1 had left, with all results already computed.
+    ``os._exit`` skips those destructors.
+    """
+    files = [os.path.join(out_dir, f"rank{r}.pt") for r in range(len(SPLIT))]
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f) for f in files) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.stdout.flush()
+    os._exit(0 if all(os.path.exists(f) for f in files) else 1)
 
 
 # Each rank runs in a fresh interpreter that imports this module and calls _worker. Neither
 # fork nor multiprocessing's spawn stayed reliable inside a long pytest process: a forked rank
 # hung once in OpenMP (a full local `make test`), and spawned ranks with a file:// rendezvous
 # hung in CI. Plain subprocesses meeting over TCP on loopback are what the engine's own
-# 2-process test does (it has always passed in CI); a rank that still hangs prints its stacks.
+# 2-process test does; a rank that still hangs prints its stacks. A rank leaves by os._exit once
+# both have saved their results (see _leave_when_every_rank_is_done).
 _RANK_COMMAND = """
 import faulthandler, sys
 faulthandler.dump_traceback_later({limit}, exit=True)
