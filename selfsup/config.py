@@ -49,6 +49,9 @@ class PretrainConfig:
     seed: int = 0
     # Optimiser: AdamW with linear warm-up then cosine decay over the budget's progress.
     lr: float = 2e-3
+    # AdamW's second-moment decay: 0.999 (PyTorch's default) averages over ~1000 steps; a
+    # method taking many small steps may want less (a language model's 0.99, as nanoGPT's).
+    adam_beta2: float = 0.999
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05
     grad_clip: float | None = 3.0
@@ -97,6 +100,8 @@ class PretrainConfig:
         for name in ("weight_decay", "num_workers", "monitor_size", "grad_clip"):
             if (getattr(self, name) or 0) < 0:
                 raise SelfsupError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.adam_beta2 < 1:
+            raise SelfsupError(f"adam_beta2 must be in [0, 1), not {self.adam_beta2}")
         if not 0 <= self.warmup_fraction < 1:
             raise SelfsupError(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
         if not 0 <= self.seed < 2**32:  # numpy's and Lightning's seeding take 32-bit seeds

@@ -142,7 +142,7 @@ class PretrainModule(pl.LightningModule):
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.config.lr)
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.adam_beta2))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selfsup_generator"] = self.generator.get_state()

@@ -50,6 +50,7 @@ def test_recipe_that_is_not_a_mapping(tmp_path):
         ({"seed": 2**32}, "seed"),
         ({"num_workers": -1}, "num_workers"),
         ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"adam_beta2": 1.0}, "adam_beta2"),  # no second-moment average: Adam divides by 0
         ({"checkpoint_steps": 0}, "checkpoint_steps"),
         ({"batch-size": 8, "batch_size": 16}, "given twice"),
     ],

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.language import validation_loss
 from selfsup.generate import next_token_distribution, sample
-from selfsup.models.gpt import GPT, GPTConfig
+from selfsup.models.gpt import GPT, GPTConfig, causal_attention
 
 
 def tiny(vocab=11, block=16) -> GPT:
@@ -29,6 +30,35 @@ def test_no_future_leakage():
         before, after = model.logits(tokens), model.logits(changed)
     assert torch.equal(before[:, :9], after[:, :9])  # positions before t+1 are untouched
     assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+def test_training_attention_is_causal_softmax_attention_with_the_fused_kernels_gradients():
+    """Training on a CPU writes attention out as matmuls instead of the fused kernel; both must
+    be softmax(q k^T / sqrt(d)) v over positions up to and including the query's."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    explicit = causal_attention(q, k, v)
+    reference = torch.stack(
+        [(q[..., [t], :] @ k[..., : t + 1, :].transpose(-1, -2) / 8**0.5).softmax(-1)
+         @ v[..., : t + 1, :] for t in range(7)], dim=2,
+    ).squeeze(-2)
+    assert torch.allclose(explicit, reference, atol=1e-6)
+    grads = torch.autograd.grad(explicit.square().sum(), (q, k, v))
+    fused = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    fused_grads = torch.autograd.grad(fused.square().sum(), (q, k, v))
+    for grad, fused_grad in zip(grads, fused_grads, strict=True):
+        assert torch.allclose(grad, fused_grad, atol=1e-5)
+    # The model in training takes this path and still sees no future token.
+    model = tiny()
+    tokens = torch.randint(0, 11, (2, 16))
+    changed = tokens.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 11
+    before, after = model.logits(tokens), model.logits(changed)
+    assert before.requires_grad
+    assert torch.allclose(before[:, :9], after[:, :9], atol=1e-6)
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+    with torch.no_grad():  # the fused kernel, at inference
+        assert torch.allclose(model.logits(tokens), before, atol=1e-5)
 
 
 def test_encoder_contract_and_context_limit():
@@ -98,6 +128,18 @@ def test_pretrain_writes_tokenizer_and_whole_split_loss(trained_run):
     assert language["tokens"] > 1000  # the whole last 10%, not a sample
     # Random words from 8: far below the uniform loss over the vocabulary after 60 steps.
     assert language["loss"] < 0.8 * np.log(len(set("tobeornotthatisquestion \n")) + 1)
+
+
+def test_the_gpt_optimiser_defaults_apply_under_the_users_options(trained_run):
+    import yaml
+
+    config = yaml.safe_load((trained_run.path / "config.yaml").read_text())
+    assert config["batch_size"] == 16 and config["lr"] == 3e-3  # the user's
+    assert (config["adam_beta2"], config["grad_clip"], config["weight_decay"]) == (0.99, 1.0, 0.1)
+    checkpoint = torch.load(trained_run.last_checkpoint, weights_only=False)
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert [group["betas"] for group in groups] == [(0.9, 0.99)] * 2
+    assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
 
 
 def test_generate_cli_is_seeded_and_streams(trained_run, monkeypatch, capsys):
