@@ -18,6 +18,7 @@ from selfsup.evaluate.probes import (
     knn_probe,
     linear_probe,
     stratified_split,
+    svm_probe,
 )
 
 
@@ -264,11 +265,50 @@ def test_knn_probe_cross_validation_matches_a_direct_computation():
     assert res.chosen["cv_folds"] == 4
 
 
+def rings(n: int, seed: int):
+    """Two concentric rings in 2-D: no line separates them, a radial kernel does."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    angle = rng.uniform(0, 2 * np.pi, size=n)
+    radius = 1.0 + 2.0 * y + rng.normal(scale=0.15, size=n)
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).astype(np.float32)
+    return x, y
+
+
+def test_svm_probe_separates_what_a_linear_probe_cannot():
+    split = three_splits(*rings(200, seed=0))
+    assert svm_probe(*split, cv_folds=5).accuracy > 0.95
+    assert linear_probe(*split, cv_folds=5).accuracy < 0.75
+
+
+def test_svm_probe_cross_validation_matches_a_direct_computation():
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    x, y = blobs(12, 3, 8, spread=1.5, seed=4)
+    split = three_splits(x, y)
+    all_x, all_y = np.concatenate([split[0], split[2]]), np.concatenate([split[1], split[3]])
+    grid = (0.01, 0.1, 1.0, 10.0)
+    scores = []
+    for c in grid:
+        accuracies = []
+        for fit, val in _reference_folds(all_y, 5, seed=3):
+            scaler = StandardScaler().fit(all_x[fit])
+            model = SVC(C=c, gamma="scale").fit(scaler.transform(all_x[fit]), all_y[fit])
+            accuracies.append(np.mean(model.predict(scaler.transform(all_x[val])) == all_y[val]))
+        scores.append(np.mean(accuracies))
+    res = svm_probe(*split, Cs=grid, cv_folds=5, seed=3)
+    assert res.chosen == {"C": grid[int(np.argmax(scores))], "cv_folds": 5}
+    assert res.val_accuracy == pytest.approx(max(scores), abs=1e-6)
+    with pytest.raises(SelfsupError, match="Cs must be positive"):
+        svm_probe(*split, Cs=(0.0, 1.0))
+
+
 def test_cross_validated_choice_ignores_test_labels():
     x, y = blobs(10, 3, 8, spread=1.0, seed=6)
     split = list(three_splits(x, y))
     shuffled = split[:5] + [np.random.default_rng(0).permutation(split[5])]
-    for probe in (linear_probe, knn_probe):
+    for probe in (linear_probe, knn_probe, svm_probe):
         a, b = probe(*split, cv_folds=5), probe(*shuffled, cv_folds=5)
         assert a.chosen == b.chosen and a.val_accuracy == b.val_accuracy
 

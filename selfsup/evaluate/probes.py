@@ -1,6 +1,6 @@
 """Frozen-feature probes: how much a pretrained encoder already knows, read off cached features.
 
-Two standard read-outs, both with the hyper-parameter chosen on a validation split that the caller
+Standard read-outs, each with its hyper-parameter chosen on a validation split that the caller
 carves from the labelled training data, so the test split never influences a choice. On a tiny
 labelled set (UCR's dozens of examples) a held-out quarter is a handful of examples and its
 choice is noise; `cv_folds=k` chooses instead by stratified k-fold cross-validation over train
@@ -10,7 +10,8 @@ and validation together, the usual protocol there (e.g. TS2Vec, Yue et al. 2022)
   Chen et al. 2020 (SimCLR) and Kolesnikov et al. 2019 ("Revisiting self-supervised visual
   representation learning");
 - a weighted k-nearest-neighbour classifier on cosine similarity (Wu et al. 2018, InstDisc), the
-  cheap monitor used by MoCo, SimCLR and DINO (Caron et al. 2021).
+  cheap monitor used by MoCo, SimCLR and DINO (Caron et al. 2021);
+- for series, an RBF-kernel SVM, TS2Vec's own read-out (Yue et al. 2022).
 
 Features may be numpy arrays or torch tensors; results hold plain Python numbers.
 """
@@ -30,6 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 from selfsup.errors import SelfsupError
 
@@ -39,6 +41,7 @@ __all__ = [
     "knn_probe",
     "linear_probe",
     "stratified_split",
+    "svm_probe",
 ]
 
 
@@ -234,6 +237,72 @@ def linear_probe(
         accuracy=_accuracy(predicted, te_y),
         val_accuracy=float(accuracies[best]),
         chosen={"C": grid[best], "converged": converged, **chosen},
+        predictions=predicted,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# RBF-kernel SVM
+
+
+def _svm_accuracies(
+    tr_x: np.ndarray, tr_y: np.ndarray, va_x: np.ndarray, va_y: np.ndarray, grid: list[float]
+) -> list[float]:
+    scaler = StandardScaler().fit(tr_x)
+    tr_s, va_s = scaler.transform(tr_x), scaler.transform(va_x)
+    return [_accuracy(SVC(C=c, gamma="scale").fit(tr_s, tr_y).predict(va_s), va_y) for c in grid]
+
+
+def svm_probe(
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
+    seed: int = 0,
+    cv_folds: int | None = None,
+) -> ProbeResult:
+    """An RBF-kernel SVM on standardised frozen features.
+
+    The read-out of TS2Vec's classification benchmark (Yue et al. 2022, after Franceschi et al.
+    2019): on UCR's dozens of labelled series a kernel machine is the usual probe of series
+    representations. C is chosen as in :func:`linear_probe` (validation accuracy, or k-fold
+    cross-validation over train and val with `cv_folds`; ties to the smaller C), the SVM is
+    refit on train+val and scored once on test.
+    """
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    grid = sorted({float(c) for c in Cs})
+    if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
+        raise SelfsupError(f"svm probe: Cs must be positive numbers, got {list(Cs)}")
+    if len(np.unique(tr_y)) < 2:
+        raise SelfsupError("svm probe: the training labels hold a single class")
+    all_x = np.concatenate([tr_x, va_x])
+    all_y = np.concatenate([tr_y, va_y])
+    chosen: dict[str, Any] = {}
+    if cv_folds is None:
+        accuracies = _svm_accuracies(tr_x, tr_y, va_x, va_y, grid)
+    else:
+        folds = _cv_folds(all_y, cv_folds, seed)
+        per_fold = [
+            _svm_accuracies(all_x[f], all_y[f], all_x[v], all_y[v], grid)
+            for f, v in folds
+            if len(np.unique(all_y[f])) >= 2
+        ]
+        if not per_fold:
+            raise SelfsupError("svm probe: every cross-validation fold holds a single class")
+        accuracies = list(np.mean(per_fold, axis=0))
+        chosen["cv_folds"] = len(folds)
+    best = _best(accuracies)
+    scaler = StandardScaler().fit(all_x)
+    model = SVC(C=grid[best], gamma="scale").fit(scaler.transform(all_x), all_y)
+    predicted = model.predict(scaler.transform(te_x))
+    return ProbeResult(
+        accuracy=_accuracy(predicted, te_y),
+        val_accuracy=float(accuracies[best]),
+        chosen={"C": grid[best], **chosen},
         predictions=predicted,
     )
 
