@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +178,23 @@ def _best(scores: Sequence[float]) -> int:
     return int(np.argmax(np.asarray(scores)))
 
 
+def _cross_validated(
+    grid_accuracies: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], list[float]],
+    x: np.ndarray, y: np.ndarray, folds: int, seed: int, probe: str,
+) -> tuple[list[float], int]:
+    """Mean accuracy over stratified folds of each grid setting, and the number of folds.
+
+    ``grid_accuracies(fit_x, fit_y, val_x, val_y)`` scores every setting of a probe's grid on
+    one fold; a fold whose fitting part holds a single class is skipped.
+    """
+    splits = _cv_folds(y, folds, seed)
+    per_fold = [grid_accuracies(x[f], y[f], x[v], y[v]) for f, v in splits
+                if len(np.unique(y[f])) >= 2]
+    if not per_fold:
+        raise SelfsupError(f"{probe}: every cross-validation fold holds a single class")
+    return list(np.mean(per_fold, axis=0)), len(splits)
+
+
 def linear_probe(
     train_x: Any,
     train_y: Any,
@@ -216,18 +233,12 @@ def linear_probe(
         same_classes = np.array_equal(np.unique(all_y), best_model.classes_)
         final = best_model if same_classes else None
     else:
-        folds = _cv_folds(all_y, cv_folds, seed)
-        per_fold = [
-            _c_path(all_x[f], all_y[f], all_x[v], all_y[v], grid, max_iter, seed)[0]
-            for f, v in folds
-            if len(np.unique(all_y[f])) >= 2
-        ]
-        if not per_fold:
-            raise SelfsupError("linear probe: every cross-validation fold holds a single class")
-        accuracies = list(np.mean(per_fold, axis=0))
+        accuracies, chosen["cv_folds"] = _cross_validated(
+            lambda *fold: _c_path(*fold, grid, max_iter, seed)[0],
+            all_x, all_y, cv_folds, seed, "linear probe",
+        )
         best = _best(accuracies)
         final = None
-        chosen["cv_folds"] = len(folds)
     if final is None:
         final = LogisticRegression(C=grid[best], max_iter=max_iter, random_state=seed)
     scaler = StandardScaler().fit(all_x)
@@ -285,16 +296,9 @@ def svm_probe(
     if cv_folds is None:
         accuracies = _svm_accuracies(tr_x, tr_y, va_x, va_y, grid)
     else:
-        folds = _cv_folds(all_y, cv_folds, seed)
-        per_fold = [
-            _svm_accuracies(all_x[f], all_y[f], all_x[v], all_y[v], grid)
-            for f, v in folds
-            if len(np.unique(all_y[f])) >= 2
-        ]
-        if not per_fold:
-            raise SelfsupError("svm probe: every cross-validation fold holds a single class")
-        accuracies = list(np.mean(per_fold, axis=0))
-        chosen["cv_folds"] = len(folds)
+        accuracies, chosen["cv_folds"] = _cross_validated(
+            lambda *fold: _svm_accuracies(*fold, grid), all_x, all_y, cv_folds, seed, "svm probe"
+        )
     best = _best(accuracies)
     scaler = StandardScaler().fit(all_x)
     model = SVC(C=grid[best], gamma="scale").fit(scaler.transform(all_x), all_y)
