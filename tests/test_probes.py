@@ -223,9 +223,21 @@ def _reference_folds(y: np.ndarray, folds: int, seed: int):
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
-def test_linear_probe_cross_validation_matches_a_direct_computation():
-    """C and its score: mean fold accuracy over train+val, each fold scaled and fit on its own."""
+def _logistic(c: float):
     from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=1000)
+
+
+def _rbf_svm(c: float):
+    from sklearn.svm import SVC
+
+    return SVC(C=c, gamma="scale")
+
+
+@pytest.mark.parametrize(("probe", "model"), [(linear_probe, _logistic), (svm_probe, _rbf_svm)])
+def test_c_probes_cross_validation_matches_a_direct_computation(probe, model):
+    """C and its score: mean fold accuracy over train+val, each fold scaled and fit on its own."""
     from sklearn.preprocessing import StandardScaler
 
     x, y = blobs(12, 3, 8, spread=1.5, seed=4)
@@ -237,14 +249,15 @@ def test_linear_probe_cross_validation_matches_a_direct_computation():
         accuracies = []
         for fit, val in _reference_folds(all_y, 5, seed=3):
             scaler = StandardScaler().fit(all_x[fit])
-            model = LogisticRegression(C=c, max_iter=1000)
-            model.fit(scaler.transform(all_x[fit]), all_y[fit])
-            accuracies.append(np.mean(model.predict(scaler.transform(all_x[val])) == all_y[val]))
+            fitted = model(c).fit(scaler.transform(all_x[fit]), all_y[fit])
+            accuracies.append(np.mean(fitted.predict(scaler.transform(all_x[val])) == all_y[val]))
         scores.append(np.mean(accuracies))
-    res = linear_probe(*split, Cs=grid, cv_folds=5, seed=3)
+    res = probe(*split, Cs=grid, cv_folds=5, seed=3)
     assert res.chosen["cv_folds"] == 5
     assert res.chosen["C"] == grid[int(np.argmax(scores))]
     assert res.val_accuracy == pytest.approx(max(scores), abs=1e-6)
+    with pytest.raises(SelfsupError, match="Cs must be positive"):
+        probe(*split, Cs=(0.0, 1.0))
 
 
 def test_knn_probe_cross_validation_matches_a_direct_computation():
@@ -279,29 +292,6 @@ def test_svm_probe_separates_what_a_linear_probe_cannot():
     split = three_splits(*rings(200, seed=0))
     assert svm_probe(*split, cv_folds=5).accuracy > 0.95
     assert linear_probe(*split, cv_folds=5).accuracy < 0.75
-
-
-def test_svm_probe_cross_validation_matches_a_direct_computation():
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
-    x, y = blobs(12, 3, 8, spread=1.5, seed=4)
-    split = three_splits(x, y)
-    all_x, all_y = np.concatenate([split[0], split[2]]), np.concatenate([split[1], split[3]])
-    grid = (0.01, 0.1, 1.0, 10.0)
-    scores = []
-    for c in grid:
-        accuracies = []
-        for fit, val in _reference_folds(all_y, 5, seed=3):
-            scaler = StandardScaler().fit(all_x[fit])
-            model = SVC(C=c, gamma="scale").fit(scaler.transform(all_x[fit]), all_y[fit])
-            accuracies.append(np.mean(model.predict(scaler.transform(all_x[val])) == all_y[val]))
-        scores.append(np.mean(accuracies))
-    res = svm_probe(*split, Cs=grid, cv_folds=5, seed=3)
-    assert res.chosen == {"C": grid[int(np.argmax(scores))], "cv_folds": 5}
-    assert res.val_accuracy == pytest.approx(max(scores), abs=1e-6)
-    with pytest.raises(SelfsupError, match="Cs must be positive"):
-        svm_probe(*split, Cs=(0.0, 1.0))
 
 
 def test_cross_validated_choice_ignores_test_labels():

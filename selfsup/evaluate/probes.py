@@ -155,6 +155,17 @@ def _c_path(
     return accuracies, best_model
 
 
+def _c_grid(Cs: Sequence[float], train_y: np.ndarray, probe: str) -> list[float]:
+    """A probe's C values, sorted and distinct; refused unless positive, and unless the training
+    labels hold two classes at least."""
+    grid = sorted({float(c) for c in Cs})
+    if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
+        raise SelfsupError(f"{probe}: Cs must be positive numbers, got {list(Cs)}")
+    if len(np.unique(train_y)) < 2:
+        raise SelfsupError(f"{probe}: the training labels hold a single class")
+    return grid
+
+
 def _cv_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold (fit, val) index pairs over all of y.
 
@@ -217,11 +228,7 @@ def linear_probe(
     whether the final fit converged within `max_iter`.
     """
     tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
-    grid = sorted({float(c) for c in Cs})
-    if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
-        raise SelfsupError(f"linear probe: Cs must be positive numbers, got {list(Cs)}")
-    if len(np.unique(tr_y)) < 2:
-        raise SelfsupError("linear probe: the training labels hold a single class")
+    grid = _c_grid(Cs, tr_y, "linear probe")
     all_x = np.concatenate([tr_x, va_x])
     all_y = np.concatenate([tr_y, va_y])
 
@@ -285,11 +292,7 @@ def svm_probe(
     refit on train+val and scored once on test.
     """
     tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
-    grid = sorted({float(c) for c in Cs})
-    if not grid or any(not np.isfinite(c) or c <= 0 for c in grid):
-        raise SelfsupError(f"svm probe: Cs must be positive numbers, got {list(Cs)}")
-    if len(np.unique(tr_y)) < 2:
-        raise SelfsupError("svm probe: the training labels hold a single class")
+    grid = _c_grid(Cs, tr_y, "svm probe")
     all_x = np.concatenate([tr_x, va_x])
     all_y = np.concatenate([tr_y, va_y])
     chosen: dict[str, Any] = {}
