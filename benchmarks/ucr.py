@@ -83,8 +83,11 @@ class Setting:
     big_steps: int = 600
     lr: float = 1e-3  # TS2Vec's learning rate
     encoder: str = "dilated_cnn"
+    # TS2Vec's published encoder: 10 dilated residual blocks 64 wide, 320-d output. (Until
+    # session 10 this was 8 blocks and 128-d; 5-fold CV on ArrowHead's train split favoured the
+    # published size for seeds 0 and 1: SVM 0.807 vs 0.779 and 0.889 vs 0.811.)
     encoder_options: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"hidden": 64, "depth": 8, "embed_dim": 128}
+        default_factory=lambda: {"hidden": 64, "depth": 10, "embed_dim": 320}
     )
     # Probe settings are chosen by stratified k-fold cross-validation on the train split: a held-out
     # quarter of ArrowHead's 36 series is 9 examples, too few to choose anything on.
@@ -252,6 +255,13 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def versus_published(accuracy: float, published: float, num_test: int) -> str:
+    """Compare correct test series, not floats: 983 of 1029 right against a published
+    0.955296404 (983 of 1029 too) is a tie, not a win."""
+    mine, theirs = round(accuracy * num_test), round(published * num_test)
+    return "yes" if mine > theirs else ("tie" if mine == theirs else "**no**")
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Series self-supervision: UCR/UEA and MNIST-1D",
@@ -277,8 +287,8 @@ def markdown(result: dict[str, Any]) -> str:
         dtw = (f"{pct(r['published_1nn_dtw_full'])} / {pct(r['published_1nn_dtw_window'])}"
                if r["published_1nn_dtw_full"] is not None else "—")
         svm = r.get("svm", {}).get("accuracy")  # absent from results written before the SVM
-        beats = {probe: "—" if ed is None or accuracy is None else
-                 ("yes" if accuracy > ed else "**no**")
+        beats = {probe: "—" if ed is None or accuracy is None
+                 else versus_published(accuracy, ed, r["num_test"])
                  for probe, accuracy in (("linear", r["linear"]["accuracy"]), ("svm", svm))}
         if r["dataset"] == "MNIST-1D":
             dtw = f"paper: MLP {pct(MNIST1D_PAPER['MLP'])}, CNN {pct(MNIST1D_PAPER['CNN'])}"
