@@ -57,11 +57,11 @@ class GPTMethod(Method):
     default_encoder: ClassVar[str] = "gpt_small"
     baseline_method: ClassVar[str] = "gpt"  # text has no supervised baseline yet
     # Engine defaults that suit this method; the user's options win. In minutes on a CPU the
-    # number of steps is what counts: a small model only leaves the loss plateau near 2.3
-    # nats/char (where it predicts from the last character or two) after a few hundred
-    # updates, so small batches (8 windows, 1k tokens) beat large ones at equal tokens per
-    # second. AdamW's beta2, the clipping and the weight decay are nanoGPT's for Shakespeare.
-    # Chosen on the tuning split of Tiny Shakespeare (benchmarks/shakespeare_char.py --tuning).
+    # number of steps is what counts: a small model only leaves the loss plateau where it
+    # predicts from the last character or two after a few hundred updates, so small batches
+    # (8 windows, 1k tokens) beat large ones at equal tokens per second. AdamW's beta2, the
+    # clipping and the weight decay are nanoGPT's for Shakespeare. Chosen on the tuning split
+    # of Tiny Shakespeare (benchmarks/shakespeare_char.py --tuning).
     config_defaults: ClassVar[dict] = {
         "batch_size": 8, "lr": 3e-3, "adam_beta2": 0.99, "grad_clip": 1.0, "weight_decay": 0.1,
     }
