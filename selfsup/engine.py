@@ -98,6 +98,7 @@ class PretrainModule(pl.LightningModule):
         scale = warmup_cosine(self.progress_fraction, self.config.warmup_fraction)
         for group in self.optimizers().param_groups:
             group["lr"] = self.config.lr * scale
+        self.method.on_train_step_start(self.progress_fraction)
 
     def training_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int

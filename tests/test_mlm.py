@@ -266,3 +266,40 @@ def test_two_steps_of_continued_mlm_on_minilm(tmp_path):
     summary = json.loads(run.summary.read_text())
     assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
     assert (run.path / "hf" / "model.safetensors").is_file()
+
+
+def test_head_warmup_trains_the_new_head_before_the_encoder(tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    data = corpus(tmp_path / "c.jsonl", 60)
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
+    folder = tiny_bert_folder(tmp_path / "start", texts, max_positions=24)
+    start = load_file(str(folder / "model.safetensors"))
+
+    def continued(name: str, head_warmup: float) -> dict[str, torch.Tensor]:
+        run = selfsup.pretrain(
+            "mlm", str(data), init=str(folder), out=str(tmp_path / name), steps=4, batch_size=8,
+            lr=1e-2, warmup_fraction=0.0, precision="32", progress=False,
+            cache_dir=str(tmp_path / "cache"), method_options={"head_warmup": head_warmup},
+        )
+        return load_file(str(run.encoder_weights))
+
+    # Progress 0, 1/4, 2/4, 3/4 at the four steps: all inside a 0.9 warm-up.
+    with caplog.at_level(logging.INFO, logger="selfsup"):
+        frozen = continued("frozen", 0.9)
+    assert "head warm-up started" in caplog.text and "warm-up over" not in caplog.text
+    kept = [key for key in start if f"model.{key}" in frozen]  # (the pooler is not used)
+    assert "embeddings.word_embeddings.weight" in kept and len(kept) > 10
+    for key in kept:  # the input embeddings, tied to the head's output layer, included
+        assert torch.equal(frozen[f"model.{key}"], start[key]), key
+    exported = load_file(str(tmp_path / "frozen" / "hf" / "model.safetensors"))
+    assert exported["cls.predictions.bias"].abs().sum() > 0  # the new head learnt (from zeros)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="selfsup"):
+        thawed = continued("thawed", 0.5)  # steps 0 and 1 frozen, 2 and 3 train the encoder
+    assert "warm-up over: the encoder trains" in caplog.text
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(thawed[f"model.{key}"], start[key])
+    with pytest.raises(SelfsupError, match="head_warmup must be in"):
+        continued("bad", 1.0)

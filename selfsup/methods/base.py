@@ -99,6 +99,9 @@ class Method(nn.Module):
     ) -> StepOutput:
         raise NotImplementedError
 
+    def on_train_step_start(self, progress: float) -> None:
+        """Before each step's forward pass (schedules that change what trains)."""
+
     def on_train_step_end(self, progress: float) -> None:
         """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""
 

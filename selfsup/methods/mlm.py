@@ -52,8 +52,16 @@ class MLMOptions:
     layers: int = 4
     heads: int = 4
     dropout: float = 0.1
+    # Share of the run (0-1) in which only the masked-LM head learns: the encoder, and the input
+    # embeddings tied to the head's output layer, stay frozen. With --init from a folder without
+    # a head, a new random head otherwise sends noise into the pretrained encoder at first;
+    # fitting the head first is the idea of LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort
+    # Pretrained Features"). Not with several processes (DDP keeps a fixed set of trained weights).
+    head_warmup: float = 0.0
 
     def validate(self) -> None:
+        if not 0 <= self.head_warmup < 1:
+            raise SelfsupError(f"head_warmup must be in [0, 1), not {self.head_warmup}")
         if not 0 < self.mask_prob < 1:
             raise SelfsupError(f"mask_prob must be in (0, 1), not {self.mask_prob}")
         for name in ("replace_mask", "replace_random", "dropout"):
@@ -240,6 +248,23 @@ class MLMMethod(Method):
         )
         self.init = extra.get("init")
         self.mlm = masked_lm_model(encoder, self.init)
+        self.encoder_frozen = False
+
+    def on_train_step_start(self, progress: float) -> None:
+        self.freeze_encoder(progress < self.options.head_warmup)
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Stop (or restart) the encoder's training; its weights stay in the optimiser, which
+        skips a weight without a gradient (AdamW neither moves nor decays it)."""
+        if frozen == self.encoder_frozen:
+            return
+        if frozen and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise SelfsupError("mlm's head_warmup runs in a single process only")
+        self.encoder.model.requires_grad_(not frozen)
+        self.encoder_frozen = frozen
+        log.info("masked-LM head warm-up %s", "started: encoder frozen" if frozen
+                 else "over: the encoder trains")
 
     @property
     def head(self) -> torch.nn.Module | None:
@@ -271,7 +296,7 @@ class MLMMethod(Method):
             loss = F.cross_entropy(logits.float(), labels[selected])
             accuracy = (logits.argmax(-1) == labels[selected]).float().mean()
         else:  # nothing selected in this batch (tiny batches): no signal, but a graph
-            loss = hidden.sum() * 0.0
+            loss = logits.sum() * 0.0  # through the head, which trains even in head_warmup
             accuracy = torch.zeros(())
         return StepOutput(
             loss=loss,
