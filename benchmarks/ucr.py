@@ -97,6 +97,9 @@ class Setting:
     # Probe settings are chosen by stratified k-fold cross-validation on the train split: a held-out
     # quarter of ArrowHead's 36 series is 9 examples, too few to choose anything on.
     cv_folds: int = 5
+    # ts-contrast's method options for the classification runs (--method-option KEY=VALUE);
+    # empty: the method's defaults.
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     anomaly_set: str = "Trace"
     anomaly_steps: int = 200
     anomaly_classes: tuple[int, ...] = (0, 1, 2, 3)
@@ -164,7 +167,8 @@ def classify(name: str, setting: Setting, seed: int, work: Path, refs: dict) -> 
     steps, batch = budget(setting, len(train))
     started = time.monotonic()
     run = pretrain("ts-contrast", data=str(path), out=str(work / f"{name}-ts-contrast-{seed}"),
-                   data_options={"split": "train"}, **common(setting, steps, batch, seed))
+                   data_options={"split": "train"}, method_options=dict(setting.method_options),
+                   **common(setting, steps, batch, seed))
     pretrain_seconds = time.monotonic() - started
     encoder, _ = load_encoder(run)
     train_x = extract_features(encoder, train, precision="32")
@@ -278,7 +282,10 @@ def markdown(result: dict[str, Any]) -> str:
         "figures: UCR bake-off (Bagnall et al. 2017); DTW full window and learned window.",
         "",
         f"Encoder {result['setting']['encoder']} {result['setting']['encoder_options']}, "
-        f"lr {result['setting']['lr']}, seed(s) {result['seeds']}. Total wall time "
+        f"lr {result['setting']['lr']}, seed(s) {result['seeds']}"
+        + (f", ts-contrast options {result['setting']['method_options']}"
+           if result["setting"].get("method_options") else "")
+        + ". Total wall time "
         f"{result['seconds'] / 60:.1f} min on {result['machine']}"
         + (" — QUICK smoke setting, not the benchmark." if result["quick"] else "."),
         "",
@@ -329,6 +336,19 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["mask_p=0.5"]`` -> ``{"mask_p": 0.5}`` (values read as YAML scalars)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--method-option takes KEY=VALUE, not {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: two sets, few steps")
@@ -337,11 +357,14 @@ def main() -> None:
     parser.add_argument("--no-anomaly", action="store_true")
     parser.add_argument("--steps", type=int, default=None,
                         help="override every step budget (for tiny trial runs)")
+    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ts-contrast option for the classification runs (repeatable), "
+                             "e.g. mask_p=0.5")
     parser.add_argument("--out", default=str(RESULTS / "ucr"), help="results path stem")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is absent: the benchmark needs the shared data")
-    setting = Setting()
+    setting = Setting(method_options=parse_options(args.method_option))
     names = args.datasets or list(DATASETS)
     if args.quick:
         setting = dataclasses.replace(setting, steps=10, big_steps=10, anomaly_steps=10)
