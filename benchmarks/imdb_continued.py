@@ -31,8 +31,11 @@ model, reported as such), "all labels" means all of a fixed seeded ``--train-siz
 IMDB train, and texts are cut to ``--max-length`` tokens (the count cut is recorded), because
 MiniLM embeds tens of reviews per second on two CPU cores (measured and recorded first). The
 defaults took 40 minutes on an idle 2-core AVX-512 BF16 machine (``seconds`` in the results
-file); everything scales by flags. ``--head-warmup`` and ``--warmup-fraction`` pass the mlm
-method's head warm-up and the learning-rate warm-up of the continued run.
+file); everything scales by flags. Run it on an otherwise idle machine: a fine-tuning run stops
+at ``--finetune-minutes`` even if its epochs are not done, so other load can cut one contender's
+fine-tuning short (each run's ``steps`` and ``seconds`` are in the results file).
+``--head-warmup`` and ``--warmup-fraction`` pass the mlm method's head warm-up and the
+learning-rate warm-up of the continued run.
 
 Writes benchmarks/results/imdb_continued.{json,md}.
 
