@@ -124,10 +124,6 @@ def budgets(per_class: int) -> list[LabelBudget]:
     return [LabelBudget(per_class=per_class), LabelBudget(fraction=1.0)]
 
 
-def accuracy(row: dict[str, Any], kind: str, protocol: str) -> float | None:
-    return ((row.get(kind) or {}).get(protocol) or {}).get("accuracy")
-
-
 def verdict(imdb: dict[str, Any], finetune: bool) -> dict[str, Any]:
     """Target: the continued model beats the starting one by >= 2 points at 100/class.
 
@@ -329,8 +325,8 @@ def markdown(result: dict[str, Any]) -> str:
     for task, res in result["text_cls"].items():
         for row in res["budgets"]:
             lines.append(f"| {task} | {row['budget']} ({row['num_labels']}) | "
-                         f"{pct(accuracy(row, 'model', 'linear'))} | "
-                         f"{pct(accuracy(row, 'model', 'knn'))} | {res['num_test']} |")
+                         f"{cell(row, 'model', 'linear')} | "
+                         f"{cell(row, 'model', 'knn')} | {res['num_test']} |")
     sc = result["scratch_mlm"]
     row = sc["eval"]["budgets"][0]
     lines += [
@@ -339,8 +335,8 @@ def markdown(result: dict[str, Any]) -> str:
         "from scratch",
         "",
         f"All {row['num_labels']} labels: MLM + linear probe "
-        f"{pct(accuracy(row, 'model', 'linear'))}, "
-        f"kNN {pct(accuracy(row, 'model', 'knn'))}; the same architecture trained from scratch "
+        f"{cell(row, 'model', 'linear')}, "
+        f"kNN {cell(row, 'model', 'knn')}; the same architecture trained from scratch "
         f"on the labels {pct(row.get('scratch', {}).get('finetune', {}).get('accuracy'))}.",
         "",
         f"MiniLM embedding throughput on this CPU: {result['throughput']['texts_per_s']:.1f} "
