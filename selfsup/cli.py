@@ -377,6 +377,10 @@ def evaluate(
     finetune_epochs: Annotated[
         int | None, typer.Option(help="Text: also end each fine-tuning after this many epochs.")
     ] = None,
+    finetune_head: Annotated[
+        str, typer.Option(help="Text: the fine-tuning head starts 'random' (near zero) or as a "
+                               "linear 'probe' of the frozen features (LP-FT).")
+    ] = "random",
     test_size: Annotated[
         int | None, typer.Option(help="Text: score on a fixed seeded random subset of the test.")
     ] = None,
@@ -405,7 +409,8 @@ def evaluate(
         print_text_eval(evaluate_text(
             run, data, test, out=out, fractions=fractions, labels_per_class=labels_per_class,
             protocol=protocol, baseline=baseline, finetune_minutes=finetune_minutes,
-            finetune_epochs=finetune_epochs, max_length=max_length, seed=seed,
+            finetune_epochs=finetune_epochs, finetune_head=finetune_head,
+            max_length=max_length, seed=seed,
             seeds=seeds if fractions is not None or labels_per_class is not None else 1,
             test_size=test_size, progress=progress,
             data_options={**(_pairs(data_option, "--data-option") or {}),
@@ -413,6 +418,9 @@ def evaluate(
             test_options=_pairs(test_option, "--test-option"),
         ))
         return
+    if finetune_head != "random":
+        raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
+                           "random head")
     if fractions is not None or labels_per_class is not None:
         from selfsup.evaluate.sweep import sweep
 

@@ -16,6 +16,7 @@ from selfsup.evaluate.probes import (
     ProbeResult,
     knn_classify,
     knn_probe,
+    linear_head,
     linear_probe,
     stratified_split,
     svm_probe,
@@ -52,6 +53,31 @@ def test_linear_probe_separable_blobs_near_perfect():
     d = res.as_dict()
     assert set(d) == {"accuracy", "val_accuracy", "chosen"}
     assert type(d["accuracy"]) is float and type(d["val_accuracy"]) is float
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_head_on_raw_features_predicts_as_the_standardised_probe(n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = blobs(40, n_classes, 8, spread=1.5, seed=n_classes)
+    x = x * np.linspace(0.1, 10, 8, dtype=np.float32) + 3.0  # scales and offsets to fold in
+    weight, bias, chosen = linear_head(x, y, n_classes + 1, seed=0)
+    assert weight.shape == (n_classes + 1, 8) and bias.shape == (n_classes + 1,)
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=chosen["C"], max_iter=1000, random_state=0)
+    reference.fit(scaler.transform(x), y)
+    logits = x @ weight.T + bias
+    np.testing.assert_array_equal(logits.argmax(1), reference.predict(scaler.transform(x)))
+    np.testing.assert_allclose(  # the same probabilities, not only the same argmax
+        np.exp(logits[:, :n_classes]) / np.exp(logits[:, :n_classes]).sum(1, keepdims=True),
+        reference.predict_proba(scaler.transform(x)), rtol=1e-3, atol=1e-5)
+    assert np.all(weight[n_classes] == 0) and bias[n_classes] <= bias[:n_classes].min()
+    assert 0.5 < chosen["cv_accuracy"] <= 1 and chosen["cv_folds"] == 5
+    with pytest.raises(SelfsupError, match="class ids"):
+        linear_head(x, y + 0.5, n_classes)
+    with pytest.raises(SelfsupError, match="class ids"):
+        linear_head(x, y, n_classes - 1)
 
 
 def test_linear_probe_random_labels_near_chance():

@@ -15,6 +15,7 @@ import torch
 from selfsup.data.labelled_text import read_labelled_text
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.text import (
+    TextClassifier,
     TextModel,
     TextSplit,
     evaluate_text_model,
@@ -22,6 +23,7 @@ from selfsup.evaluate.text import (
     is_text_target,
     load_text_model,
     parse_text_budgets,
+    probe_head,
     text_features,
     text_finetune_config,
     tokenize_texts,
@@ -208,6 +210,32 @@ def test_finetune_learns_toy_task(tiny_model: TextModel) -> None:
     assert result["num_val"] >= 2 and result["chosen_epoch"] >= 0
 
 
+def test_probe_head_starts_fine_tuning_from_a_linear_probe(tiny_model: TextModel) -> None:
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune
+    from selfsup.evaluate.probes import linear_head
+
+    texts, labels = toy_texts(80, 5)
+    split = TextSplit(tokenize_texts(tiny_model, texts), np.asarray(labels), 0)
+    config = text_finetune_config(minutes=1.0, epochs=1, precision="32", head_init="probe")
+    model = TextClassifier(tiny_model.fresh(seed=2).encoder, 2).eval()
+    chosen = probe_head(model, split, config)
+    features = text_features(model.encoder, split.tokens, 0)
+    weight, bias, expected = linear_head(features, split.labels, 2, seed=config.seed)
+    assert chosen == expected
+    with torch.no_grad():
+        ids, mask = split.tokens.batch(np.arange(len(texts)), 0)
+        logits = model(ids, mask).numpy()
+    np.testing.assert_allclose(logits, features @ weight.T + bias, rtol=1e-4, atol=1e-4)
+
+    test = TextSplit(tokenize_texts(tiny_model, texts[:20]), np.asarray(labels[:20]), 0)
+    result = finetune_text(tiny_model.fresh(seed=2).encoder, split, test, 2, config)
+    assert result["head"]["init"] == "probe" and result["head"]["C"] > 0
+    with pytest.raises(SelfsupError, match="head_init must be one of random, probe"):
+        text_finetune_config(minutes=1.0, head_init="zeros")
+    with pytest.raises(SelfsupError, match="text fine-tuning only"):
+        finetune(None, None, None, FinetuneConfig(head_init="probe"))  # type: ignore[arg-type]
+
+
 def test_budgets_parse_all_and_counts() -> None:
     names = [b.name for b in parse_text_budgets(None, "10,100,all")]
     assert names == ["10/class", "100/class", "100%"]
@@ -324,8 +352,13 @@ def test_evaluate_cli_on_folder_and_bad_input(hf_folder: Path, labelled: tuple[P
                                  str(test), "--no-baseline", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "eval.json").read_text())["linear"]["accuracy"] >= 0
+    bad_head = runner.invoke(app, ["evaluate", str(hf_folder), "--data", str(train), "--test",
+                                   str(test), "--finetune-head", "zeros"])
+    assert isinstance(bad_head.exception, SelfsupError), bad_head.output
     not_model = tmp_path / "empty"
     not_model.mkdir()
     (not_model / "config.json").write_text("{}")
     with pytest.raises(SelfsupError, match="not a Hugging Face model folder"):
         evaluate_text_model(not_model, str(train), str(test))
+    with pytest.raises(SelfsupError, match="--finetune-head must be one of random, probe"):
+        evaluate_text_model(hf_folder, str(train), str(test), finetune_head="zeros")

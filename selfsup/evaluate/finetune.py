@@ -49,6 +49,10 @@ log = logging.getLogger("selfsup")
 FINETUNE_AUGMENT: dict[str, Any] = {"crop_scale": (0.35, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0}
 
 
+#: How a fine-tuning head may start (FinetuneConfig.head_init).
+HEAD_INITS = ("random", "probe")
+
+
 @dataclass
 class FinetuneConfig:
     """A fine-tuning run; the first of ``minutes`` and ``epochs`` reached ends it."""
@@ -66,6 +70,9 @@ class FinetuneConfig:
     seed: int = 0
     augment_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    # The head's start: "random" (near zero), or "probe": a linear probe fitted on the frozen
+    # features of the fine-tuning part (LP-FT, probes.linear_head); text fine-tuning only.
+    head_init: str = "random"
 
     def __post_init__(self) -> None:
         if self.minutes is None and self.epochs is None:
@@ -85,6 +92,11 @@ class FinetuneConfig:
         if self.precision not in ("bf16", "32"):
             raise SelfsupError(
                 f"fine-tuning: precision must be 'bf16' or '32', not {self.precision!r}"
+            )
+        if self.head_init not in HEAD_INITS:
+            raise SelfsupError(
+                f"fine-tuning: head_init must be one of {', '.join(HEAD_INITS)}, "
+                f"not {self.head_init!r}"
             )
 
 
@@ -257,6 +269,9 @@ def finetune(
     from selfsup.data.datasets import ResumableLoader, keep_batch
     from selfsup.engine import _quiet_lightning
 
+    if config.head_init != "random":
+        raise SelfsupError(f"head_init {config.head_init!r} is implemented for text fine-tuning "
+                           "only; image fine-tuning starts from a random head")
     if train.labels is None or test.labels is None:
         raise SelfsupError("fine-tuning needs labelled training and test data")
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1

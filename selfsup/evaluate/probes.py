@@ -39,6 +39,7 @@ __all__ = [
     "ProbeResult",
     "knn_classify",
     "knn_probe",
+    "linear_head",
     "linear_probe",
     "stratified_split",
     "svm_probe",
@@ -257,6 +258,50 @@ def linear_probe(
         chosen={"C": grid[best], "converged": converged, **chosen},
         predictions=predicted,
     )
+
+
+def linear_head(
+    x: Any, y: Any, num_classes: int, *, Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    cv_folds: int = 5, max_iter: int = 1000, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A linear probe as a classifier head's starting weights: LP-FT's first stage (Kumar et
+    al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-
+    Distribution"), so that fine-tuning starts from a head that already reads the features
+    instead of a random one whose early gradients disturb them.
+
+    The probe is :func:`linear_probe`'s (logistic regression on standardised features, C chosen
+    by stratified ``cv_folds``-fold cross-validation on ``x`` alone); the standardisation is
+    folded into the returned ``weight`` (num_classes, D) and ``bias`` (num_classes,), which act
+    on raw features. A two-class probe's single logit is split evenly across the two rows; a
+    class missing from ``y`` gets zero weights and the lowest bias.
+    """
+    fx = _features(x, "features")
+    fy = _labels(y, len(fx), "labels")
+    if not np.issubdtype(fy.dtype, np.integer) or fy.min() < 0 or fy.max() >= num_classes:
+        raise SelfsupError(f"linear head: labels must be class ids in [0, {num_classes})")
+    grid = _c_grid(Cs, fy, "linear head")
+    accuracies, folds = _cross_validated(
+        lambda *fold: _c_path(*fold, grid, max_iter, seed)[0], fx, fy, cv_folds, seed,
+        "linear head",
+    )
+    best = _best(accuracies)
+    scaler = StandardScaler().fit(fx)
+    model = LogisticRegression(C=grid[best], max_iter=max_iter, random_state=seed)
+    converged = _fit_logreg(model, scaler.transform(fx), fy)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # one logit w.x + b  ==  softmax over (-(w.x + b)/2, +(...)/2)
+        coef = np.concatenate([-coef, coef]) / 2
+        intercept = np.concatenate([-intercept, intercept]) / 2
+    # w.((x - mean) / scale) + b  ==  (w / scale).x + (b - w.(mean / scale))
+    raw = coef / scaler.scale_
+    shift = intercept - coef @ (scaler.mean_ / scaler.scale_)
+    weight = np.zeros((int(num_classes), fx.shape[1]), dtype=np.float32)
+    bias = np.full(int(num_classes), float(shift.min()), dtype=np.float32)
+    weight[model.classes_] = raw
+    bias[model.classes_] = shift
+    chosen = {"C": grid[best], "cv_accuracy": float(accuracies[best]), "cv_folds": folds,
+              "converged": converged}
+    return weight, bias, chosen
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from the training data only):
 - **fine-tuning** of the whole encoder plus a linear head (``protocol="finetune"``; the recipe of
   Devlin et al. 2019 at CPU scale: AdamW, lr 5e-5, weight decay 0.01, linear warm-up then
   cosine decay, batch 16), keeping the epoch with the best accuracy on a validation carve;
+  the head starts near zero, or (``finetune_head="probe"``) as a linear probe of the frozen
+  features (LP-FT, Kumar et al. 2022);
 
 against (a) **the same architecture from scratch**, fine-tuned on the same labels with the same
 budget (it needs a larger learning rate, 5e-4, having nothing pre-trained to protect), and (b)
@@ -42,8 +44,13 @@ from selfsup import atomic
 from selfsup.config import inference_precision
 from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
-from selfsup.evaluate.finetune import FinetuneConfig, FinetuneModule, fit_keeping_best
-from selfsup.evaluate.probes import stratified_split
+from selfsup.evaluate.finetune import (
+    HEAD_INITS,
+    FinetuneConfig,
+    FinetuneModule,
+    fit_keeping_best,
+)
+from selfsup.evaluate.probes import linear_head, stratified_split
 from selfsup.evaluate.quality import quality_metrics
 from selfsup.evaluate.sweep import (
     EMBEDDINGS_FILE,
@@ -351,6 +358,18 @@ def text_finetune_config(**changes: Any) -> FinetuneConfig:
     return FinetuneConfig(**values)
 
 
+def probe_head(model: TextClassifier, fit: TextSplit, config: FinetuneConfig) -> dict[str, Any]:
+    """Set ``model.head`` to a linear probe (probes.linear_head, C by 5-fold cross-validation)
+    of the frozen encoder's mean-pooled features of ``fit``; returns how it was chosen."""
+    features = text_features(model.encoder, fit.tokens, fit.pad_id, precision=config.precision)
+    weight, bias, chosen = linear_head(features, fit.labels, model.head.out_features,
+                                       seed=config.seed)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+    return chosen
+
+
 def finetune_text(
     encoder: nn.Module, train: TextSplit, test: TextSplit, num_classes: int,
     config: FinetuneConfig,
@@ -358,7 +377,9 @@ def finetune_text(
     """Fine-tune ``encoder`` (changed in place) + a new linear head on ``train``; score test.
 
     A stratified validation carve (``val_fraction``, at most MAX_VAL texts) of ``train`` picks
-    the epoch whose weights are kept; the budget is ``minutes`` and/or ``epochs``.
+    the epoch whose weights are kept; the budget is ``minutes`` and/or ``epochs``. With
+    ``config.head_init == "probe"`` the head starts as a linear probe of the frozen encoder's
+    features of the fine-tuning part (:func:`probe_head`), the validation carve unseen.
     """
     from selfsup.engine import _quiet_lightning
 
@@ -380,6 +401,7 @@ def finetune_text(
     )
     pl.seed_everything(config.seed, verbose=False)
     model = TextClassifier(encoder.train(), num_classes)
+    head = probe_head(model, fit, config) if config.head_init == "probe" else None
     module = TextFinetuneModule(model, config, val, len(loader))
     _quiet_lightning()
     trainer = pl.Trainer(
@@ -405,6 +427,7 @@ def finetune_text(
         "num_train": len(fit_idx),
         "num_val": len(val_idx),
         "num_test": len(test.labels),
+        "head": {"init": config.head_init, **(head or {})},
         "config": {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in ("progress", "augment_options")},
     }
@@ -453,6 +476,7 @@ def evaluate_models(
     baseline: bool = True,
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
+    finetune_head: str = "random",
     scratch_lr: float = SCRATCH_LR,
     max_length: int | None = 128,
     batch_size: int = 64,
@@ -480,6 +504,9 @@ def evaluate_models(
         raise SelfsupError(f"{train.source}: the labels hold a single class")
     if int(seeds) < 1:
         raise SelfsupError(f"--seeds must be at least 1, got {seeds}")
+    if finetune_head not in HEAD_INITS:
+        raise SelfsupError(f"--finetune-head must be one of {', '.join(HEAD_INITS)}, "
+                           f"not {finetune_head!r}")
     draws = [seed + k for k in range(int(seeds))]
     subsets = {(budget_name(b), s): label_subset(train_y, b, s) for b in budgets for s in draws}
     needed = np.unique(np.concatenate(list(subsets.values())))
@@ -522,8 +549,9 @@ def evaluate_models(
                 TextSplit(test_tokens, test_y, pad_id))
 
     base_config = text_finetune_config(minutes=finetune_minutes, epochs=finetune_epochs,
-                                       seed=seed, progress=progress)
-    scratch_config = dataclasses.replace(base_config, lr=scratch_lr)
+                                       seed=seed, progress=progress, head_init=finetune_head)
+    # From scratch the features are random: a probe of them is no head start.
+    scratch_config = dataclasses.replace(base_config, lr=scratch_lr, head_init="random")
     rows_out = []
     for budget in budgets:
         name = budget_name(budget)
@@ -722,6 +750,7 @@ def evaluate_text_model(
     baseline: bool = True,
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
+    finetune_head: str = "random",
     max_length: int | None = 128,
     seed: int = 0,
     seeds: int = 1,
@@ -746,7 +775,8 @@ def evaluate_text_model(
         loaded, train, held, start=start_model,
         budgets=parse_text_budgets(fractions, labels_per_class), finetune=protocol == "finetune",
         baseline=baseline, finetune_minutes=finetune_minutes, finetune_epochs=finetune_epochs,
-        max_length=max_length, seed=seed, seeds=seeds, progress=progress,
+        finetune_head=finetune_head, max_length=max_length, seed=seed, seeds=seeds,
+        progress=progress,
         embeddings_out=embeddings_out,
     )
     result["run"] = str(out) if out is not None else loaded.source
