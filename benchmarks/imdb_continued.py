@@ -35,7 +35,8 @@ file); everything scales by flags. Run it on an otherwise idle machine: a fine-t
 at ``--finetune-minutes`` even if its epochs are not done, so other load can cut one contender's
 fine-tuning short (each run's ``steps`` and ``seconds`` are in the results file).
 ``--head-warmup`` and ``--warmup-fraction`` pass the mlm method's head warm-up and the
-learning-rate warm-up of the continued run.
+learning-rate warm-up of the continued run; ``--finetune-head probe`` fine-tunes the pre-trained
+contenders from a linear-probe head (LP-FT; `selfsup evaluate --finetune-head`).
 
 Writes benchmarks/results/imdb_continued.{json,md}.
 
@@ -86,13 +87,13 @@ FULL = {"minutes": 10.0, "scratch_minutes": 5.0, "finetune_minutes": 2.5, "finet
         "test_size": 1000, "train_size": 2000, "probe_size": 1000, "probe_every": 100,
         "seeds": 3, "head_warmup": 0.0, "warmup_fraction": 0.06, "max_length": 128,
         "labels_per_class": 100, "cls_train_size": 2000, "cls_test_size": 1000,
-        "batch_size": 16, "max_documents": None,
+        "batch_size": 16, "max_documents": None, "finetune_head": "random",
         "scratch_model": {"dim": 256, "layers": 4, "heads": 4}}
 QUICK = {"minutes": 0.3, "scratch_minutes": 0.2, "finetune_minutes": 0.1, "finetune_epochs": 1,
          "test_size": 60, "train_size": 120, "probe_size": 60, "probe_every": 3,
          "seeds": 2, "head_warmup": 0.0, "warmup_fraction": 0.06, "max_length": 64,
          "labels_per_class": 10, "cls_train_size": 120, "cls_test_size": 60,
-         "batch_size": 8, "max_documents": 400,
+         "batch_size": 8, "max_documents": 400, "finetune_head": "random",
          "scratch_model": {"dim": 64, "layers": 2, "heads": 2}}
 
 
@@ -192,7 +193,8 @@ def run_benchmark(args: argparse.Namespace, settings: dict[str, Any]) -> dict[st
     finetune = not args.no_finetune
     eval_options = {"finetune": finetune, "baseline": True, "finetune_minutes":
                     s["finetune_minutes"], "finetune_epochs": s["finetune_epochs"],
-                    "max_length": s["max_length"], "seed": seed}
+                    "finetune_head": s["finetune_head"], "max_length": s["max_length"],
+                    "seed": seed}
     # 100 labels per class over several label subsets (the target's row: one subset's
     # fine-tuning is too noisy to read a 2-point gain from); all labels once.
     log.info("IMDB: continued vs starting vs from scratch, %d label subsets", s["seeds"])
@@ -275,7 +277,9 @@ def markdown(result: dict[str, Any]) -> str:
            f"the run, learning-rate warm-up over {s['warmup_fraction']:.0%}"
            if s.get("head_warmup") else "") + "). Test: "
         f"{imdb['test_data']} ({imdb['num_test']} reviews); training labels from "
-        f"{imdb['train_data']}. Texts cut to {imdb['max_length']} tokens. Test accuracy (%).",
+        f"{imdb['train_data']}. Texts cut to {imdb['max_length']} tokens"
+        + ("; fine-tuning starts from a linear-probe head (LP-FT)"
+           if s.get("finetune_head") == "probe" else "") + ". Test accuracy (%).",
         "",
         *(["**--quick smoke run**: the budgets are far too small for these numbers to say "
            "anything about continued pre-training; it only shows the pipeline runs.", ""]
@@ -355,6 +359,9 @@ def main() -> None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                                 help=f"[{value}; --quick: {QUICK[key]}]")
+    parser.add_argument("--finetune-head", choices=("random", "probe"), default=None,
+                        help="the fine-tuning head starts near zero (random) or as a linear probe "
+                             "of the frozen features (probe: LP-FT) [random]")
     parser.add_argument("--no-finetune", action="store_true",
                         help="probes only (no fine-tuning of the whole encoder)")
     parser.add_argument("--throughput-texts", type=int, default=None,
