@@ -143,7 +143,7 @@ def run_benchmark(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]
     pretrain_file = Path(args.run) / "pretrain.json"
     pretrain = json.loads(pretrain_file.read_text()) if pretrain_file.is_file() else {}
     return {"benchmark": "imdb_finetune_diagnosis", "settings": s, "seed": args.seed,
-            "run": str(args.run), "run_steps": pretrain.get("steps"),
+            "run": str(args.run), "run_steps": pretrain.get("steps"), "run_lr": config.get("lr"),
             "run_method_options": config.get("method_options"),
             "held_out": held.source, "pool": pool.source, "models": results,
             "gain_points": gains,
@@ -169,7 +169,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# IMDB: why continued MLM makes MiniLM worse to fine-tune (training data only)",
         "",
-        f"Continued run: `{result['run']}` ({result['run_steps']} steps). Scored on "
+        f"Continued run: `{result['run']}` ({result['run_steps']} steps"
+        + (f", peak lr {result['run_lr']:g}" if result.get("run_lr") else "") + "). Scored on "
         f"{result['held_out']}; labels: {s['labels_per_class']} per class from "
         f"{result['pool']}, the label subsets of `imdb_continued.py` (seeds "
         f"{', '.join(map(str, seeds))}). IMDB test is not read. Accuracy (%).",
@@ -207,8 +208,8 @@ def markdown(result: dict[str, Any]) -> str:
         "means the embeddings crowd together. Mean cosine: two random reviews' embeddings.",
         "",
         f"Wall time {result['seconds'] / 60:.1f} min. Reproduce: `.venv/bin/python "
-        "benchmarks/imdb_continued.py --work W`, then `.venv/bin/python "
-        "benchmarks/imdb_finetune_diagnosis.py --run W/continued`.",
+        "benchmarks/imdb_finetune_diagnosis.py --run RUN`, RUN being the continued run above "
+        "(`benchmarks/imdb_continued.py --work W` leaves its run in W/continued).",
         "",
     ]
     return "\n".join(lines)
