@@ -98,16 +98,23 @@ def geometry(features: np.ndarray) -> dict[str, float]:
 
 def diagnose(name: str, model: TextModel, pool: LabelledText, held: LabelledText,
              s: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Probes and both fine-tuning recipes of one model on every label subset."""
-    pool_tokens = tokenize_texts(model, pool.texts, s["max_length"], what="pool reviews")
+    """Probes and both fine-tuning recipes of one model on every label subset. Only the pool
+    reviews some subset holds are tokenised and embedded."""
+    budget = LabelBudget(per_class=s["labels_per_class"])
+    subsets = {k: label_subset(pool.labels, budget, k) for k in range(seed, seed + s["seeds"])}
+    needed = np.unique(np.concatenate(list(subsets.values())))
+    labelled = pool.subset(needed)
+    labelled_tokens = tokenize_texts(model, labelled.texts, s["max_length"], what="pool reviews")
     held_tokens = tokenize_texts(model, held.texts, s["max_length"], what="held-out reviews")
-    pool_x = text_features(model.encoder, pool_tokens, model.pad_id, precision="auto")
+    labelled_x = text_features(model.encoder, labelled_tokens, model.pad_id, precision="auto")
     held_x = text_features(model.encoder, held_tokens, model.pad_id, precision="auto")
+    labelled_split = TextSplit(labelled_tokens, labelled.labels, model.pad_id)
     held_split = TextSplit(held_tokens, held.labels, model.pad_id)
     runs = []
-    for s_seed in range(seed, seed + s["seeds"]):
-        rows = label_subset(pool.labels, LabelBudget(per_class=s["labels_per_class"]), s_seed)
-        probes = probe_subset(pool_x[rows], pool.labels[rows], held_x, held.labels, s_seed, 0.2)
+    for s_seed, rows in subsets.items():
+        local = np.searchsorted(needed, rows)  # positions in `labelled`
+        probes = probe_subset(labelled_x[local], labelled.labels[local], held_x, held.labels,
+                              s_seed, 0.2)
         run: dict[str, Any] = {"seed": s_seed, "num_labels": int(len(rows)),
                                "linear": probes["linear"]["accuracy"],
                                "knn": probes["knn"]["accuracy"]}
@@ -116,8 +123,7 @@ def diagnose(name: str, model: TextModel, pool: LabelledText, held: LabelledText
             config = text_finetune_config(minutes=s["finetune_minutes"],
                                           epochs=s["finetune_epochs"], seed=s_seed,
                                           head_init=head)
-            result = finetune_text(copy.deepcopy(model.encoder),
-                                   TextSplit(pool_tokens, pool.labels, model.pad_id).subset(rows),
+            result = finetune_text(copy.deepcopy(model.encoder), labelled_split.subset(local),
                                    held_split, 2, config)
             run[head] = result["accuracy"]
             run[f"{head}_detail"] = {k: result[k] for k in ("steps", "seconds", "val_accuracy",
