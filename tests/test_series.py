@@ -242,6 +242,8 @@ def test_block_mask_covers_the_requested_ratio(ratio):
 @pytest.mark.parametrize("make", [
     lambda: DilatedCNN(2, hidden=8, depth=3, embed_dim=16),
     lambda: PatchTransformer(2, patch_size=4, embed_dim=16, depth=2, heads=2),
+    lambda: DilatedCNN(2, hidden=8, depth=3, embed_dim=16, pyramid=3),
+    lambda: PatchTransformer(2, patch_size=4, embed_dim=16, depth=2, heads=2, pyramid=2),
 ])
 def test_encoders_ignore_padding_and_read_nan_padding(make):
     torch.manual_seed(0)
@@ -254,10 +256,37 @@ def test_encoders_ignore_padding_and_read_nan_padding(make):
         nan_padded[1, :, 9:] = float("nan")
         from_nan = enc(nan_padded)
         feats, valid = enc.features(x, lens)
-    assert both.shape == (2, 16)
+    assert both.shape == (2, 16 * (2**enc.pyramid - 1)) == (2, enc.embed_dim)
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(both, from_nan, atol=1e-5, rtol=1e-5)
     assert feats.shape[0] == 2 and valid[1].sum() == -(-9 // enc.token_size)
+
+
+def test_pyramid_pool_takes_the_max_over_whole_halves_and_quarters_of_each_length():
+    enc = DilatedCNN(1, hidden=4, depth=1, embed_dim=3, pyramid=3)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 8, 3)
+    valid = torch.arange(8)[None, :] < torch.tensor([8, 5, 2])[:, None]
+    pooled = enc.pool(feats, valid)
+    assert pooled.shape == (3, 21) and torch.isfinite(pooled).all()
+    # 8 valid steps: the pieces are the adaptive max pools over 1, 2 and 4 equal parts
+    whole = torch.cat([F.adaptive_max_pool1d(feats[:1].transpose(1, 2), k).transpose(1, 2)
+                       .flatten(1) for k in (1, 2, 4)], dim=1)
+    torch.testing.assert_close(pooled[:1], whole)
+    # 5 valid steps: halves [0, 3) [2, 5); quarters [0, 2) [1, 3) [2, 4) [3, 5); padding unseen
+    pieces = [(0, 5), (0, 3), (2, 5), (0, 2), (1, 3), (2, 4), (3, 5)]
+    expected = torch.cat([feats[1, a:b].amax(0) for a, b in pieces])
+    torch.testing.assert_close(pooled[1], expected)
+    # 2 valid steps: every piece still holds one
+    pieces = [(0, 2), (0, 1), (1, 2), (0, 1), (0, 1), (1, 2), (1, 2)]
+    torch.testing.assert_close(pooled[2], torch.cat([feats[2, a:b].amax(0) for a, b in pieces]))
+    # one level is TS2Vec's max over the series, as wide as a step's feature
+    plain = DilatedCNN(1, hidden=4, depth=1, embed_dim=3)
+    assert plain.embed_dim == plain.feature_dim == 3
+    torch.testing.assert_close(plain.pool(feats, valid), pooled[:, :3])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SelfsupError, match="pyramid must be a whole number"):
+            DilatedCNN(1, pyramid=bad)
 
 
 def test_encoders_refuse_wrong_channels_and_short_series():
@@ -341,6 +370,9 @@ def _train(method, x, lens, steps=4):
     (TSContrast, lambda: PatchTransformer(2, patch_size=4, embed_dim=16, depth=1, heads=2)),
     (TSMask, lambda: DilatedCNN(2, hidden=8, depth=2, embed_dim=16)),
     (TSMask, lambda: PatchTransformer(2, patch_size=4, embed_dim=16, depth=1, heads=2)),
+    (TSContrast, lambda: DilatedCNN(2, hidden=8, depth=2, embed_dim=16, pyramid=2)),
+    (TSMask, lambda: PatchTransformer(2, patch_size=4, embed_dim=16, depth=1, heads=2,
+                                      pyramid=2)),
 ])
 def test_methods_train_on_variable_lengths(method_class, encoder):
     torch.manual_seed(0)
@@ -348,7 +380,7 @@ def test_methods_train_on_variable_lengths(method_class, encoder):
     info = DataInfo(channels=2, num_images=6, length=32, extra={"min_length": 12})
     method = method_class(encoder(), info)
     losses, out = _train(method, x, lens)
-    assert all(np.isfinite(losses)) and out.embeddings.shape == (6, 16)
+    assert all(np.isfinite(losses)) and out.embeddings.shape == (6, method.encoder.embed_dim)
     if method_class is TSMask:
         errors = method.reconstruction_error(x, lens)
         assert errors.shape == (6,) and (errors > 0).all()

@@ -50,7 +50,7 @@ class TSMask(SeriesMethod):
         super().__init__(*args, **kwargs)
         self.unit = getattr(self.encoder, "token_size", 1)
         self.block = self.unit if self.unit > 1 else self.options.span
-        self.head = nn.Linear(self.encoder.embed_dim, self.encoder.in_channels * self.unit)
+        self.head = nn.Linear(self.encoder.feature_dim, self.encoder.in_channels * self.unit)
 
     def reconstruct(
         self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor

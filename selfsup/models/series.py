@@ -7,10 +7,13 @@ series reader hands out. Both normalise each channel with statistics stored in t
 an exported encoder needs no separate preprocessing recipe.
 
 ``forward`` returns one embedding per series (B, embed_dim); ``features`` returns per-token
-features (B, N, embed_dim) with a validity mask, where a token is one step (CNN) or one patch of
-``token_size`` steps (transformer). Methods use ``features`` with an optional (B, L) step mask:
-masked steps (or patches) are replaced by a learned mask token before the network, which is
-TS2Vec's timestamp masking and the masked-patch pretext's input at once.
+features (B, N, feature_dim) with a validity mask, where a token is one step (CNN) or one patch of
+``token_size`` steps (transformer). The embedding is the max over each piece of a temporal
+pyramid of ``pyramid`` levels: with the default 1, the max over the whole series (TS2Vec's
+instance representation), so ``embed_dim == feature_dim``. Methods use ``features`` with an
+optional (B, L) step mask: masked steps (or patches) are replaced by a learned mask token
+before the network, which is TS2Vec's timestamp masking and the masked-patch pretext's input at
+once.
 """
 
 from __future__ import annotations
@@ -37,16 +40,23 @@ def lengths_from_nan(x: torch.Tensor) -> torch.Tensor:
 class SeriesEncoder(nn.Module):
     """Base of the series encoders: channel check, normalisation, length and padding handling."""
 
-    embed_dim: int
+    feature_dim: int  # width of each token's feature
     token_size: int = 1  # steps per feature token
     min_length: int = 1  # the shortest series the encoder accepts
 
     def __init__(
-        self, in_channels: int, mean: list[float] | None = None, std: list[float] | None = None
+        self,
+        in_channels: int,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        pyramid: int = 1,
     ) -> None:
         super().__init__()
         if in_channels < 1:
             raise SelfsupError(f"a series encoder needs at least one channel, not {in_channels}")
+        if not isinstance(pyramid, int) or isinstance(pyramid, bool) or pyramid < 1:
+            raise SelfsupError(f"pyramid must be a whole number of levels >= 1, not {pyramid!r}")
+        self.pyramid = pyramid
         mean = mean if mean is not None else [0.0] * in_channels
         std = std if std is not None else [1.0] * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
@@ -91,7 +101,7 @@ class SeriesEncoder(nn.Module):
         lengths: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token features (B, N, embed_dim) float32 and their validity (B, N) bool.
+        """Per-token features (B, N, feature_dim) float32 and their validity (B, N) bool.
 
         Always float32, also inside the engine's bf16 autocast: on CPU, PyTorch's bf16 dilated
         Conv1d is about 15x slower than float32 (measured here), and these models are too
@@ -108,9 +118,35 @@ class SeriesEncoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool(*self.features(x, lengths))
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of a series' embedding: one feature per pyramid piece (1 + 2 + 4 + ...)."""
+        return self.feature_dim * (2**self.pyramid - 1)
+
     def pool(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Max over the valid tokens (TS2Vec's instance representation, Yue et al. 2022)."""
-        return feats.masked_fill(~valid[:, :, None], float("-inf")).amax(dim=1)
+        """The series embedding (B, embed_dim): the max over the valid tokens of the whole
+        series (TS2Vec's instance representation, Yue et al. 2022), then, for each further
+        pyramid level l, of each of its 2^l equal pieces, concatenated.
+
+        Max pooling over the whole series forgets *when* a feature fired; the pieces keep a
+        coarse order, as spatial pyramid pooling does for images (Lazebnik et al. 2006, He et
+        al. 2014). Each piece's max is TS2Vec's own representation of that sub-series. Pieces
+        split each series' own valid length (not the padded one), and hold at least one token.
+        """
+        hidden = feats.masked_fill(~valid[:, :, None], float("-inf"))
+        if self.pyramid == 1:
+            return hidden.amax(dim=1)
+        n = valid.sum(dim=1, keepdim=True)  # (B, 1) valid tokens per series
+        tokens = torch.arange(feats.shape[1], device=feats.device)[None, :]
+        pieces = []
+        for level in range(self.pyramid):
+            k = 2**level
+            for j in range(k):
+                start = torch.div(j * n, k, rounding_mode="floor")
+                end = torch.maximum(start + 1, -torch.div(-(j + 1) * n, k, rounding_mode="floor"))
+                inside = (tokens >= start) & (tokens < end)  # (B, N)
+                pieces.append(hidden.masked_fill(~inside[:, :, None], float("-inf")).amax(dim=1))
+        return torch.cat(pieces, dim=1)
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample embeddings (B, embed_dim); an alias of ``forward`` named for readers."""
@@ -153,13 +189,14 @@ class DilatedCNN(SeriesEncoder):
         depth: int = 6,
         embed_dim: int = 128,
         kernel_size: int = 3,
+        pyramid: int = 1,
     ) -> None:
-        super().__init__(in_channels, mean, std)
+        super().__init__(in_channels, mean, std, pyramid)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise SelfsupError(f"kernel_size must be odd and positive, not {kernel_size}")
         if depth < 1 or hidden < 1 or embed_dim < 1:
             raise SelfsupError("depth, hidden and embed_dim must be positive")
-        self.embed_dim = embed_dim
+        self.feature_dim = embed_dim  # each step's; the series embedding is pyramid-wide
         self.min_length = kernel_size
         self.input = nn.Linear(in_channels, hidden)
         self.mask_token = nn.Parameter(torch.zeros(hidden))
@@ -212,13 +249,14 @@ class PatchTransformer(SeriesEncoder):
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
+        pyramid: int = 1,
     ) -> None:
-        super().__init__(in_channels, mean, std)
+        super().__init__(in_channels, mean, std, pyramid)
         if patch_size < 1:
             raise SelfsupError(f"patch_size must be positive, not {patch_size}")
         if embed_dim % heads:
             raise SelfsupError(f"embed_dim {embed_dim} must be a multiple of heads {heads}")
-        self.embed_dim = embed_dim
+        self.feature_dim = embed_dim  # each patch's; the series embedding is pyramid-wide
         self.token_size = patch_size
         self.min_length = patch_size
         self.patch = nn.Linear(in_channels * patch_size, embed_dim)
@@ -251,7 +289,7 @@ class PatchTransformer(SeriesEncoder):
         if mask is not None:  # a patch is masked when its first step is
             patch_mask = F.pad(mask, (0, tokens * p - length))[:, ::p]
             h = torch.where(patch_mask[:, :, None], self.mask_token.to(h.dtype), h)
-        h = h + _sincos(tokens, self.embed_dim, x.device).to(h.dtype)[None]
+        h = h + _sincos(tokens, self.feature_dim, x.device).to(h.dtype)[None]
         valid = torch.arange(tokens, device=x.device)[None, :] * p < lengths[:, None]
         h = self.blocks(h, src_key_padding_mask=~valid)
         return self.norm(h), valid
