@@ -284,8 +284,8 @@ def test_pyramid_pool_takes_the_max_over_whole_halves_and_quarters_of_each_lengt
     plain = DilatedCNN(1, hidden=4, depth=1, embed_dim=3)
     assert plain.embed_dim == plain.feature_dim == 3
     torch.testing.assert_close(plain.pool(feats, valid), pooled[:, :3])
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(SelfsupError, match="pyramid must be a whole number"):
+    for bad in (0, -1, 9, 1.5, True):
+        with pytest.raises(SelfsupError, match="pyramid must be a whole number of levels from"):
             DilatedCNN(1, pyramid=bad)
 
 

@@ -6,7 +6,8 @@ masking); the features of the overlapping steps must agree, at every scale of a 
 pyramid, in two ways: *temporal* (a step's feature picks its partner in the other view among
 all steps of both views of that series) and *instance* (a series' feature at a step picks
 its partner among all series of the batch at that step). The instance-level representation is
-the max over the steps (the encoder's ``forward``).
+the max over the steps (the encoder's ``forward``; its ``pyramid`` option adds the max over the
+halves, quarters, ... of the series).
 
 Differences from the paper: timestamp masking is off unless ``mask_p`` asks for it (see
 :class:`TSContrastOptions`); for variable-length batches, the overlap length is shared by the

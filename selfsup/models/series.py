@@ -54,8 +54,10 @@ class SeriesEncoder(nn.Module):
         super().__init__()
         if in_channels < 1:
             raise SelfsupError(f"a series encoder needs at least one channel, not {in_channels}")
-        if not isinstance(pyramid, int) or isinstance(pyramid, bool) or pyramid < 1:
-            raise SelfsupError(f"pyramid must be a whole number of levels >= 1, not {pyramid!r}")
+        if not isinstance(pyramid, int) or isinstance(pyramid, bool) or not 1 <= pyramid <= 8:
+            raise SelfsupError(
+                f"pyramid must be a whole number of levels from 1 to 8, not {pyramid!r}"
+            )
         self.pyramid = pyramid
         mean = mean if mean is not None else [0.0] * in_channels
         std = std if std is not None else [1.0] * in_channels
