@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,31 @@ def pretrain(
         resolved = prepare(resolved)
     resolved = with_default_encoder(resolved)
     check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
+    created = not run.path.exists()
     run.path.mkdir(parents=True, exist_ok=True)
-    if probe_data is not None:  # read now: a bad probe file fails before any training
-        from selfsup.evaluate.probe_curve import probe_curve_callback
+    try:
+        if probe_data is not None:  # read now: a bad probe file fails before any training
+            from selfsup.evaluate.probe_curve import probe_curve_callback
 
-        if METHODS.get(resolved.method).modality != "text":
-            raise SelfsupError("--probe-data (the probe curve) is for text methods only")
-        length = int(resolved.data_options.get("block_size") or 128)  # what the method sees
-        callbacks = [*(callbacks or []), probe_curve_callback(
-            probe_data, probe_every, seed=resolved.seed, max_length=length)]
-    data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved)
-    fit(resolved, data_set, run, resume=resume, callbacks=callbacks)
+            if METHODS.get(resolved.method).modality != "text":
+                raise SelfsupError("--probe-data (the probe curve) is for text methods only")
+            length = int(resolved.data_options.get("block_size") or 128)  # what the method sees
+            callbacks = [*(callbacks or []), probe_curve_callback(
+                probe_data, probe_every, seed=resolved.seed, max_length=length)]
+        data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved)
+        fit(resolved, data_set, run, resume=resume, callbacks=callbacks)
+    except BaseException:
+        if created:
+            _remove_if_no_files(run.path)
+        raise
     return run
+
+
+def _remove_if_no_files(path: Path) -> None:
+    """Remove a run folder this call created when a failure left no file in it (bad data, a
+    series too short for the encoder): an empty folder only clutters the user's runs."""
+    if not any(p.is_file() for p in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def evaluate_text_model(model: str | Path, data: str, test: str | None = None,

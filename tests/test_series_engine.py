@@ -88,6 +88,20 @@ def test_too_short_series_for_the_patch_is_refused(series_npz, tmp_path):
                  batch_size=8, encoder_options={"patch_size": 64, "embed_dim": 16, "depth": 1,
                                                 "heads": 2},
                  data_options={"split": "train"}, progress=False, monitor_size=0)
+    assert not (tmp_path / "short").exists()  # the failed run leaves no empty folder behind
+
+
+def test_bad_data_leaves_no_run_folder_but_keeps_one_that_was_there(tmp_path):
+    x = np.random.default_rng(0).normal(size=(8, 1, 16)).astype(np.float32)
+    x[3, 0, 5] = np.nan
+    np.savez(tmp_path / "gap.npz", X=x)
+    for out in (tmp_path / "new", tmp_path / "mine"):
+        if out.name == "mine":
+            out.mkdir()  # the user's own folder, empty: never removed
+        with pytest.raises(SelfsupError, match="series 3 has a missing value"):
+            pretrain("ts-contrast", data=str(tmp_path / "gap.npz"), out=str(out), steps=1,
+                     batch_size=4, progress=False, monitor_size=0)
+    assert not (tmp_path / "new").exists() and (tmp_path / "mine").is_dir()
 
 
 def test_the_label_efficiency_sweep_and_report_work_unchanged_on_a_series_run(
