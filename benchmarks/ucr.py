@@ -44,9 +44,11 @@ sys.path[:0] = [str(REPO)]
 
 from selfsup import atomic  # noqa: E402
 from selfsup.api import pretrain  # noqa: E402
+from selfsup.cli import key_value_pairs  # noqa: E402
 from selfsup.config import build_config  # noqa: E402
 from selfsup.data.series import SeriesData, load_series  # noqa: E402
 from selfsup.engine import fit  # noqa: E402
+from selfsup.errors import SelfsupError  # noqa: E402
 from selfsup.evaluate.anomaly import batched_scores, knn_scores, roc_auc  # noqa: E402
 from selfsup.evaluate.features import extract_features  # noqa: E402
 from selfsup.evaluate.probes import (  # noqa: E402
@@ -361,19 +363,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["mask_p=0.5"]`` -> ``{"mask_p": 0.5}`` (values read as YAML scalars)."""
-    import yaml
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{flag} takes KEY=VALUE, not {pair!r}")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: two sets, few steps")
@@ -392,8 +381,13 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is absent: the benchmark needs the shared data")
-    setting = Setting(method_options=parse_options(args.method_option, "--method-option"))
-    setting.encoder_options.update(parse_options(args.encoder_option, "--encoder-option"))
+    try:  # the CLI's own KEY=VALUE reading (values as YAML)
+        method_options = key_value_pairs(args.method_option, "--method-option") or {}
+        encoder_options = key_value_pairs(args.encoder_option, "--encoder-option") or {}
+    except SelfsupError as error:
+        raise SystemExit(str(error)) from None
+    setting = Setting(method_options=method_options)
+    setting.encoder_options.update(encoder_options)
     names = args.datasets or list(DATASETS)
     if args.quick:
         setting = dataclasses.replace(setting, steps=10, big_steps=10, anomaly_steps=10)

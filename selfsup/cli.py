@@ -26,7 +26,7 @@ app = typer.Typer(
 console = Console()
 
 
-def _pairs(values: list[str] | None, option: str) -> dict[str, Any] | None:
+def key_value_pairs(values: list[str] | None, option: str) -> dict[str, Any] | None:
     """KEY=VALUE strings -> a mapping; values are read as YAML (numbers, lists, booleans)."""
     if not values:
         return None
@@ -198,11 +198,11 @@ def pretrain(
         num_workers=num_workers,
         checkpoint_minutes=checkpoint_minutes,
         checkpoint_steps=checkpoint_steps,
-        method_options=_pairs(method_option, "--method-option"),
-        augment_options=_pairs(augment_option, "--augment-option"),
-        encoder_options=_pairs(encoder_option, "--encoder-option"),
+        method_options=key_value_pairs(method_option, "--method-option"),
+        augment_options=key_value_pairs(augment_option, "--augment-option"),
+        encoder_options=key_value_pairs(encoder_option, "--encoder-option"),
         data_options=_text_options(
-            _pairs(data_option, "--data-option"),
+            key_value_pairs(data_option, "--data-option"),
             tokenizer=tokenizer,
             vocab_size=vocab_size,
             block_size=block_size,
@@ -413,9 +413,9 @@ def evaluate(
             max_length=max_length, seed=seed,
             seeds=seeds if fractions is not None or labels_per_class is not None else 1,
             test_size=test_size, progress=progress,
-            data_options={**(_pairs(data_option, "--data-option") or {}),
+            data_options={**(key_value_pairs(data_option, "--data-option") or {}),
                           **{k: v for k, v in fields.items() if v is not None}},
-            test_options=_pairs(test_option, "--test-option"),
+            test_options=key_value_pairs(test_option, "--test-option"),
         ))
         return
     if finetune_head != "random":
@@ -428,8 +428,8 @@ def evaluate(
                           seeds=seeds, baseline=baseline, baseline_minutes=baseline_minutes,
                           baseline_steps=baseline_steps, skip_bad=skip_bad, progress=progress,
                           finetune_minutes=finetune_minutes if protocol == "finetune" else None,
-                          data_options=_pairs(data_option, "--data-option"),
-                          test_options=_pairs(test_option, "--test-option")))
+                          data_options=key_value_pairs(data_option, "--data-option"),
+                          test_options=key_value_pairs(test_option, "--test-option")))
         return
     from selfsup.evaluate import evaluate as run_evaluate
 
@@ -454,8 +454,8 @@ def evaluate(
         progress=progress,
         finetune_minutes=finetune_minutes if protocol == "finetune" else None,
         finetune_fractions=finetune_at,
-        data_options=_pairs(data_option, "--data-option"),
-        test_options=_pairs(test_option, "--test-option"),
+        data_options=key_value_pairs(data_option, "--data-option"),
+        test_options=key_value_pairs(test_option, "--test-option"),
         clip_options=clip_options,
     )
     if "zero_shot" in result or "retrieval" in result:
@@ -661,7 +661,7 @@ def prepare_cmd(
     manifest = prepare(
         path, out, repeat=repeat, shard_bytes=int(shard_size_mb * 2**20), image_size=image_size,
         skip_bad=skip_bad, cache_dir=cache_dir,
-        data_options=_pairs(data_option, "--data-option"), progress=progress,
+        data_options=key_value_pairs(data_option, "--data-option"), progress=progress,
     )
     if manifest["modality"] == "text":
         what = f"documents ({manifest['characters']:,} characters)"

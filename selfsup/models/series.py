@@ -136,13 +136,10 @@ class SeriesEncoder(nn.Module):
         split each series' own valid length (not the padded one), and hold at least one token.
         """
         hidden = feats.masked_fill(~valid[:, :, None], float("-inf"))
-        if self.pyramid == 1:
-            return hidden.amax(dim=1)
+        pieces = [hidden.amax(dim=1)]  # level 0: the whole series (valid tokens are a prefix)
         n = valid.sum(dim=1, keepdim=True)  # (B, 1) valid tokens per series
         tokens = torch.arange(feats.shape[1], device=feats.device)[None, :]
-        pieces = []
-        for level in range(self.pyramid):
-            k = 2**level
+        for k in (2**level for level in range(1, self.pyramid)):
             for j in range(k):
                 start = torch.div(j * n, k, rounding_mode="floor")
                 end = torch.maximum(start + 1, -torch.div(-(j + 1) * n, k, rounding_mode="floor"))
