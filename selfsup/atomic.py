@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from selfsup.errors import SelfsupError
+from selfsup.errors import DiskFull, SelfsupError
 
 
 @contextlib.contextmanager
@@ -33,17 +33,28 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file 0600 (and a writer may replace it with its own); the result
+        # gets the mode any new file would (0644 under the usual umask 022), so teammates on a
+        # shared disk can read the weights, embeddings and reports.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         if error.errno == errno.ENOSPC:
-            raise SelfsupError(f"no space left on the device while writing {target}") from None
+            raise DiskFull(str(target)) from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -112,4 +123,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as error:  # torch's zip writer reports a full disk this way
+                raise _write_error(Path(path), error) from None
+
+
+def _write_error(target: Path, error: RuntimeError) -> OSError:
+    """torch.save's RuntimeError as the OSError it stands for: ENOSPC when the disk is (all
+    but) full, so that callers handle one kind of failure; else an EIO naming the cause."""
+    usage = shutil.disk_usage(target.parent)
+    if usage.free < max(64 * 2**20, usage.total // 100):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: {str(error).splitlines()[0]}",
+                   str(target))

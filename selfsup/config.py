@@ -26,7 +26,9 @@ class PretrainConfig:
     """Everything a pre-training run needs; every field is also a CLI option and a YAML key."""
 
     method: str = "simclr"
-    data: str = "digits"
+    # None: the user named no data, which is refused (``digits`` is the built-in example data;
+    # nothing trains on it unless asked).
+    data: str | None = None
     out: str | None = None
     # Budget: the first one reached ends the run. With none given, ``minutes`` defaults to 5.
     minutes: float | None = None
@@ -97,6 +99,14 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SelfsupError(f"{name} must be positive, not {value}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise SelfsupError(
+                f"image_size {self.image_size} is too large: each image would take "
+                f"{_bytes(3 * self.image_size**2)} decoded; at most {MAX_IMAGE_SIZE} "
+                "(these encoders are built for 32 to 224 pixels)"
+            )
+        if self.out is not None and not self.out.strip():
+            raise SelfsupError("out must name a run directory, not an empty string")
         for name in ("weight_decay", "num_workers", "monitor_size", "grad_clip"):
             if (getattr(self, name) or 0) < 0:
                 raise SelfsupError(f"{name} must not be negative, not {getattr(self, name)}")
@@ -135,6 +145,19 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: The largest --image-size: 4096 x 4096 x 3 is 48 MiB an image, already far past what these
+#: encoders train on; 100,000 would be a 30 GB image and terabytes of decode cache.
+MAX_IMAGE_SIZE = 4096
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
 
 
 def config_fields(cls: type = PretrainConfig) -> dict[str, Any]:
@@ -247,11 +270,42 @@ def resolve_config(
 
 
 def options_dataclass(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Build a method's or augmentation's own options dataclass from a user mapping."""
+    """Build a method's or augmentation's own options dataclass from a user mapping; numbers
+    are range-checked by name (:func:`check_option_ranges`)."""
     try:
-        return build_config(values, cls)
+        options = build_config(values, cls)
+        check_option_ranges(dataclasses.asdict(options))
     except SelfsupError as error:
         raise SelfsupError(f"{what}: {error}") from None
+    return options
+
+
+# What a method option's name says of its range. Temperatures divide logits (0 is a NaN step,
+# a negative one turns the loss upside down); sizes, widths and counts must be at least 1;
+# momenta, probabilities and ratios are fractions.
+_POSITIVE = ("temperature", "_dim", "_size", "_layers", "_heads", "_width", "_depth",
+             "_tokens", "_length", "_scale")
+_POSITIVE_NAMES = {"dim", "layers", "heads", "span", "local_crops_size"}
+_FRACTION = ("momentum", "_ratio", "_prob", "_p", "dropout", "density", "head_warmup",
+             "replace_mask", "replace_random")
+_NON_NEGATIVE = ("_weight", "eps", "lambda_", "alpha", "minutes", "images", "local_crops")
+
+
+def check_option_ranges(values: Mapping[str, Any]) -> None:
+    """Refuse a method option outside the range its name implies (see the tables above):
+    ``temperature=-1`` or ``projection_dim=0`` would otherwise train a broken model quietly or
+    fail steps later with a NaN."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if name.endswith(_POSITIVE) or "temperature" in name or name in _POSITIVE_NAMES:
+            if value <= 0:
+                raise SelfsupError(f"option {name!r} must be positive, not {value}")
+        elif name.endswith(_FRACTION) or name.startswith(_FRACTION):
+            if not 0 <= value <= 1:
+                raise SelfsupError(f"option {name!r} must be between 0 and 1, not {value}")
+        elif (name.endswith(_NON_NEGATIVE) or name.startswith(_NON_NEGATIVE)) and value < 0:
+            raise SelfsupError(f"option {name!r} must not be negative, not {value}")
 
 
 def _cuda_available() -> bool:

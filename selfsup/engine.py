@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import os
+import signal
 import time
 import typing
 import warnings
@@ -24,12 +25,19 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from rich.progress import (
+    BarColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from selfsup import atomic
 from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
-from selfsup.errors import SelfsupError
+from selfsup.errors import Interrupted, SelfsupError
 from selfsup.evaluate.probes import stratified_split
 from selfsup.methods import METHODS, Method
 from selfsup.models import ENCODERS, build_encoder
@@ -78,6 +86,10 @@ class PretrainModule(pl.LightningModule):
         self.last_embeddings: torch.Tensor | None = None
         self.progress_fraction = 0.0
         self.skipped_steps: list[int] = []  # steps whose loss was not finite (--skip-nonfinite)
+        # The last step's loss, kept in the checkpoint: a run resumed after its last step
+        # (killed while writing its final files) still reports it.
+        self.last_loss: float | None = None
+        self.steps_this_attempt = 0
 
     def _elapsed(self) -> float:
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]
@@ -116,12 +128,16 @@ class PretrainModule(pl.LightningModule):
                 )
                 self.log("train/skipped_nonfinite", float(len(self.skipped_steps)))
                 return None
+            last = os.path.join(self.trainer.default_root_dir, "checkpoints", "last.ckpt")
+            kept = (f"the last good checkpoint is {last}" if os.path.isfile(last)
+                    else "no checkpoint had been written yet")
             raise SelfsupError(
-                f"the loss became {out.loss.item()} at step {self.trainer.global_step}; "
-                f"the last good checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt"
+                f"the loss became {out.loss.item()} at step {self.trainer.global_step}; {kept}"
                 " (try a lower --lr or --precision 32, or skip such steps with --skip-nonfinite)"
             )
         self.last_embeddings = out.embeddings
+        self.last_loss = float(out.loss.detach())
+        self.steps_this_attempt += 1
         # Under DDP each rank's loss is its share of the global batch's; the logged value is
         # their mean, the global loss (one all-reduce per step).
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
@@ -148,44 +164,79 @@ class PretrainModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selfsup_generator"] = self.generator.get_state()
         checkpoint["selfsup_skipped_steps"] = list(self.skipped_steps)
+        checkpoint["selfsup_last_loss"] = self.last_loss
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "selfsup_generator" in checkpoint:
             self.generator.set_state(checkpoint["selfsup_generator"])
         self.skipped_steps = list(checkpoint.get("selfsup_skipped_steps", []))
+        self.last_loss = checkpoint.get("selfsup_last_loss")
 
 
 class RunProgressBar(RichProgressBar):
-    """Lightning's (rich) progress bar, truthful about this engine's budgets.
+    """One bar for the whole run, in the run's own budget: "step 12/40", "2.1/5.0 min" or
+    "epoch 0.4/1" (the limit furthest along, the one that ends the run), its percentage,
+    elapsed and remaining time, then the loss and the samples per second.
 
-    Lightning titles the bar "Epoch N/{max_epochs - 1}", which reads "Epoch N/-2" in a run
-    limited by steps or minutes (the engine passes max_epochs=-1 there). Here a run with
-    ``--steps`` (and no ``--epochs``) counts optimiser steps over the whole run (global step /
-    steps) under "Epoch N" with no epoch total; ``--epochs`` keeps Lightning's "Epoch N/last"
-    over each epoch's batches; a run limited by minutes alone shows "Epoch N" over the epoch.
+    Lightning's own bar restarts at every epoch and titles it "Epoch 90 ... 1/7 ... v_num: 0",
+    which says nothing about a run budgeted in minutes or steps.
     """
 
-    def _counts_steps(self) -> bool:
-        return self.trainer.max_steps > 0 and self.trainer.max_epochs in (None, -1)
+    def __init__(self, budget: Budget) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        return [TextColumn("[progress.description]{task.description}"), BarColumn(),
+                TaskProgressColumn(), TimeElapsedColumn(), TextColumn("<"),
+                TimeRemainingColumn()]
 
     @property
-    def total_train_batches(self) -> int | float:
-        if self._counts_steps():
-            return self.trainer.max_steps
-        return super().total_train_batches
+    def total_train_batches(self) -> int:
+        return 100  # the bar counts percent of the budget
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        description = f"Epoch {current_epoch}"
-        if self._counts_steps():
-            description += ", steps"
-        elif self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
-            description += f"/{self.trainer.max_epochs - 1}"
-        return description
+    def describe(self, trainer: pl.Trainer, elapsed: float) -> str:
+        """Where the run stands against the limit that ends it first."""
+        budget, step = self.budget, trainer.global_step
+        candidates = []
+        if budget.steps:
+            candidates.append((step / budget.steps, f"step {step}/{budget.steps}"))
+        if budget.epochs:
+            done = step / max(1, budget.steps_per_epoch)
+            candidates.append((done / budget.epochs, f"epoch {done:.2f}/{budget.epochs}"))
+        if budget.minutes:
+            candidates.append((elapsed / (60 * budget.minutes),
+                               f"{elapsed / 60:.1f}/{budget.minutes:g} min"))
+        text = max(candidates)[1] if candidates else f"step {step}"
+        return text if text.startswith("step") else f"{text}, step {step}"
+
+    def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.progress is None or self.is_disabled:
+            return
+        if self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(100, "pretraining")
+        elapsed = pl_module._elapsed() if isinstance(pl_module, PretrainModule) else 0.0
+        fraction = self.budget.progress(trainer, elapsed)
+        self.progress.update(self.train_progress_bar_id, completed=100 * fraction,
+                             description=self.describe(trainer, elapsed))
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(trainer, pl_module)  # one bar for the run: never reset at an epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._counts_steps():  # the bar's position is the run's step, not the epoch's batch
-            batch_idx = trainer.global_step - 1
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._sync(trainer, pl_module)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        metrics = {k: v for k, v in super().get_metrics(trainer, pl_module).items()
+                   if k != "v_num"}
+        if "train/loss" in metrics:
+            metrics = {"loss": metrics.pop("train/loss"), **metrics}
+        rates = [c.images_per_second for c in trainer.callbacks if isinstance(c, Throughput)]
+        if rates and rates[0]:
+            metrics["samples/s"] = f"{rates[0] * trainer.world_size:.1f}"
+        return metrics
 
 
 def _quiet_lightning() -> None:
@@ -202,6 +253,7 @@ def _quiet_lightning() -> None:
         ".*predict_dataloader.*",
         ".*Precision bf16-mixed is not supported by the model summary.*",
         ".*`training_step` returned `None`.*",  # --skip-nonfinite does that on purpose
+        ".*zero-element tensors is a no-op.*",  # width=0: refused just after, in words
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -310,6 +362,25 @@ def _trivial_loss(method: Method, global_batch: int) -> float | None:
     return declared(global_batch) if callable(declared) else None
 
 
+def fit_batch_to_data(config: PretrainConfig, samples: int, source: str) -> PretrainConfig:
+    """The config with a batch no larger than the data: 50 series cannot fill the default
+    batch of 256, and a run that only ever dropped its one short batch would never step.
+    The smaller batch is logged and recorded in config.yaml (what the run really used)."""
+    processes = config.devices * config.num_nodes
+    if samples >= config.batch_size * processes:
+        return config
+    fitted = samples // processes
+    if fitted < 2:  # batch statistics and in-batch negatives need two samples per process
+        raise SelfsupError(
+            f"{source} has {samples} sample(s): too few for a batch of at least 2 per process "
+            f"over {processes} process(es)"
+        )
+    log.warning("%s has %d samples, fewer than one batch of %d%s: training with batches of %d",
+                source, samples, config.batch_size,
+                f" x {processes} processes" if processes > 1 else "", fitted)
+    return dataclasses.replace(config, batch_size=fitted)
+
+
 def fit(
     config: PretrainConfig,
     data: TrainData,
@@ -336,12 +407,7 @@ def fit(
     if method_class.needs_labels and data.labels is None:
         raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
     check_processes(config)
-    if len(data) < config.batch_size * config.devices * config.num_nodes:
-        raise SelfsupError(
-            f"{data.source} has {len(data)} samples, fewer than one global batch "
-            f"({config.batch_size} per process x {config.devices * config.num_nodes} "
-            "processes); lower --batch-size"
-        )
+    config = fit_batch_to_data(config, len(data), data.source)
 
     encoder_options = {**data.encoder_inputs(), **config.encoder_options}
     try:
@@ -351,6 +417,12 @@ def fit(
             f"encoder {config.encoder!r}: bad encoder_options ({error}); "
             f"valid options: {', '.join(encoder_option_names(config.encoder) or ['(unknown)'])}"
         ) from None
+    empty = [name for name, p in encoder.named_parameters() if p.numel() == 0]
+    if empty:  # width=0 builds, then fails in the first forward pass deep inside a conv
+        raise SelfsupError(
+            f"encoder {config.encoder!r}: encoder_options {config.encoder_options} leave "
+            f"layers with no weights ({empty[0]} has a size of 0); sizes must be at least 1"
+        )
     info = data.data_info()
     method = method_class(
         encoder,
@@ -416,7 +488,7 @@ def fit(
         max_steps=config.steps or -1,
         callbacks=[
             throughput, timer, collapse, *monitors, checkpoint,
-            *method.callbacks(run), *([RunProgressBar()] if config.progress else []),
+            *method.callbacks(run), *([RunProgressBar(budget)] if config.progress else []),
             *(callbacks or []),
         ],
         logger=[
@@ -438,12 +510,16 @@ def fit(
             raise SelfsupError(f"nothing to resume: {run.last_checkpoint} does not exist")
         ckpt_path = str(run.last_checkpoint)
     started = time.monotonic()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), saying nothing
+        if not trainer.interrupted:
+            raise
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after the first
     if trainer.interrupted:
-        raise SelfsupError(
-            f"interrupted at step {trainer.global_step}; continue with --resume "
-            f"(last checkpoint: {run.last_checkpoint})"
-        )
+        raise Interrupted(_interrupted_message(config, run, trainer.global_step))
     trainer.save_checkpoint(run.last_checkpoint)  # every rank calls it; rank 0 writes
     if not trainer.is_global_zero:  # the run's files are rank 0's to write
         return method, {}
@@ -460,7 +536,10 @@ def fit(
     summary = {
         "method": config.method,
         "steps": trainer.global_step,
-        "epochs_completed": trainer.current_epoch,
+        # Whole passes over the data, and the fraction: Lightning's epoch counter reads 1
+        # after a third of an epoch when a step budget ends the run mid-epoch.
+        "epochs_completed": trainer.global_step // max(1, len(loader)),
+        "epochs": round(trainer.global_step / max(1, len(loader)), 3),
         "samples_seen": trainer.global_step * config.batch_size * processes,
         "train_seconds": timer.time_elapsed("train"),
         "this_attempt_seconds": time.monotonic() - started,
@@ -474,7 +553,7 @@ def fit(
         "num_samples": len(data),
         "skipped_inputs": len(data.skipped),
         "skipped_nonfinite_steps": len(module.skipped_steps),
-        "final_loss": _final(trainer, "train/loss"),
+        "final_loss": _final(trainer, "train/loss", module.last_loss),
         "knn_monitor_accuracy": knn.last_accuracy if knn else None,
         "collapse": collapse.last,
         "collapse_alarm": collapse.alarm,
@@ -494,9 +573,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _final(trainer: pl.Trainer, key: str) -> float | None:
+def _final(trainer: pl.Trainer, key: str, kept: float | None = None) -> float | None:
+    """The last logged value of ``key``; ``kept`` (from the checkpoint) when this attempt
+    logged none, as when a run killed during its final writes is resumed to finish them."""
     value = trainer.callback_metrics.get(key)
-    return float(value) if value is not None else None
+    return float(value) if value is not None else kept
+
+
+def _interrupted_message(config: PretrainConfig, run: RunDir, step: int) -> str:
+    if not run.last_checkpoint.is_file():
+        return (f"stopped at step {step}, before the first checkpoint: nothing of the run "
+                "is kept; start it again to train")
+    saved = _checkpoint_step(run)
+    lost = f" (steps after {saved} are lost)" if saved is not None and saved < step else ""
+    return (f"stopped at step {step}; the last checkpoint is {run.last_checkpoint}"
+            f"{f', step {saved}' if saved is not None else ''}{lost}; continue with: selfsup "
+            f"pretrain {config.method} --out {run.path} --resume")
+
+
+def _checkpoint_step(run: RunDir) -> int | None:
+    try:
+        return int(torch.load(run.last_checkpoint, map_location="cpu",
+                              weights_only=False)["global_step"])
+    except Exception:  # a step in the message is a courtesy, never a second failure
+        return None
 
 
 def _knn_monitor(data: TrainData, config: PretrainConfig) -> KnnMonitor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,6 +25,13 @@ from selfsup.evaluate.probes import knn_classify
 from selfsup.evaluate.quality import collapse_signals, collapse_threshold
 
 log = logging.getLogger("selfsup")
+
+
+def log_to_all(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` at this step to every logger (CSV and TensorBoard alike), not only the
+    first: ``trainer.logger`` is the first of them. Lightning's loggers write on rank 0 only."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, trainer.global_step)
 
 
 class KnnMonitor(pl.Callback):
@@ -61,8 +69,15 @@ class KnnMonitor(pl.Callback):
         self.last_accuracy = self.measure(pl_module)
         self.last_time = time.monotonic()
         self.seconds += self.last_time - start
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"monitor/knn_acc": self.last_accuracy}, trainer.global_step)
+        log_to_all(trainer, {"monitor/knn_acc": self.last_accuracy})
+
+    def state_dict(self) -> dict[str, float | None]:
+        # Kept in the checkpoint so that a run resumed after its last step (killed during the
+        # final writes) still reports the accuracy it reached.
+        return {"last_accuracy": self.last_accuracy}
+
+    def load_state_dict(self, state_dict: dict[str, float | None]) -> None:
+        self.last_accuracy = state_dict.get("last_accuracy")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if time.monotonic() - self.last_time >= self.every_seconds:
@@ -117,20 +132,22 @@ class CollapseMonitor(pl.Callback):
         """The std_ratio below which the embeddings count as collapsed (see the class doc)."""
         return collapse_threshold(self.reference)
 
-    def state_dict(self) -> dict[str, float | None]:
-        return {"reference": self.reference}
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "last": dict(self.last), "alarm": self.alarm,
+                "stopped": self.stopped}
 
-    def load_state_dict(self, state_dict: dict[str, float | None]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reference = state_dict.get("reference")
+        self.last = dict(state_dict.get("last") or {})
+        self.alarm = state_dict.get("alarm")
+        self.stopped = bool(state_dict.get("stopped", False))
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         embeddings = pl_module.last_embeddings
         if embeddings is None:
             return
         self.last = collapse_signals(embeddings.float())
-        if trainer.logger is not None:  # Lightning's loggers write on rank 0 only
-            logged = {f"collapse/{k}": v for k, v in self.last.items()}
-            trainer.logger.log_metrics(logged, trainer.global_step)
+        log_to_all(trainer, {f"collapse/{k}": v for k, v in self.last.items()})
 
     def _symptom(self, loss: float | None) -> str | None:
         """Update the streaks with the latest check; the symptom once one lasts ``window``."""
@@ -220,9 +237,9 @@ class Throughput(pl.Callback):
             self.images += images
             self.seconds += elapsed
             self._window = (self._window[0] + images, self._window[1] + elapsed)
-            if trainer.global_step % self.every_steps == 0 and trainer.logger is not None:
-                rate = self._window[0] / max(self._window[1], 1e-9)
-                trainer.logger.log_metrics({"train/images_per_s": rate}, trainer.global_step)
+            if trainer.global_step % self.every_steps == 0:
+                log_to_all(trainer, {"train/images_per_s": self._window[0]
+                                     / max(self._window[1], 1e-9)})
                 self._window = (0, 0.0)
         if self._across is not None:
             elapsed = now - self._across[0] - (paused - self._across[1])
@@ -232,6 +249,17 @@ class Throughput(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = None  # the data loader's restart is not a training step
+
+    def state_dict(self) -> dict[str, Any]:
+        # The totals so far, so the rate a resumed run reports covers every attempt.
+        return {"images": self.images, "seconds": self.seconds,
+                "with_restarts": list(self._with_restarts)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.images = int(state_dict.get("images", 0))
+        self.seconds = float(state_dict.get("seconds", 0.0))
+        images, seconds = state_dict.get("with_restarts", (0, 0.0))
+        self._with_restarts = (int(images), float(seconds))
 
     @property
     def images_per_second(self) -> float:

@@ -72,7 +72,8 @@ def test_unknown_method_and_encoder(monkeypatch, capsys, tmp_path):
                            "--out", str(tmp_path / "r"))
     assert code == 2 and "simclr" in err
     code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--encoder", "vgg",
-                           "--steps", "1", "--out", str(tmp_path / "r2"), "--no-progress")
+                           "--data", "digits", "--steps", "1", "--out", str(tmp_path / "r2"),
+                           "--no-progress")
     assert code == 2 and "resnet18" in err
 
 
@@ -83,6 +84,7 @@ def test_evaluate_a_directory_that_is_not_a_run(monkeypatch, capsys, tmp_path):
 
 def test_a_misspelt_nested_option_lists_the_valid_ones(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--steps", "1",
-                           "--method-option", "temprature=0.2", "--out", str(tmp_path / "r"))
+                           "--data", "digits", "--method-option", "temprature=0.2",
+                           "--out", str(tmp_path / "r"))
     assert code == 2 and "Traceback" not in err
     assert "temprature" in err and "temperature" in err and "projection_dim" in err

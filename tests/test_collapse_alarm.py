@@ -68,7 +68,7 @@ class _Trainer:
     """The little of a Lightning trainer the monitor uses, in one process."""
 
     global_step = 0
-    logger = None
+    loggers: list = []
     is_global_zero = True
     should_stop = False
 

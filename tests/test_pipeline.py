@@ -92,9 +92,25 @@ def test_resume_through_the_api_extends_the_budget(tmp_path):
 def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     import selfsup.methods.simclr as simclr
 
+    real, calls = simclr.nt_xent, {"n": 0}
     monkeypatch.setattr(simclr, "nt_xent", lambda z1, z2, t: (z1.sum() + z2.sum()) * float("nan"))
-    with pytest.raises(SelfsupError, match=r"loss became nan at step 0.*last\.ckpt"):
+    # At step 0 no checkpoint exists yet: the message must not name one.
+    with pytest.raises(SelfsupError, match=r"loss became nan at step 0") as raised:
         selfsup.pretrain("simclr", "digits", out=str(tmp_path / "run"), steps=3, **TINY)
+    assert "no checkpoint had been written yet" in str(raised.value)
+    assert "last.ckpt" not in str(raised.value)
+    # After a checkpoint, it names the one that exists.
+
+    def nan_at_third_step(z1, z2, t):
+        calls["n"] += 1
+        loss = real(z1, z2, t)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(simclr, "nt_xent", nan_at_third_step)
+    out = tmp_path / "later"
+    with pytest.raises(SelfsupError, match=r"loss became nan at step 2.*last\.ckpt"):
+        selfsup.pretrain("simclr", "digits", out=str(out), steps=5, checkpoint_steps=1, **TINY)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_skip_nonfinite_skips_and_counts_bad_steps(tmp_path, monkeypatch):
