@@ -79,8 +79,11 @@ def export_hf(run_path: str | Path, out: str | Path) -> Path:
     missing = [name for name in missing if "rotary_emb" not in name]
     if missing or unexpected:
         raise SelfsupError(f"export mismatch: missing {missing}, unexpected {unexpected}")
+    # model_max_length: transformers' default (1e30) would let truncation=True pass a text
+    # longer than the rotary tables the model was trained for.
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS,
-                                           bos_token=EOS, unk_token=None)
+                                           bos_token=EOS, unk_token=None,
+                                           model_max_length=config.block_size)
     # Written whole beside ``out`` and renamed into place (atomic.atomic_folder).
     with atomic.atomic_folder(out) as staging:
         hf_model.save_pretrained(staging)

@@ -49,6 +49,11 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+#: Families whose position ids start at ``pad_token_id + 1``, so the table holds that many fewer.
+OFFSET_POSITION_TYPES = frozenset({
+    "roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
+    "roberta-prelayernorm",
+})
 #: Encoder-decoder families whose encoder stack alone is the text encoder.
 ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel"}
 
@@ -193,8 +198,28 @@ def load_hf_folder(path: str | Path) -> tuple[Any, Tokenizer]:
     return config, tokenizer
 
 
+def max_positions(config, default: int = 512) -> int:
+    """The longest input ``config``'s model reads: its position table's size.
+
+    Written as the tokenizer's ``model_max_length``: without it ``transformers`` assumes 1e30,
+    and ``truncation=True`` then lets a long text through to crash the position embedding.
+    T5's relative positions have no hard limit; ``default`` (its training length) stands in.
+    """
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(config, "model_type", None) in OFFSET_POSITION_TYPES:
+                value -= int(config.pad_token_id or 1) + 1  # positions start after padding_idx
+            return value
+    return default
+
+
 def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path) -> Path:
-    """Write a ``transformers`` model and its tokenizer as a folder, whole or not at all."""
+    """Write a ``transformers`` model and its tokenizer as a folder, whole or not at all.
+
+    The tokenizer's ``model_max_length`` is the model's (:func:`max_positions`), so that
+    ``AutoTokenizer(...)(text, truncation=True)`` cuts a long text to what the model reads.
+    """
     from transformers import PreTrainedTokenizerFast
 
     specials = {
@@ -206,7 +231,9 @@ def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path) -> Path:
         if tokenizer.token_to_id(token) is not None
     }
     quiet_transformers()
-    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=max_positions(model.config), **specials
+    )
     with atomic.atomic_folder(folder) as staging:
         model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
@@ -285,9 +312,7 @@ class HFTextEncoder(nn.Module):
         self.model = model_class(config, **_model_kwargs(model_class))
         width = config.hidden_size if hasattr(config, "hidden_size") else config.d_model
         self.embed_dim = int(width)
-        positions = getattr(config, "max_position_embeddings", None)
-        # T5 has relative positions and no hard limit; 512 is its training length.
-        self.max_length = int(positions) if positions else 512
+        self.max_length = max_positions(config)
         self.pad_id = int(config.pad_token_id or 0)
 
     @property
@@ -349,6 +374,7 @@ __all__ = [
     "load_hf_config",
     "load_hf_folder",
     "load_hf_tokenizer",
+    "max_positions",
     "mean_pool",
     "quiet_transformers",
     "save_hf_folder",
