@@ -5,7 +5,9 @@
     selfsup.evaluate(run.path, "digits")
 """
 
-from selfsup.api import PretrainConfig, evaluate, pretrain
+# The evaluate package, callable as the API function: its subpackages stay reachable.
+from selfsup import evaluate
+from selfsup.api import PretrainConfig, pretrain
 from selfsup.errors import SelfsupError
 from selfsup.loading import load
 

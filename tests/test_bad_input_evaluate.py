@@ -1,0 +1,52 @@
+"""Issue 28, the evaluate / report side: an honest verdict (both budgets as measured, a baseline
+at chance called out), `selfsup.evaluate.anomaly` reachable, a plan and one bar before long
+work, and bad input (a damaged export, a read-only run, ragged CSV rows, compare's --out and
+non-runs) ending in one `error:` line with exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import selfsup
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A digits run of two steps with a narrow encoder: seconds, and every file a run has."""
+    out = tmp_path_factory.mktemp("bad-input-eval") / "run"
+    selfsup.pretrain("simclr", "digits", out=str(out), steps=2, batch_size=64, progress=False,
+                     encoder_options={"width": 8}, monitor_size=0)
+    return out
+
+
+def copy_run(run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    target = tmp_path / name
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("eval.json", "baseline*",
+                                                               "sweep*"))
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# (9) selfsup.evaluate: the API call, and the package with its subpackages
+
+
+def test_selfsup_evaluate_is_callable_and_reaches_its_subpackages(tiny_run, tmp_path) -> None:
+    # A fresh interpreter: nothing imported the subpackage beforehand.
+    code = ("import inspect, selfsup; f = selfsup.evaluate.anomaly.roc_auc; "
+            "print(f.__module__, callable(selfsup.evaluate), "
+            "'baseline_minutes' in inspect.signature(selfsup.evaluate).parameters)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["selfsup.evaluate.anomaly", "True", "True"]
+    import selfsup.evaluate.anomaly as anomaly
+
+    assert selfsup.evaluate.anomaly is anomaly
+    result = selfsup.evaluate(copy_run(tiny_run, tmp_path), "digits", baseline=False,
+                              progress=False)
+    assert 0 <= result["linear"]["accuracy"] <= 1
