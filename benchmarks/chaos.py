@@ -12,6 +12,14 @@ CIFAR-10 test set.
 Each training attempt runs in its own process (``--worker``), as a user's would; a heartbeat
 callback writes the step reached after every optimiser step, so the script knows how far an
 attempt got before it was killed.
+
+    python benchmarks/chaos.py --disk-full           # a real full disk (root: a small tmpfs)
+
+fills a tmpfs to the last byte at two moments, after a checkpoint (so the next checkpoint
+write fails) and just before the final encoder write, and checks each time that the run ends
+with one clear message (exit 2), leaves no half-written file, and, once space is freed,
+resumes to the same weights as a run that never hit a full disk
+(``benchmarks/results/chaos_disk_full.{json,md}``).
 """
 
 from __future__ import annotations
@@ -61,6 +69,150 @@ def worker(out: str, steps: int, heartbeat: str, resume: bool) -> None:
     else:
         selfsup.pretrain("simclr", str(DATA / "train"), out=out, steps=steps,
                          callbacks=[Heartbeat()], **RECIPE)
+
+
+DISK_RECIPE = {**RECIPE, "batch_size": 64, "encoder_options": {"width": 8},
+               "checkpoint_steps": 4}
+DISK_STEPS = 12
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte of ``folder``'s file system with one file; return it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        chunk = b"\0" * 2**20
+        while True:
+            try:
+                handle.write(chunk)
+                handle.flush()
+            except OSError:
+                break
+        for size in (2**16, 2**12, 2**9, 1):  # the last scraps
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+                    handle.flush()
+            except OSError:
+                continue
+    return filler
+
+
+def disk_worker(out: str, fill_when: str) -> None:
+    """A digits run that fills its disk after step 4's checkpoint ("checkpoint": the step-8
+    checkpoint write fails) or just before the final encoder write ("encoder")."""
+    import lightning.pytorch as pl
+
+    import selfsup
+    import selfsup.engine
+    from selfsup.cli import main as cli_main
+
+    folder = Path(out).parent
+
+    class FillAfterCheckpoint(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 5 and not (folder / "filler").exists():
+                fill(folder)
+
+    if fill_when == "checkpoint":
+        real_fit = selfsup.engine.fit
+        selfsup.engine.fit = lambda *a, callbacks=None, **k: real_fit(
+            *a, callbacks=[*(callbacks or []), FillAfterCheckpoint()], **k)
+    else:
+        real_save = selfsup.engine.save_encoder
+
+        def full_then_save(*args, **kwargs):
+            fill(folder)
+            return real_save(*args, **kwargs)
+
+        selfsup.engine.save_encoder = full_then_save
+    encoder = DISK_RECIPE["encoder_options"]["width"]
+    sys.argv = ["selfsup", "pretrain", "simclr", "--data", "digits", "--out", out,
+                "--steps", str(DISK_STEPS), "--batch-size", str(DISK_RECIPE["batch_size"]),
+                "--encoder-option", f"width={encoder}", "--checkpoint-steps",
+                str(DISK_RECIPE["checkpoint_steps"]), "--no-progress", "--seed", "0"]
+    cli_main()
+
+
+def disk_full(work: Path) -> None:
+    """The --disk-full scenarios on a real tmpfs (see the module docstring)."""
+    import shutil
+
+    import selfsup
+    from selfsup.run import RunDir, load_encoder
+
+    work.mkdir(parents=True, exist_ok=True)
+    reference = work / "reference"
+    shutil.rmtree(reference, ignore_errors=True)
+    selfsup.pretrain("simclr", "digits", out=str(reference), steps=DISK_STEPS, seed=0,
+                     batch_size=DISK_RECIPE["batch_size"], checkpoint_steps=4,
+                     encoder_options=DISK_RECIPE["encoder_options"], progress=False)
+    rows = []
+    for when in ("checkpoint", "encoder"):
+        mount = work / f"tmpfs-{when}"
+        mount.mkdir(exist_ok=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            raise SystemExit(f"--disk-full needs root to mount a tmpfs: {mounted.stderr.strip()}")
+        try:
+            out = mount / "run"
+            started = time.monotonic()
+            failed = subprocess.run([sys.executable, __file__, "--disk-worker", when, "--out",
+                                     str(out)], cwd=ROOT, capture_output=True, text=True)
+            message = failed.stderr.strip().splitlines()[-1] if failed.stderr.strip() else ""
+            leftovers = sorted(str(p.relative_to(out)) for p in out.rglob(".*.tmp"))
+            step_kept = checkpoint_step(out)
+            (mount / "filler").unlink()
+            resumed = subprocess.run([str(Path(sys.executable).parent / "selfsup"), "pretrain",
+                                      "simclr",
+                                      "--out", str(out), "--resume", "--no-progress"],
+                                     cwd=ROOT, capture_output=True, text=True)
+            encoder, _ = load_encoder(RunDir(out))  # the whole run loads
+            summary = json.loads((out / "pretrain.json").read_text())
+            rows.append({
+                "disk_full_during": "a checkpoint write" if when == "checkpoint"
+                else "the final encoder write",
+                "exit_code": failed.returncode,
+                "message": message,
+                "traceback": "Traceback" in failed.stderr,
+                "temporaries_left": leftovers,
+                "checkpoint_step_kept": step_kept,
+                "resume_exit_code": resumed.returncode,
+                "final_steps": summary["steps"],
+                "final_loss": summary["final_loss"],
+                "max_abs_weight_difference": weight_difference(reference, out),
+                "seconds": round(time.monotonic() - started, 1),
+            })
+            del encoder
+        finally:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+    result = {"scenarios": rows, "steps": DISK_STEPS,
+              "checkpoint_every_steps": DISK_RECIPE["checkpoint_steps"],
+              "command": "python benchmarks/chaos.py --disk-full"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "chaos_disk_full.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Chaos: the disk fills up mid-run, then space is freed and the run resumed",
+        "",
+        f"`{result['command']}` — SimCLR on digits, resnet_small (width 8), batch 64, "
+        f"{DISK_STEPS} steps, a checkpoint every {DISK_RECIPE['checkpoint_steps']} steps, on a "
+        "32 MiB tmpfs filled to its last byte by another file at the moment named.",
+        "",
+        "| disk full during | exit | traceback | temporaries left | checkpoint kept | "
+        "resume exit | final steps | max abs weight diff vs never full |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['disk_full_during']} | {r['exit_code']} | {'yes' if r['traceback'] else 'no'} "
+          f"| {len(r['temporaries_left'])} | step {r['checkpoint_step_kept']} | "
+          f"{r['resume_exit_code']} | {r['final_steps']} | {r['max_abs_weight_difference']:.3g} |"
+          for r in rows),
+        "",
+        "What the user read:",
+        "",
+        *(f"- {r['disk_full_during']}: `{r['message']}`" for r in rows),
+        "",
+    ]
+    (RESULTS / "chaos_disk_full.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def attempt(out: Path, steps: int, resume: bool, kill_after: float | None) -> dict:
@@ -134,9 +286,19 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--heartbeat", help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--disk-full", action="store_true",
+                        help="fill a tmpfs mid-run instead of killing (needs root)")
+    parser.add_argument("--disk-worker", choices=["checkpoint", "encoder"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.out, args.steps, args.heartbeat, args.resume)
+        return
+    if args.disk_worker:
+        disk_worker(args.out, args.disk_worker)
+        return
+    if args.disk_full:
+        disk_full(args.work / "disk-full")
         return
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data/cifar10")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -121,9 +122,33 @@ def load_encoder(run: RunDir) -> tuple[nn.Module, dict[str, Any]]:
             f"{run.path} has no exported encoder (encoder.json + encoder.safetensors); "
             "did its pre-training finish?"
         )
-    spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
-    encoder = build_encoder(spec["name"], **spec["options"])
-    encoder.load_state_dict(load_file(str(run.encoder_weights)))
+    # A damaged export (cut short by a copy, edited by hand) is bad input: name the file.
+    try:
+        spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SelfsupError(f"{run.encoder_spec} is damaged (not valid JSON: {error}); copy it "
+                           "again from the run's original folder") from None
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("options", {}), dict)):
+        raise SelfsupError(f"{run.encoder_spec} is damaged: it needs the encoder's \"name\" "
+                           "and its \"options\" (a mapping)")
+    try:
+        encoder = build_encoder(spec["name"], **spec.get("options", {}))
+    except (TypeError, ValueError) as error:
+        raise SelfsupError(f"{run.encoder_spec}: the encoder {spec['name']!r} cannot be built "
+                           f"from its options ({error})") from None
+    try:
+        weights = load_file(str(run.encoder_weights))
+    except (SafetensorError, OSError) as error:
+        raise SelfsupError(f"{run.encoder_weights} is damaged or cut short ({error}); copy it "
+                           "again from the run's original folder") from None
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as error:  # "Error(s) in loading state_dict ...:\n\tsize mismatch ..."
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+        raise SelfsupError(f"{run.encoder_weights} does not hold the weights of the encoder "
+                           f"{run.encoder_spec} describes ({detail})") from None
     return encoder.eval(), spec
 
 

@@ -5,6 +5,7 @@ non-runs) ending in one `error:` line with exit code 2."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,22 @@ from pathlib import Path
 import pytest
 
 import selfsup
+from selfsup.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    """The one line a refused input prints; no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +67,35 @@ def test_selfsup_evaluate_is_callable_and_reaches_its_subpackages(tiny_run, tmp_
     result = selfsup.evaluate(copy_run(tiny_run, tmp_path), "digits", baseline=False,
                               progress=False)
     assert 0 <= result["linear"]["accuracy"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# (15) Bad input to evaluate and compare
+
+
+def damage_weights(run: Path) -> str:
+    weights = run / "encoder.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return "encoder.safetensors"
+
+
+def damage_spec(run: Path) -> str:
+    (run / "encoder.json").write_text('{"name": "resnet_small", "opti')
+    return "encoder.json"
+
+
+def spec_not_a_mapping(run: Path) -> str:
+    (run / "encoder.json").write_text("[1, 2]")
+    return "encoder.json"
+
+
+@pytest.mark.parametrize("damage", [damage_weights, damage_spec, spec_not_a_mapping])
+def test_a_damaged_export_is_one_message(tiny_run, tmp_path, monkeypatch, capsys,
+                                         damage) -> None:
+    run = copy_run(tiny_run, tmp_path)
+    named = damage(run)
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", "digits",
+                           "--no-baseline", "--no-progress")
+    line = one_error_line(err)
+    assert code == 2 and f"{run / named}" in line and "damaged" in line
+    assert not (run / "eval.json").exists()

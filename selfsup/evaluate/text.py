@@ -123,9 +123,10 @@ def is_text_target(path: str | Path) -> bool:
     if not spec.is_file():
         return False
     try:
-        return json.loads(spec.read_text(encoding="utf-8")).get("name") == "hf_text"
+        loaded = json.loads(spec.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return False  # a damaged encoder.json: load_encoder names it
+    return isinstance(loaded, dict) and loaded.get("name") == "hf_text"
 
 
 def load_folder_model(path: str | Path) -> TextModel:
