@@ -8,6 +8,7 @@ runs in float32 with its own seeded generator, so the same seed gives the same t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,10 +70,13 @@ def sample(
 def check_sampling(
     max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
 ) -> None:
+    """Refuse settings that would sample from NaN probabilities (NaN compares false to all)."""
     if max_new_tokens < 0:
         raise SelfsupError(f"max_new_tokens must not be negative, not {max_new_tokens}")
-    if temperature < 0:
-        raise SelfsupError(f"temperature must not be negative, not {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise SelfsupError(
+            f"--temperature must be a finite number >= 0 (0: greedy), not {temperature}"
+        )
     if top_k is not None and top_k < 1:
         raise SelfsupError(f"top_k must be at least 1, not {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -114,6 +118,7 @@ def generate(
     """
     from selfsup.data.tokens import EOS, encode
 
+    check_sampling(max_new_tokens, temperature, top_k, top_p)  # before loading or echoing
     model, tokenizer = load_language_model(run_path)
     start = prompt or ("\n" if tokenizer.token_to_id("\n") is not None else EOS)
     ids = encode(tokenizer, start)

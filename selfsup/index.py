@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc  # not loaded by ``import pyarrow``: pa.compute alone may not exist
 import pyarrow.parquet as pq
 
 from selfsup import atomic
@@ -91,11 +92,13 @@ def read_embeddings(path: str | Path, *, batch_rows: int = 65536) -> Embeddings:
             bad = row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
             raise SelfsupError(f"{path}: row {bad} has no embedding (null)")
         if dim is None:  # variable-length lists: every one must have the first one's length
-            lengths = pa.compute.list_value_length(column).to_numpy()
+            lengths = pc.list_value_length(column).to_numpy()
             dim = int(lengths[0])
             vectors = np.empty((n, dim), np.float32)
+        if dim < 1:
+            raise SelfsupError(f"{path}: row 0 has an empty embedding (0 values)")
         if not pa.types.is_fixed_size_list(kind):
-            lengths = pa.compute.list_value_length(column).to_numpy()
+            lengths = pc.list_value_length(column).to_numpy()
             if (lengths != dim).any():
                 bad = int(np.flatnonzero(lengths != dim)[0])
                 raise SelfsupError(
@@ -108,7 +111,7 @@ def read_embeddings(path: str | Path, *, batch_rows: int = 65536) -> Embeddings:
     assert vectors is not None
     if not np.isfinite(vectors).all():
         bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-        raise SelfsupError(f"{path}: row {bad} has a NaN or infinite embedding value")
+        raise SelfsupError(f"{path}: row {bad} has a null, NaN or infinite embedding value")
 
     columns = [c for c in ("index", "id", "label") if c in names]
     table = pq.read_table(path, columns=columns) if columns else None
@@ -392,6 +395,10 @@ def search(
 
     if (query is None) == (image is None):
         raise SelfsupError("give exactly one query: a text QUERY or --image PATH")
+    if query is not None and not query.strip():
+        # An empty text still embeds (to the special tokens alone), and its neighbours mean
+        # nothing; refuse it rather than return confident-looking hits.
+        raise SelfsupError(f"the text query {query!r} is empty or blank; give some words")
     modality, value = ("text", query) if query is not None else ("image", image)
     embedder = load(run)
     if modality not in embedder.modalities:

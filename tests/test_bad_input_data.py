@@ -101,3 +101,82 @@ def test_exported_gpt_tokenizer_truncates_to_the_block_size(gpt_run, tmp_path):
     assert saved["model_max_length"] == 32
     assert _long_text_through_auto_classes(out) == 32
     assert _long_text_through_auto_classes(out, "AutoModelForCausalLM") == 32
+
+
+# ------------------------------------------------------------- (15) index, generate, export
+
+
+def _parquet(path: Path, vectors: list[list[float]]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"embedding": pa.array(vectors, pa.list_(pa.float32()))}), path)
+    return path
+
+
+@pytest.mark.parametrize("row", [1, 3])
+def test_index_refuses_a_ragged_vector_naming_its_row(monkeypatch, capsys, tmp_path, row):
+    vectors = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 1.0]]
+    vectors[row] = [1.0, 2.0, 3.0]
+    bad = _parquet(tmp_path / "bad.parquet", vectors)
+    code, _, err = run_cli(monkeypatch, capsys, "index", str(bad), "--out", str(tmp_path / "i"))
+    assert_one_line_error(code, err, str(bad), f"row {row} has a 3-dim embedding")
+    assert not (tmp_path / "i").exists()
+
+
+def test_index_refuses_empty_vectors(monkeypatch, capsys, tmp_path):
+    bad = _parquet(tmp_path / "empty.parquet", [[], [], []])
+    code, _, err = run_cli(monkeypatch, capsys, "index", str(bad), "--out", str(tmp_path / "i"))
+    assert_one_line_error(code, err, str(bad), "row 0 has an empty embedding")
+
+
+@pytest.mark.parametrize("temperature", ["nan", "inf", "-1"])
+def test_generate_refuses_a_non_finite_temperature(monkeypatch, capsys, gpt_run, temperature):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", str(gpt_run.path), "--prompt",
+                             "the", "--max-new-tokens", "3", "--temperature", temperature)
+    assert_one_line_error(code, err, "--temperature must be a finite number")
+    assert out == ""  # refused before the prompt is echoed
+
+
+def test_export_refuses_an_out_that_is_a_file(monkeypatch, capsys, gpt_run, tmp_path):
+    afile = tmp_path / "model.txt"
+    afile.write_text("mine")
+    for out, what in ((afile, "is a file"), (afile / "hf", "lies inside")):
+        code, _, err = run_cli(monkeypatch, capsys, "export", str(gpt_run.path),
+                               "--out", str(out))
+        assert_one_line_error(code, err, str(out), what)
+    assert afile.read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.txt"]  # no staging folder left
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A tiny masked-LM run (an hf_text encoder, which embeds text queries)."""
+    import selfsup.api as api
+
+    root = tmp_path_factory.mktemp("mlm")
+    rng = np.random.default_rng(0)
+    words = ["the", "film", "was", "a", "wonderful", "surprise", "and", "scene"]
+    with open(root / "c.jsonl", "w", encoding="utf-8") as handle:
+        for _ in range(40):
+            handle.write(json.dumps({"text": " ".join(rng.choice(words, 12))}) + "\n")
+    return api.pretrain(
+        "mlm", str(root / "c.jsonl"), out=str(root / "run"), steps=1, batch_size=4,
+        precision="32", progress=False, cache_dir=str(root / "cache"),
+        method_options={"dim": 32, "layers": 1, "heads": 2},
+        data_options={"block_size": 16, "vocab_size": 60},
+    )
+
+
+@pytest.mark.parametrize("query", ["", "   \t"])
+def test_search_refuses_an_empty_or_blank_query(monkeypatch, capsys, text_run, tmp_path, query):
+    from selfsup.index import build_index
+
+    vectors = np.random.default_rng(0).normal(size=(20, 32)).tolist()
+    build_index(_parquet(tmp_path / "e.parquet", vectors), tmp_path / "index")
+    code, _, _ = run_cli(monkeypatch, capsys, "search", str(text_run.path), "film",
+                         "--index", str(tmp_path / "index"))
+    assert code == 0  # the set-up answers a real query
+    code, _, err = run_cli(monkeypatch, capsys, "search", str(text_run.path), query,
+                           "--index", str(tmp_path / "index"))
+    assert_one_line_error(code, err, "empty or blank")

@@ -5,6 +5,7 @@ non-runs) ending in one `error:` line with exit code 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,29 +74,44 @@ def test_selfsup_evaluate_is_callable_and_reaches_its_subpackages(tiny_run, tmp_
 # (15) Bad input to evaluate and compare
 
 
-def damage_weights(run: Path) -> str:
+def damage_weights(run: Path) -> tuple[str, str]:
     weights = run / "encoder.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
-    return "encoder.safetensors"
+    return "encoder.safetensors", "is damaged or cut short"
 
 
-def damage_spec(run: Path) -> str:
+def damage_spec(run: Path) -> tuple[str, str]:
     (run / "encoder.json").write_text('{"name": "resnet_small", "opti')
-    return "encoder.json"
+    return "encoder.json", "is damaged (not valid JSON"
 
 
-def spec_not_a_mapping(run: Path) -> str:
+def spec_not_a_mapping(run: Path) -> tuple[str, str]:
     (run / "encoder.json").write_text("[1, 2]")
-    return "encoder.json"
+    return "encoder.json", "is damaged: it needs the encoder's"
 
 
-@pytest.mark.parametrize("damage", [damage_weights, damage_spec, spec_not_a_mapping])
+def spec_options_misspelt(run: Path) -> tuple[str, str]:
+    spec = json.loads((run / "encoder.json").read_text())
+    spec["options"] = {"wdth": 8}
+    (run / "encoder.json").write_text(json.dumps(spec))
+    return "encoder.json", "cannot be built from its options"
+
+
+def spec_of_another_encoder(run: Path) -> tuple[str, str]:
+    spec = json.loads((run / "encoder.json").read_text())
+    spec["options"] = {**spec.get("options", {}), "width": 16}
+    (run / "encoder.json").write_text(json.dumps(spec))
+    return "encoder.safetensors", "does not hold the weights of the encoder"
+
+
+@pytest.mark.parametrize("damage", [damage_weights, damage_spec, spec_not_a_mapping,
+                                    spec_options_misspelt, spec_of_another_encoder])
 def test_a_damaged_export_is_one_message(tiny_run, tmp_path, monkeypatch, capsys,
                                          damage) -> None:
     run = copy_run(tiny_run, tmp_path)
-    named = damage(run)
+    named, words = damage(run)
     code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", "digits",
                            "--no-baseline", "--no-progress")
     line = one_error_line(err)
-    assert code == 2 and f"{run / named}" in line and "damaged" in line
+    assert code == 2 and f"{run / named}" in line and words in line, line
     assert not (run / "eval.json").exists()

@@ -45,6 +45,19 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
+def check_out_folder(out: str | Path) -> None:
+    """Refuse an ``--out`` that is, or lies inside, an existing file, before any work is done."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"lies inside {path}, which is a file"
+                raise SelfsupError(
+                    f"{out} {what}; --out must name a folder for the Hugging Face model"
+                )
+            return
+
+
 def export_hf(run_path: str | Path, out: str | Path) -> Path:
     """Write the run's GPT and tokenizer as a Hugging Face folder at ``out``; return the path."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -52,6 +65,7 @@ def export_hf(run_path: str | Path, out: str | Path) -> Path:
     from selfsup.data.tokens import EOS
     from selfsup.generate import load_language_model
 
+    check_out_folder(out)
     model, tokenizer = load_language_model(run_path)
     config = model.config
     eos = tokenizer.token_to_id(EOS)
