@@ -16,6 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.protocol import evaluate as run_evaluate
+from selfsup.evaluate.sweep import sweep
+from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
+from selfsup.report import build_report, verdict
 
 app = typer.Typer(
     help="Self-supervised pre-training, and an honest answer to whether it helped.",
@@ -400,8 +404,6 @@ def evaluate(
     with --fractions or --labels-per-class each budget is run for --seeds label subsets, and
     RUN/sweep.json holds the curve in the image sweep's form.
     """
-    from selfsup.evaluate.text import evaluate_text, is_text_target
-
     if is_text_target(run):
         if protocol not in ("probes", "finetune"):
             raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
@@ -422,8 +424,6 @@ def evaluate(
         raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
                            "random head")
     if fractions is not None or labels_per_class is not None:
-        from selfsup.evaluate.sweep import sweep
-
         print_sweep(sweep(run, data, test, fractions=fractions, labels_per_class=labels_per_class,
                           seeds=seeds, baseline=baseline, baseline_minutes=baseline_minutes,
                           baseline_steps=baseline_steps, skip_bad=skip_bad, progress=progress,
@@ -431,8 +431,6 @@ def evaluate(
                           data_options=key_value_pairs(data_option, "--data-option"),
                           test_options=key_value_pairs(test_option, "--test-option")))
         return
-    from selfsup.evaluate import evaluate as run_evaluate
-
     clip_options = _clip_options(pairs, class_names, template, class_subset)
     if protocol not in ("probes", "finetune"):
         raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
@@ -522,8 +520,6 @@ def print_clip_eval(result: dict[str, Any]) -> None:
 
 def print_text_eval(result: dict[str, Any]) -> None:
     """Text evaluation: one row per label budget, the model against its references."""
-    from selfsup.evaluate.text import budget_accuracy
-
     seeds = int(result.get("seeds", 1))
     over = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
     table = Table(title=f"{result.get('method')} / {result['model']} on {result['test_data']} "
@@ -551,6 +547,8 @@ def print_text_eval(result: dict[str, Any]) -> None:
     console.print(f"chance {100 * result['chance_accuracy']:.1f}%; texts cut to "
                   f"{result['max_length']} tokens: {cut.get('train', 0)} train, "
                   f"{cut.get('test', 0)} test")
+    if result.get("supervised") is not None:  # the report's verdict, from the same numbers
+        console.print(f"Verdict: {verdict(text_sweep(result), quality=result.get('quality'))}")
     if result.get("run"):
         console.print(f"written to {Path(result['run']) / 'eval.json'}"
                       if Path(result["run"]).joinpath("eval.json").is_file() else
@@ -579,14 +577,8 @@ def print_eval(result: dict[str, Any]) -> None:
                               f"best epoch {cell['chosen_epoch']}, {cell['seconds'] / 60:.1f} min")
     table.add_row("chance (majority class)", f"{result['chance_accuracy']:.4f}", "")
     console.print(table)
-    if "supervised" in result and result["linear_over_supervised"] is not None:
-        linear, sup = result["linear"]["accuracy"], result["supervised"]["accuracy"]
-        verdict = "beats" if linear > sup else "matches" if linear == sup else "does not beat"
-        console.print(
-            f"Verdict: with all {result['num_train']} labels, the self-supervised encoder + linear "
-            f"probe {verdict} the supervised baseline ({linear:.1%} vs {sup:.1%}, "
-            f"{result['linear_over_supervised']:.0%} of it) at the same CPU-time budget."
-        )
+    if "supervised" in result:  # worded where the report words it: one verdict, one function
+        console.print(f"Verdict: {verdict(None, result)}")
     console.print(f"written to {Path(result['run']) / 'eval.json'}")
 
 
@@ -750,8 +742,6 @@ def search_cmd(
 
 
 def print_sweep(result: dict[str, Any]) -> None:
-    from selfsup.report import verdict
-
     table = Table(title=f"{result['method']} / {result['encoder']}: label efficiency on "
                         f"{result['test_data']} (mean ± std over {result['seeds']} seeds)")
     tuned = any("finetune" in p["summary"] for p in result["points"])
@@ -783,8 +773,6 @@ def report(
     ] = True,
 ) -> None:
     """Write RUN/report.html: verdict, curves, label efficiency, label-free metrics, map."""
-    from selfsup.report import build_report
-
     console.print(f"written {build_report(run, embedding_map=embedding_map)}")
 
 

@@ -16,6 +16,7 @@ import pytest
 
 import selfsup
 from selfsup.cli import main
+from selfsup.report import build_report, verdict
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -33,6 +34,11 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def flat(text: str) -> str:
+    """Rich wraps long lines at the terminal width: compare texts with whitespace collapsed."""
+    return " ".join(text.split())
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A digits run of two steps with a narrow encoder: seconds, and every file a run has."""
@@ -47,6 +53,68 @@ def copy_run(run: Path, tmp_path: Path, name: str = "copy") -> Path:
     shutil.copytree(run, target, ignore=shutil.ignore_patterns("eval.json", "baseline*",
                                                                "sweep*"))
     return target
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) The verdict: both budgets as measured; a baseline at chance has not learned
+
+
+def evaluation(linear: float, supervised: float, *, pretrain_seconds: float = 62.0,
+               baseline_seconds: float | None = 18.0, chance: float = 0.1) -> dict:
+    sup = {"accuracy": supervised, "minutes": 0.3}
+    if baseline_seconds is not None:
+        sup["train_seconds"] = baseline_seconds
+    return {"linear": {"accuracy": linear}, "knn": {"accuracy": linear}, "num_train": 1437,
+            "chance_accuracy": chance, "pretrain_seconds": pretrain_seconds, "supervised": sup}
+
+
+def test_verdict_states_both_budgets_and_says_same_only_within_5_percent() -> None:
+    unequal = verdict(None, evaluation(0.9, 0.8, pretrain_seconds=62, baseline_seconds=18))
+    assert "pre-training 62 s, the supervised baseline 18 s (29% of it): not the same budget" \
+        in unequal
+    assert "the same budget (within" not in unequal and "CPU-time" not in unequal
+    close = verdict(None, evaluation(0.9, 0.8, pretrain_seconds=60, baseline_seconds=58))
+    assert "pre-training 60 s, the supervised baseline 58 s: the same budget (within 5%)" in close
+    apart = verdict(None, evaluation(0.9, 0.8, pretrain_seconds=60, baseline_seconds=56))
+    assert "not the same budget" in apart  # 4 s of 60 is 6.7%
+    unknown = verdict(None, evaluation(0.9, 0.8, baseline_seconds=None))
+    assert "time was not recorded" in unknown and "same budget" not in unknown
+
+
+def test_a_baseline_at_or_below_chance_is_called_out_not_beaten() -> None:
+    text = verdict(None, evaluation(0.908, 0.095, chance=0.100))
+    assert "the supervised baseline did not learn (9.5%, at or below chance 10.0%)" in text
+    assert "beats" not in text
+    # A sweep whose baselines sit at chance: no gap in points is claimed either.
+    runs = [{"supervised": {"accuracy": 0.1, "train_seconds": 20.0}}] * 2
+    stat = {"mean": 0.1, "std": 0.0, "n": 2, "values": [0.1, 0.1]}
+    summary = {"linear": {"accuracy": {**stat, "mean": 0.6}},
+               "supervised": {"accuracy": stat},
+               "linear_minus_supervised": {**stat, "mean": 0.5}}
+    sweep = {"seeds": 2, "num_test": 360, "test_data": "digits", "chance_accuracy": 0.103,
+             "pretrain_seconds": 20.5, "points": [
+                 {"budget": "10%", "fraction": 0.1, "labels_per_class": None, "num_labels": 140,
+                  "runs": runs, "summary": summary}]}
+    text = verdict(sweep)
+    assert "did not learn (10.0%, at or below chance 10.3%)" in text and "beats" not in text
+    assert ("pre-training 20 s, each of the 2 supervised baselines 20 s: the same budget "
+            "(within 5%)") in text
+
+
+def test_the_cli_and_the_report_print_the_same_verdict(tiny_run, tmp_path, monkeypatch,
+                                                       capsys) -> None:
+    """One function words the verdict: what `evaluate` prints is what report.html shows."""
+    run = copy_run(tiny_run, tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", "digits",
+                             "--baseline-minutes", "0.02", "--no-progress")
+    assert code == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["supervised"]["train_seconds"] > 0  # measured, for the verdict
+    said = verdict(None, result)
+    assert flat(f"Verdict: {said}") in flat(out)
+    assert "Budgets as measured: pre-training" in said and "CPU-time" not in out
+    page = build_report(run, embedding_map=False).read_text()
+    assert said.replace("'", "&#x27;") in page
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,13 +93,28 @@ def _budget_words(point: dict[str, Any]) -> str:
     return f"{point['labels_per_class']} labels per class{count}"
 
 
-def _compare_sentence(point: dict[str, Any], seeds: int) -> str | None:
+def _below_chance(accuracy: float | None, chance: float | None) -> bool:
+    """A baseline at or below chance (within TIE) has not learned: no reference to beat."""
+    return accuracy is not None and chance is not None and accuracy <= chance + TIE
+
+
+def _not_learned(accuracy: float, chance: float, more_time: str = "--baseline-minutes") -> str:
+    return (f"the supervised baseline did not learn ({_pct(accuracy)}, at or below chance "
+            f"{_pct(chance)}), so it is no reference and this says nothing about whether "
+            f"self-supervision helped; give it more time ({more_time})")
+
+
+def _compare_sentence(point: dict[str, Any], seeds: int, chance: float | None = None,
+                      more_time: str = "--baseline-minutes") -> str | None:
     """'With 1% of the labels, SSL + linear probe beats supervised training by X ± Y points'."""
     s = point["summary"]
     gap = _stat(s, "linear_minus_supervised")
     lin, sup = _stat(s, "linear", "accuracy"), _stat(s, "supervised", "accuracy")
     if gap is None or lin is None or sup is None:
         return None
+    if _below_chance(sup["mean"], chance):
+        return (f"With {_budget_words(point)}, SSL + linear probe reaches {_pct(lin['mean'])} "
+                f"test accuracy, but {_not_learned(sup['mean'], chance, more_time)}")
     mean, std = gap["mean"], gap["std"]
     if abs(mean) < TIE:
         how = "matches supervised training"
@@ -113,32 +128,107 @@ def _compare_sentence(point: dict[str, Any], seeds: int) -> str | None:
             f"({_pct(lin['mean'])} vs {_pct(sup['mean'])} test accuracy){within}")
 
 
-def _ratio_sentence(point: dict[str, Any]) -> str | None:
+def _ratio_sentence(point: dict[str, Any], chance: float | None = None) -> str | None:
     """'with all labels it reaches Z% of supervised (A% vs B%)'."""
     s = point["summary"]
     lin, sup = _stat(s, "linear", "accuracy"), _stat(s, "supervised", "accuracy")
     if lin is None or sup is None or not sup["mean"] > 0:
         return None
+    if _below_chance(sup["mean"], chance):
+        return (f"with {_budget_words(point)} it reaches {_pct(lin['mean'])}, against a "
+                f"supervised baseline that did not learn ({_pct(sup['mean'])}, at or below "
+                f"chance)")
     ratio = lin["mean"] / sup["mean"]
     worse = "" if ratio >= 1 - TIE else ", worse than supervised"
     return (f"with {_budget_words(point)} it reaches {100 * ratio:.0f}% of supervised accuracy "
             f"({_pct(lin['mean'])} vs {_pct(sup['mean'])}{worse})")
 
 
+# Two budgets are "the same" when they differ by at most this fraction of the larger.
+SAME_BUDGET = 0.05
+
+
+def _seconds(value: float) -> str:
+    """0.4 s, 62 s, 5.2 min, 1.3 h: a measured duration in the unit a reader thinks in."""
+    if value < 10:
+        return f"{value:.1f} s"
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 2 * 3600:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def budget_sentence(pretrain_seconds: float | None, baseline_seconds: list[float],
+                    budget_minutes: float | None = None) -> str:
+    """Both budgets as measured; "the same budget" only when they agree within SAME_BUDGET.
+
+    ``baseline_seconds``: the measured training time of each baseline (one per seed and label
+    budget in a sweep); ``budget_minutes`` is what the baseline was allowed, said when its
+    time was not recorded (an eval.json from before it was).
+    """
+    if not baseline_seconds:
+        allowed = (f" (its budget: {budget_minutes:.2g} min)" if budget_minutes else "")
+        if pretrain_seconds is None:
+            return f"The supervised baseline's training time was not recorded{allowed}"
+        return (f"Budgets: pre-training took {_seconds(pretrain_seconds)} (measured); the "
+                f"supervised baseline's training time was not recorded{allowed}, so whether "
+                "the budgets match is unknown")
+    low, high = min(baseline_seconds), max(baseline_seconds)
+    mean = sum(baseline_seconds) / len(baseline_seconds)
+    if len(baseline_seconds) == 1:
+        base = f"the supervised baseline {_seconds(mean)}"
+    elif high - low <= SAME_BUDGET * high:
+        base = f"each of the {len(baseline_seconds)} supervised baselines {_seconds(mean)}"
+    else:
+        base = (f"the {len(baseline_seconds)} supervised baselines {_seconds(low)} to "
+                f"{_seconds(high)}")
+    if pretrain_seconds is None:
+        return f"Budgets as measured: {base}; no pre-training time recorded"
+    every = [pretrain_seconds, *baseline_seconds]
+    if max(every) - min(every) <= SAME_BUDGET * max(every):
+        return (f"Budgets as measured: pre-training {_seconds(pretrain_seconds)}, {base}: "
+                "the same budget (within 5%)")
+    share = mean / pretrain_seconds if pretrain_seconds > 0 else float("inf")
+    average = "on average " if len(baseline_seconds) > 1 else ""
+    return (f"Budgets as measured: pre-training {_seconds(pretrain_seconds)}, {base} "
+            f"({average}{100 * share:.0f}% of it): not the same budget")
+
+
+def _baseline_seconds(entry: dict[str, Any] | None) -> float | None:
+    """A baseline's measured training time: the engine's train_seconds, else its seconds."""
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("train_seconds", entry.get("seconds"))
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _sweep_baseline_seconds(points: list[dict[str, Any]]) -> list[float]:
+    found = [_baseline_seconds(r.get("supervised")) for p in points for r in p.get("runs") or []]
+    return [s for s in found if s is not None]
+
+
 def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = None,
             quality: dict[str, Any] | None = None) -> str:
     """One paragraph answering "did self-supervision help, and by how much?" from the numbers.
 
-    From the sweep when there is one (smallest budget: the gap in points, mean ± std over seeds;
-    largest: the ratio to supervised), else from eval.json's single comparison. A collapse flag
-    in the label-free metrics is added as a warning.
+    The one place a verdict is worded: the CLI (evaluate, the sweep) and the HTML report all
+    print this. From the sweep when there is one (smallest budget: the gap in points, mean ±
+    std over seeds; largest: the ratio to supervised), else from eval.json's single
+    comparison. A baseline at or below chance is said not to have learned (nothing "beats"
+    it); both budgets are stated as measured (:func:`budget_sentence`). A collapse flag in the
+    label-free metrics is added as a warning.
     """
     sentences: list[str] = []
     points = (sweep or {}).get("points") or []
     seeds = int((sweep or {}).get("seeds") or 1)
     if points:
+        chance = sweep.get("chance_accuracy")
         low, high = points[0], points[-1]
-        first = _compare_sentence(low, seeds)
+        # A text evaluation's baseline is a from-scratch fine-tuning, timed by its own flag.
+        more_time = ("--finetune-minutes" if sweep.get("modality") == "text"
+                     else "--baseline-minutes")
+        first = _compare_sentence(low, seeds, chance, more_time)
         if first is None:  # no baseline was trained
             lin = _stat(low["summary"], "linear", "accuracy")
             hi = _stat(high["summary"], "linear", "accuracy")
@@ -150,7 +240,7 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
                        "whether self-supervision helped")
             sentences.append(first)
         else:
-            ratio = _ratio_sentence(high) if high is not low else None
+            ratio = _ratio_sentence(high, chance) if high is not low else None
             sentences.append(first + ("; " + ratio if ratio else ""))
         sentences.append(
             f"Mean ± standard deviation over {seeds} seed{'s' if seeds != 1 else ''}, each seed "
@@ -158,18 +248,32 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
             f"held-out test examples ({sweep.get('test_data', '')}), chance "
             f"{_pct(sweep.get('chance_accuracy', 0.0))}"
         )
+        if any(_stat(p["summary"], "supervised", "accuracy") for p in points):
+            sentences.append(budget_sentence(sweep.get("pretrain_seconds"),
+                                             _sweep_baseline_seconds(points),
+                                             (sweep.get("baseline") or {}).get("minutes")))
     elif evaluation and evaluation.get("supervised"):
         lin = evaluation["linear"]["accuracy"]
         sup = evaluation["supervised"]["accuracy"]
-        gap = lin - sup
-        how = ("matches" if abs(gap) < TIE else
-               f"beats it by {_points(gap)} points" if gap > 0 else
-               f"is worse than it by {_points(gap)} points")
-        ratio = f", {100 * lin / sup:.0f}% of supervised" if sup > 0 else ""
-        sentences.append(
-            f"With all {evaluation.get('num_train', '?')} labels, SSL + linear probe {how} "
-            f"against the supervised baseline ({_pct(lin)} vs {_pct(sup)}{ratio}); one seed, no "
-            "error bars: run the sweep (--fractions) for the label-efficiency curve")
+        chance = evaluation.get("chance_accuracy")
+        labels = f"With all {evaluation.get('num_train', '?')} labels, SSL + linear probe"
+        if _below_chance(sup, chance):
+            sentences.append(f"{labels} reaches {_pct(lin)} test accuracy, but "
+                             f"{_not_learned(sup, chance)}")
+        else:
+            gap = lin - sup
+            how = ("matches" if abs(gap) < TIE else
+                   f"beats it by {_points(gap)} points" if gap > 0 else
+                   f"is worse than it by {_points(gap)} points")
+            ratio = f", {100 * lin / sup:.0f}% of supervised" if sup > 0 else ""
+            sentences.append(
+                f"{labels} {how} against the supervised baseline ({_pct(lin)} vs {_pct(sup)}"
+                f"{ratio}); one seed, no error bars: run the sweep (--fractions) for the "
+                "label-efficiency curve")
+        seconds = _baseline_seconds(evaluation["supervised"])
+        sentences.append(budget_sentence(evaluation.get("pretrain_seconds"),
+                                         [seconds] if seconds is not None else [],
+                                         evaluation["supervised"].get("minutes")))
     elif evaluation:
         sentences.append(f"SSL + linear probe reaches {_pct(evaluation['linear']['accuracy'])} "
                          "test accuracy; no supervised baseline was trained")
@@ -424,7 +528,7 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
     body = [f"<h1>{_e(title)}</h1>",
             f'<p class="note">data: {_e(config.get("data"))} · run directory: {_e(run)}</p>']
     text = verdict(sweep, evaluation, quality)
-    warn = " warn" if ("worse" in text or "Warning" in text) else ""
+    warn = " warn" if any(w in text for w in ("worse", "Warning", "did not learn")) else ""
     body.append(f'<h2>Verdict</h2><p class="verdict{warn}" id="verdict">{_e(text)}</p>')
 
     swept = bool(sweep and sweep.get("points"))
