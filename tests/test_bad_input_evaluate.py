@@ -6,6 +6,7 @@ non-runs) ending in one `error:` line with exit code 2."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,6 +17,9 @@ import pytest
 
 import selfsup
 from selfsup.cli import main
+from selfsup.evaluate import plan, protocol
+from selfsup.evaluate.sweep import sweep, sweep_plan
+from selfsup.evaluate.text import text_plan
 from selfsup.report import build_report, verdict
 
 
@@ -136,6 +140,53 @@ def test_selfsup_evaluate_is_callable_and_reaches_its_subpackages(tiny_run, tmp_
     result = selfsup.evaluate(copy_run(tiny_run, tmp_path), "digits", baseline=False,
                               progress=False)
     assert 0 <= result["linear"]["accuracy"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# (12) The plan before the work, and one progress bar over it
+
+
+def test_the_plan_line_counts_the_units_and_adds_up_their_budgets() -> None:
+    assert sweep_plan(2, 3, minutes=5.0, steps=None, finetune_minutes=5.0).describe() == (
+        "plan: 2 budgets x 3 seeds: features, probes, 6 fine-tunings of 5.0 min, "
+        "6 supervised baselines of 5.0 min; about 60 min in all")
+    # The text case of the issue: probes only, yet a from-scratch baseline per budget and seed.
+    assert text_plan(2, 3, contenders=1, finetune=False, baseline=True, minutes=5.0,
+                     epochs=None).describe() == (
+        "plan: 2 budgets x 3 seeds: features, probes, 6 from-scratch baselines of 5.0 min; "
+        "about 30 min in all")
+    steps = sweep_plan(1, 2, minutes=None, steps=500, finetune_minutes=None).describe()
+    assert "2 supervised baselines of up to 500 steps" in steps and "about" not in steps
+    single = protocol.evaluation_plan(0.5, 2.0, (0.1, 1.0), True)
+    assert single.describe() == ("plan: probes, 1 supervised baseline of 30 s, 2 fine-tunings "
+                                 "of 2.0 min, 2 from-scratch fine-tunings of 2.0 min; about "
+                                 "8.5 min in all")
+
+
+@pytest.mark.parametrize("verb, progress", [("sweep", True), ("sweep", False),
+                                            ("evaluate", True)])
+def test_one_bar_advances_over_every_planned_unit(tiny_run, tmp_path, monkeypatch, caplog,
+                                                  verb, progress) -> None:
+    seen: list[tuple[bool, int, int]] = []
+    exit_ = plan.PlanBar.__exit__
+
+    def spy(self, *exc):
+        seen.append((self.enabled, self.completed, len(self.plan.units)))
+        return exit_(self, *exc)
+
+    monkeypatch.setattr(plan.PlanBar, "__exit__", spy)
+    caplog.set_level(logging.INFO)
+    run = copy_run(tiny_run, tmp_path)
+    if verb == "evaluate":
+        protocol.evaluate(run, "digits", baseline_minutes=0.02, progress=progress)
+        assert seen == [(progress, 2, 2)]  # the probes, the baseline
+        assert "plan: probes, 1 supervised baseline of 1 s; about 1 s in all" in caplog.text
+        return
+    sweep(run, "digits", labels_per_class="3", seeds=2, baseline_steps=1, progress=progress)
+    # features, then per seed the probes and the baseline: 5 units, each counted once.
+    assert seen == [(progress, 5, 5)]
+    assert "plan: 1 budget x 2 seeds: features, probes, 2 supervised baselines of up to 1 " \
+           "step" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.plan import PlanBar
 from selfsup.evaluate.probes import stratified_split
 from selfsup.models import build_encoder
 from selfsup.models.vit import VisionTransformer
@@ -347,22 +348,29 @@ def finetune_protocol(
     *,
     label_fractions: tuple[float, ...] = (1.0,),
     baseline: bool = True,
+    bar: PlanBar | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a copy of ``encoder`` and, with ``baseline``, the same architecture from
     scratch (no layer-wise decay: there is nothing pre-trained to protect), with the same
-    labels and budget, for each fraction of the labels. Keys: ``"10%"``, ``"100%"``..."""
+    labels and budget, for each fraction of the labels. Keys: ``"10%"``, ``"100%"``...
+    Each fine-tuning is one unit of ``bar``, the evaluation's progress bar."""
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the fine-tuning protocol handles image encoders only for now")
+    bar = bar or PlanBar()
     result: dict[str, Any] = {}
     for fraction in label_fractions:
         labelled = label_subset(train, fraction, config.seed)
+        bar.start(f"fine-tuning on {fraction:.0%} of the labels")
         row: dict[str, Any] = {
             "pretrained": finetune(copy.deepcopy(encoder).train(), labelled, test, config)
         }
+        bar.done()
         if baseline:
+            bar.start(f"fine-tuning from scratch on {fraction:.0%} of the labels")
             scratch_config = dataclasses.replace(config, layer_decay=None)
             row["scratch"] = finetune(from_scratch(spec).train(), labelled, test, scratch_config)
             row["gain"] = row["pretrained"]["accuracy"] - row["scratch"]["accuracy"]
+            bar.done()
         result[f"{fraction:.0%}"] = row
     return result
 
@@ -379,12 +387,14 @@ def evaluate_finetune(
     baseline: bool = True,
     precision: str = "bf16",
     progress: bool = False,
+    bar: PlanBar | None = None,
 ) -> dict[str, Any]:
     """`selfsup evaluate --protocol finetune`: the run's encoder fine-tuned (and, with
     ``baseline``, the same ViT from scratch) for ``minutes`` each, per label fraction."""
     config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision, progress=progress)
     rows = finetune_protocol(
-        encoder, spec, train, test, config, label_fractions=fractions, baseline=baseline
+        encoder, spec, train, test, config, label_fractions=fractions, baseline=baseline,
+        bar=bar,
     )
     return {"minutes": minutes, "config": dataclasses.asdict(config), "fractions": rows}
 

@@ -21,6 +21,8 @@ from selfsup.config import PretrainConfig, build_config
 from selfsup.data.base import TrainData, load_data
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.finetune import evaluate_finetune
+from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.run import RunDir, as_run, load_encoder
 
@@ -132,6 +134,10 @@ def evaluate(
         )
     pretrain_config = run.read_config()
     summary = run.read_summary()
+    minutes = baseline_minutes or summary["train_seconds"] / 60
+    plan = evaluation_plan(minutes if baseline else None, finetune_minutes, finetune_fractions,
+                           baseline)
+    plan.announce()
     modality = spec.get("modality", "image")
     reader = reader_config(
         pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir,
@@ -158,7 +164,39 @@ def evaluate(
                 f"{test} has classes {test_data.class_names}, {data} has {train.class_names}"
             )
 
+    with PlanBar(plan, progress) as bar:  # its units run without bars of their own
+        result = _measure(run, spec, encoder, summary, pretrain_config, train, test_data,
+                          data=data, test_source=test_source, baseline=baseline,
+                          minutes=minutes, val_fraction=val_fraction, seed=seed,
+                          finetune_minutes=finetune_minutes,
+                          finetune_fractions=finetune_fractions, bar=bar)
+    atomic.write_json(run.eval, result)
+    return result
+
+
+def evaluation_plan(baseline_minutes: float | None, finetune_minutes: float | None,
+                    finetune_fractions: tuple[float, ...], baseline: bool) -> Plan:
+    """What :func:`evaluate` will run: the probes, the baseline, the fine-tunings."""
+    plan = Plan()
+    plan.add("probes")
+    if baseline_minutes is not None:
+        plan.add("supervised baseline", baseline_minutes)
+    if finetune_minutes is not None:
+        for _ in finetune_fractions:
+            plan.add("fine-tuning", finetune_minutes)
+            if baseline:
+                plan.add("from-scratch fine-tuning", finetune_minutes)
+    return plan
+
+
+def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
+             summary: dict[str, Any], pretrain_config: dict[str, Any], train: TrainData,
+             test_data: TrainData, *, data: str, test_source: str, baseline: bool,
+             minutes: float, val_fraction: float, seed: int, finetune_minutes: float | None,
+             finetune_fractions: tuple[float, ...], bar: PlanBar) -> dict[str, Any]:
+    """The evaluation's long part, unit by unit of its plan; returns eval.json's record."""
     precision = pretrain_config.get("precision", "bf16")
+    bar.start("features and probes")
     train_x = extract_features(encoder, train, precision=precision)
     test_x = extract_features(encoder, test_data, precision=precision)
     fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
@@ -169,6 +207,7 @@ def evaluate(
     )
     linear = linear_probe(*split, seed=seed)
     knn = knn_probe(*split)
+    bar.done()
 
     result: dict[str, Any] = {
         "run": str(run.path),
@@ -186,24 +225,22 @@ def evaluate(
         "knn": knn.as_dict(),
     }
     if baseline:
-        minutes = baseline_minutes or summary["train_seconds"] / 60
+        bar.start(f"supervised baseline ({format_minutes(minutes)})")
         result["supervised"] = supervised_baseline(
-            run, pretrain_config, train, test_data, minutes, seed, progress
+            run, pretrain_config, train, test_data, minutes, seed, progress=False
         )
+        bar.done()
         result["linear_over_supervised"] = (
             linear.accuracy / result["supervised"]["accuracy"]
             if result["supervised"]["accuracy"] > 0
             else None
         )
     if finetune_minutes is not None:
-        from selfsup.evaluate.finetune import evaluate_finetune
-
         result["finetune"] = evaluate_finetune(
             encoder, spec, train, test_data, minutes=finetune_minutes,
             fractions=finetune_fractions, seed=seed, baseline=baseline, precision=precision,
-            progress=progress,
+            progress=False, bar=bar,
         )
-    atomic.write_json(run.eval, result)
     return result
 
 

@@ -36,9 +36,11 @@ from sklearn.metrics import f1_score
 from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
 from selfsup.evaluate.quality import collapse_signals, quality_metrics
+from selfsup.methods import METHODS
 from selfsup.run import RunDir, as_run, load_encoder
 
 log = logging.getLogger(__name__)
@@ -342,6 +344,35 @@ def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: 
 # The sweep
 
 
+def _baseline_method(baseline: bool, pretrain_config: dict[str, Any], spec: dict[str, Any],
+                     modality: str) -> tuple[bool, str | None]:
+    """Whether a baseline can be trained for this run's method, and a note when it cannot."""
+    if not baseline:
+        return False, None
+    name = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
+    if METHODS.get(name.baseline_method).needs_labels:
+        return True, None
+    note = f"no supervised baseline method for {modality} runs yet"  # e.g. text
+    log.warning("sweep: %s; probes only", note)
+    return False, note
+
+
+def sweep_plan(budgets: int, seeds: int, *, minutes: float | None, steps: int | None,
+               finetune_minutes: float | None) -> Plan:
+    """What :func:`sweep` will run: features once, then per budget and seed the probes, the
+    fine-tuning and the baseline (``minutes`` and ``steps`` None: no baseline)."""
+    plan = Plan(budgets, seeds)
+    plan.add("features")
+    for _ in range(budgets * seeds):
+        plan.add("probes")
+        if finetune_minutes is not None:
+            plan.add("fine-tuning", finetune_minutes)
+        if minutes is not None or steps is not None:
+            plan.add("supervised baseline", minutes,
+                     f"{steps} step{'s' if steps != 1 else ''}" if steps else None)
+    return plan
+
+
 def sweep(
     run_path: str | Path,
     data: str,
@@ -388,6 +419,14 @@ def sweep(
                                 cache_dir=cache_dir,
                                 data_options={**(data_options or {}), **(test_options or {})})
     started = time.monotonic()
+    baseline, baseline_note = _baseline_method(baseline, pretrain_config, spec, modality)
+    minutes = baseline_minutes
+    if minutes is None and baseline_steps is None:
+        minutes = summary["train_seconds"] / 60
+    plan = sweep_plan(len(budgets), int(seeds), minutes=minutes if baseline else None,
+                      steps=baseline_steps if baseline else None,
+                      finetune_minutes=finetune_minutes)
+    plan.announce()
 
     labelled = load_labelled(data, modality, reader)
     check_matches(labelled, spec)
@@ -406,61 +445,59 @@ def sweep(
         test_source = test
     train_y, test_y = np.asarray(train.labels), np.asarray(test_data.labels)
 
-    baseline_note = None
-    if baseline:
-        from selfsup.methods import METHODS
-
-        name = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
-        if not METHODS.get(name.baseline_method).needs_labels:
-            baseline = False  # e.g. text: no supervised method for this modality yet
-            baseline_note = f"no supervised baseline method for {modality} runs yet"
-            log.warning("sweep: %s; probes only", baseline_note)
-
     precision = pretrain_config.get("precision", "bf16")
-    train_x = extract_features(encoder, train, precision=precision)
-    test_x = extract_features(encoder, test_data, precision=precision)
-    feature_seconds = time.monotonic() - started
-    minutes = baseline_minutes
-    if minutes is None and baseline_steps is None:
-        minutes = summary["train_seconds"] / 60
-
-    points = []
-    for budget in budgets:
-        runs = []
-        for seed in range(int(seeds)):
-            rows = label_subset(train_y, budget, seed)
-            subsets[f"{budget.tag}_seed{seed}"] = pool_idx[rows]
-            entry: dict[str, Any] = {
-                "seed": seed,
-                "num_labels": int(len(rows)),
-                **probe_subset(train_x[rows], train_y[rows], test_x, test_y, seed, val_fraction),
-            }
-            if finetune_minutes is not None:
-                entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),
-                                              test_data, finetune_minutes, seed, precision)
-            if baseline:
-                key = {"train": train.source, "test": test_source, "budget": budget.name,
-                       "seed": seed, "num_labels": int(len(rows)), "minutes": minutes,
-                       "steps": baseline_steps, "rows_sum": int(rows.sum())}
-                entry["supervised"] = train_baseline(
-                    run, pretrain_config, spec,
-                    train.subset(rows, f"{train.source}, {budget.name} labels, seed {seed}"),
-                    test_data, minutes=minutes, steps=baseline_steps, seed=seed,
-                    folder=run.path / "sweep" / f"baseline-{budget.tag}-seed{seed}",
-                    key=key, progress=progress,
-                )
-            runs.append(entry)
-            log.info("sweep %s seed %d (%d labels): linear %.4f, kNN %.4f%s", budget.name, seed,
-                     len(rows), entry["linear"]["accuracy"], entry["knn"]["accuracy"],
-                     f", supervised {entry['supervised']['accuracy']:.4f}" if baseline else "")
-        points.append({
-            "budget": budget.name,
-            "fraction": budget.fraction,
-            "labels_per_class": budget.per_class,
-            "num_labels": spread([r["num_labels"] for r in runs])["mean"],
-            "runs": runs,
-            "summary": summarise_point(runs),
-        })
+    with PlanBar(plan, progress) as bar:  # its units run without bars of their own
+        bar.start("features")
+        train_x = extract_features(encoder, train, precision=precision)
+        test_x = extract_features(encoder, test_data, precision=precision)
+        bar.done()
+        feature_seconds = time.monotonic() - started
+        points = []
+        for budget in budgets:
+            runs = []
+            for seed in range(int(seeds)):
+                rows = label_subset(train_y, budget, seed)
+                subsets[f"{budget.tag}_seed{seed}"] = pool_idx[rows]
+                where = f"{budget.name} labels, seed {seed}"
+                bar.start(f"probes, {where}")
+                entry: dict[str, Any] = {
+                    "seed": seed,
+                    "num_labels": int(len(rows)),
+                    **probe_subset(train_x[rows], train_y[rows], test_x, test_y, seed,
+                                   val_fraction),
+                }
+                bar.done()
+                if finetune_minutes is not None:
+                    bar.start(f"fine-tuning, {where}")
+                    entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),
+                                                  test_data, finetune_minutes, seed, precision)
+                    bar.done()
+                if baseline:
+                    key = {"train": train.source, "test": test_source, "budget": budget.name,
+                           "seed": seed, "num_labels": int(len(rows)), "minutes": minutes,
+                           "steps": baseline_steps, "rows_sum": int(rows.sum())}
+                    bar.start(f"supervised baseline, {where}")
+                    entry["supervised"] = train_baseline(
+                        run, pretrain_config, spec,
+                        train.subset(rows, f"{train.source}, {where}"),
+                        test_data, minutes=minutes, steps=baseline_steps, seed=seed,
+                        folder=run.path / "sweep" / f"baseline-{budget.tag}-seed{seed}",
+                        key=key, progress=False,
+                    )
+                    bar.done()
+                runs.append(entry)
+                log.info("sweep %s seed %d (%d labels): linear %.4f, kNN %.4f%s", budget.name,
+                         seed, len(rows), entry["linear"]["accuracy"], entry["knn"]["accuracy"],
+                         f", supervised {entry['supervised']['accuracy']:.4f}" if baseline
+                         else "")
+            points.append({
+                "budget": budget.name,
+                "fraction": budget.fraction,
+                "labels_per_class": budget.per_class,
+                "num_labels": spread([r["num_labels"] for r in runs])["mean"],
+                "runs": runs,
+                "summary": summarise_point(runs),
+            })
 
     sample = np.random.default_rng(0).permutation(len(test_x))[:2000]
     with atomic.atomic_path(run.path / EMBEDDINGS_FILE) as tmp, open(tmp, "wb") as handle:

@@ -50,6 +50,7 @@ from selfsup.evaluate.finetune import (
     FinetuneModule,
     fit_keeping_best,
 )
+from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import linear_head, stratified_split
 from selfsup.evaluate.quality import quality_metrics
 from selfsup.evaluate.sweep import (
@@ -461,6 +462,25 @@ def budget_name(budget: LabelBudget) -> str:
     return "all" if budget.fraction == 1.0 else budget.name
 
 
+def text_plan(budgets: int, seeds: int, *, contenders: int, finetune: bool, baseline: bool,
+              minutes: float | None, epochs: int | None) -> Plan:
+    """What :func:`evaluate_models` will run: the features of each contender (the model, the
+    starting model), then per budget and seed the probes, the fine-tunings and the
+    from-scratch baseline, each fine-tuning bounded by ``minutes`` and/or ``epochs``."""
+    plan = Plan(budgets, seeds)
+    plan.add("features", times=contenders)
+    limit = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else None
+    for _ in range(budgets * seeds):
+        plan.add("probes")
+        if finetune:
+            plan.add("fine-tuning", minutes, limit)
+            if contenders > 1:
+                plan.add("starting-model fine-tuning", minutes, limit)
+        if baseline:
+            plan.add("from-scratch baseline", minutes, limit)
+    return plan
+
+
 def _probe(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
            test_y: np.ndarray, seed: int, val_fraction: float) -> dict[str, Any]:
     return probe_subset(features[rows], labels[rows], test_x, test_y, seed, val_fraction)
@@ -518,77 +538,89 @@ def evaluate_models(
     contenders: dict[str, TextModel] = {"model": model}
     if start is not None:
         contenders["start"] = start
-    embeddings: dict[str, dict[str, Any]] = {}
-    features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tokens: dict[str, tuple[Tokenized, Tokenized]] = {}
-    for name, contender in contenders.items():
-        info: dict[str, Any] = {}
-        made: list[tuple[Tokenized, np.ndarray]] = []
-        for split, texts in (("train", needed_texts), ("test", test.texts)):
-            began = time.monotonic()
-            tokenized = tokenize_texts(contender, texts, max_length,
-                                       what=f"{split} texts ({name})")
-            vectors = text_features(contender.encoder, tokenized, contender.pad_id,
-                                    batch_size=batch_size)
-            seconds = time.monotonic() - began
-            info[split] = {"texts": len(texts), "truncated": tokenized.truncated,
-                           "max_length": tokenized.max_length, "seconds": seconds,
-                           "texts_per_s": len(texts) / max(seconds, 1e-9)}
-            made.append((tokenized, vectors))
-        tokens[name] = (made[0][0], made[1][0])
-        features[name] = (made[0][1], made[1][1])
-        embeddings[name] = info
-        log.info("%s: embedded %d texts at %.1f texts/s (at most %d tokens)", contender.source,
-                 len(needed) + len(test_y),
-                 (len(needed) + len(test_y)) / max(info["train"]["seconds"]
-                                                   + info["test"]["seconds"], 1e-9),
-                 info["test"]["max_length"])
+    plan = text_plan(len(budgets), len(draws), contenders=len(contenders), finetune=finetune,
+                     baseline=baseline, minutes=finetune_minutes, epochs=finetune_epochs)
+    plan.announce()
+    with PlanBar(plan, progress) as bar:  # its units run without bars of their own
+        embeddings: dict[str, dict[str, Any]] = {}
+        features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        tokens: dict[str, tuple[Tokenized, Tokenized]] = {}
+        for name, contender in contenders.items():
+            bar.start(f"features of {contender.source}")
+            info: dict[str, Any] = {}
+            made: list[tuple[Tokenized, np.ndarray]] = []
+            for split, texts in (("train", needed_texts), ("test", test.texts)):
+                began = time.monotonic()
+                tokenized = tokenize_texts(contender, texts, max_length,
+                                           what=f"{split} texts ({name})")
+                vectors = text_features(contender.encoder, tokenized, contender.pad_id,
+                                        batch_size=batch_size)
+                seconds = time.monotonic() - began
+                info[split] = {"texts": len(texts), "truncated": tokenized.truncated,
+                               "max_length": tokenized.max_length, "seconds": seconds,
+                               "texts_per_s": len(texts) / max(seconds, 1e-9)}
+                made.append((tokenized, vectors))
+            tokens[name] = (made[0][0], made[1][0])
+            features[name] = (made[0][1], made[1][1])
+            embeddings[name] = info
+            bar.done()
+            log.info("%s: embedded %d texts at %.1f texts/s (at most %d tokens)", contender.source,
+                     len(needed) + len(test_y),
+                     (len(needed) + len(test_y)) / max(info["train"]["seconds"]
+                                                       + info["test"]["seconds"], 1e-9),
+                     info["test"]["max_length"])
 
-    def splits(name: str, pad_id: int, local: np.ndarray) -> tuple[TextSplit, TextSplit]:
-        train_tokens, test_tokens = tokens[name]
-        return (TextSplit(train_tokens, train_y[needed], pad_id).subset(local),
-                TextSplit(test_tokens, test_y, pad_id))
+        def splits(name: str, pad_id: int, local: np.ndarray) -> tuple[TextSplit, TextSplit]:
+            train_tokens, test_tokens = tokens[name]
+            return (TextSplit(train_tokens, train_y[needed], pad_id).subset(local),
+                    TextSplit(test_tokens, test_y, pad_id))
 
-    base_config = text_finetune_config(minutes=finetune_minutes, epochs=finetune_epochs,
-                                       seed=seed, progress=progress, head_init=finetune_head)
-    # From scratch the features are random: a probe of them is no head start.
-    scratch_config = dataclasses.replace(base_config, lr=scratch_lr, head_init="random")
-    rows_out = []
-    for budget in budgets:
-        name = budget_name(budget)
-        runs: list[dict[str, Any]] = []
-        detail: dict[str, Any] | None = None
-        for s in draws:
-            rows = subsets[name, s]
-            local = position[rows]
-            row: dict[str, Any] = {"budget": name, "fraction": budget.fraction,
-                                   "labels_per_class": budget.per_class,
-                                   "num_labels": int(len(rows))}
-            for kind in contenders:
-                train_x, test_x = features[kind]
-                row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, s,
-                                   val_fraction)
-            if finetune:
-                for kind, contender in contenders.items():
-                    tr, te = splits(kind, contender.pad_id, local)
-                    log.info("fine-tuning %s on %s labels (seed %d)", contender.source, name, s)
-                    row[kind]["finetune"] = finetune_text(
-                        copy.deepcopy(contender.encoder), tr, te, num_classes,
-                        dataclasses.replace(base_config, seed=s))
-            if baseline:
-                fresh = model.fresh(s)
-                tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
-                log.info("training the same architecture from scratch on %s labels (seed %d)",
-                         name, s)
-                row["scratch"] = {"finetune": finetune_text(
-                    fresh.encoder, tr, te, num_classes, dataclasses.replace(scratch_config,
-                                                                           seed=s))}
-            row["gains"] = _gains(row)
-            runs.append(_seed_scores(row, s))
-            detail = detail or row  # the first seed's row keeps its full detail
-        detail["runs"] = runs
-        detail["summary"] = summarise_point(runs)
-        rows_out.append(detail)
+        base_config = text_finetune_config(minutes=finetune_minutes, epochs=finetune_epochs,
+                                           seed=seed, progress=False, head_init=finetune_head)
+        # From scratch the features are random: a probe of them is no head start.
+        scratch_config = dataclasses.replace(base_config, lr=scratch_lr, head_init="random")
+        rows_out = []
+        for budget in budgets:
+            name = budget_name(budget)
+            runs: list[dict[str, Any]] = []
+            detail: dict[str, Any] | None = None
+            for s in draws:
+                rows = subsets[name, s]
+                local = position[rows]
+                row: dict[str, Any] = {"budget": name, "fraction": budget.fraction,
+                                       "labels_per_class": budget.per_class,
+                                       "num_labels": int(len(rows))}
+                where = f"{name} labels, seed {s}"
+                bar.start(f"probes, {where}")
+                for kind in contenders:
+                    train_x, test_x = features[kind]
+                    row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, s,
+                                       val_fraction)
+                bar.done()
+                if finetune:
+                    for kind, contender in contenders.items():
+                        tr, te = splits(kind, contender.pad_id, local)
+                        log.info("fine-tuning %s on %s", contender.source, where)
+                        bar.start(f"fine-tuning {kind}, {where}")
+                        row[kind]["finetune"] = finetune_text(
+                            copy.deepcopy(contender.encoder), tr, te, num_classes,
+                            dataclasses.replace(base_config, seed=s))
+                        bar.done()
+                if baseline:
+                    fresh = model.fresh(s)
+                    tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
+                    log.info("training the same architecture from scratch on %s", where)
+                    bar.start(f"from scratch, {where}")
+                    row["scratch"] = {"finetune": finetune_text(
+                        fresh.encoder, tr, te, num_classes,
+                        dataclasses.replace(scratch_config, seed=s))}
+                    bar.done()
+                row["gains"] = _gains(row)
+                runs.append(_seed_scores(row, s))
+                detail = detail or row  # the first seed's row keeps its full detail
+            detail["runs"] = runs
+            detail["summary"] = summarise_point(runs)
+            rows_out.append(detail)
 
     test_x = features["model"][1]
     if embeddings_out is not None:
