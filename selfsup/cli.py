@@ -19,7 +19,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate.protocol import evaluate as run_evaluate
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
-from selfsup.report import build_report, verdict
+from selfsup.report import build_compare, build_report, compare_rows, verdict
 
 app = typer.Typer(
     help="Self-supervised pre-training, and an honest answer to whether it helped.",
@@ -782,8 +782,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("compare.html"),
 ) -> None:
     """One table and one chart across runs (from pretrain.json, eval.json, sweep.json)."""
-    from selfsup.report import build_compare, compare_rows
-
+    written = build_compare(runs, out)  # checks the runs and --out before anything is shown
     rows = compare_rows(runs)
     table = Table(title="selfsup compare")
     for column in ("run", "method", "encoder", "steps", "minutes", "linear", "kNN", "supervised"):
@@ -794,7 +793,7 @@ def compare(
                       *(f"{r[p]:.4f}" if r.get(p) is not None else "—"
                         for p in ("linear", "knn", "supervised")))
     console.print(table)
-    console.print(f"written {build_compare(runs, out)}")
+    console.print(f"written {written}")
 
 
 def main() -> None:

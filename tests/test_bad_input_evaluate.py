@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 
 import selfsup
 from selfsup.cli import main
-from selfsup.evaluate import plan, protocol
+from selfsup.errors import SelfsupError
+from selfsup.evaluate import checks, plan, protocol
 from selfsup.evaluate.sweep import sweep, sweep_plan
 from selfsup.evaluate.text import text_plan
 from selfsup.report import build_report, verdict
@@ -234,3 +236,99 @@ def test_a_damaged_export_is_one_message(tiny_run, tmp_path, monkeypatch, capsys
     line = one_error_line(err)
     assert code == 2 and f"{run / named}" in line and words in line, line
     assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("sweep_args", [[], ["--labels-per-class", "3"]])
+def test_a_read_only_run_is_refused_before_the_long_work(tiny_run, tmp_path, monkeypatch,
+                                                         capsys, sweep_args) -> None:
+    run = copy_run(tiny_run, tmp_path)
+    run.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: report the folder as a read-only mount would
+        real = os.access
+        monkeypatch.setattr(checks.os, "access", lambda path, mode: (
+            False if Path(path) == run and mode & os.W_OK else real(path, mode)))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read before the folder was checked")
+
+    monkeypatch.setattr(protocol, "load_labelled", no_reading)
+    monkeypatch.setattr("selfsup.evaluate.sweep.load_labelled", no_reading)
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", "digits",
+                               "--baseline-minutes", "0.02", "--no-progress", *sweep_args)
+    finally:
+        run.chmod(0o755)
+    line = one_error_line(err)
+    assert code == 2 and f"{run} cannot be written" in line and "cp -r" in line
+    assert not (run / "eval.json").exists() and not (run / "baseline").exists()
+    assert not (run / "sweep.json").exists()
+
+
+def test_compare_out_a_folder_and_folders_that_are_not_runs(tiny_run, tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    code, out, err = run_cli(monkeypatch, capsys, "compare", str(tiny_run), "--out", str(folder))
+    line = one_error_line(err)
+    assert code == 2 and f"--out {folder} is a folder" in line and "compare.html" in line
+    assert out == "" and list(folder.iterdir()) == []  # no table shown, nothing written
+    stray = tmp_path / "photos"
+    stray.mkdir()
+    (stray / "cat.jpg").write_bytes(b"jpeg")
+    code, _, err = run_cli(monkeypatch, capsys, "compare", str(tiny_run), str(stray),
+                           "--out", str(tmp_path / "c.html"))
+    line = one_error_line(err)
+    assert code == 2 and f"{stray} is not a selfsup run" in line
+    assert not (tmp_path / "c.html").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "compare", str(tiny_run),
+                           "--out", str(tmp_path / "c.html"))
+    assert code == 0, err
+    assert (tmp_path / "c.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A tiny Hugging Face BERT folder: a text model to evaluate labelled CSVs with."""
+    import torch
+
+    from selfsup.models.hf_text import (
+        HFTextEncoder,
+        save_hf_folder,
+        small_bert_config,
+        wordpiece_tokenizer,
+    )
+
+    tokenizer = wordpiece_tokenizer(["good film", "bad plot", "the actor was fine"],
+                                    vocab_size=60)
+    config = small_bert_config(tokenizer.get_vocab_size(), dim=16, layers=1, heads=2,
+                               max_length=16, dropout=0.0)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hf") / "tiny-bert"
+    save_hf_folder(HFTextEncoder(config).model, tokenizer, folder)
+    return folder
+
+
+@pytest.mark.parametrize("row, fields", [("the plot, it was bad,neg", 3), ("awful", 1)])
+def test_a_csv_with_ragged_rows_is_refused_naming_the_line(hf_folder, tmp_path, monkeypatch,
+                                                           capsys, row, fields) -> None:
+    rows = ["text,label"] + [f"good film {i},pos" if i % 2 else f"bad plot {i},neg"
+                             for i in range(20)]
+    rows.insert(3, row)
+    data = tmp_path / "labelled.csv"
+    data.write_text("\n".join(rows) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(hf_folder), "--data", str(data),
+                           "--no-baseline", "--no-progress")
+    line = one_error_line(err)
+    assert code == 2
+    assert re.search(rf"{re.escape(str(data))} line 4: {fields} fields?, but the header has 2",
+                     line), line
+
+
+def test_ragged_clip_pairs_are_refused_before_evaluating(tiny_run, tmp_path,
+                                                         monkeypatch) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,caption\na.png,a cat\nb.png,a dog, sitting\n")
+    monkeypatch.setattr(protocol, "load_encoder", lambda run: (None, {"modality": "image_text"}))
+    monkeypatch.setattr("selfsup.evaluate.zero_shot.evaluate_clip", lambda *a, **k: {})
+    with pytest.raises(SelfsupError, match=r"pairs.csv line 3: 3 fields, but the header has 2"):
+        protocol.evaluate(tiny_run, "digits", clip_options={"pairs": str(pairs)})

@@ -16,7 +16,7 @@ from typing import Any
 from selfsup.evaluate.protocol import evaluate
 
 #: The submodules reachable as attributes of the package without importing them first.
-SUBMODULES = ("anomaly", "features", "finetune", "language", "plan", "probe_curve",
+SUBMODULES = ("anomaly", "checks", "features", "finetune", "language", "plan", "probe_curve",
               "probes", "protocol", "quality", "sweep", "text", "zero_shot")
 
 

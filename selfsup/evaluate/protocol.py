@@ -20,6 +20,7 @@ from selfsup import atomic
 from selfsup.config import PretrainConfig, build_config
 from selfsup.data.base import TrainData, load_data
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.checks import check_csv_rows, check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import evaluate_finetune
 from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
@@ -119,10 +120,13 @@ def evaluate(
     if text_options:
         raise SelfsupError(f"{run_path} is not a text run: text evaluation options do not apply")
     run = as_run(run_path)
+    check_writable(run.path, "eval.json and the baseline")  # now, not after the baseline
     encoder, spec = load_encoder(run)
     if spec.get("modality") == "image_text":
         from selfsup.evaluate.zero_shot import evaluate_clip
 
+        if (clip_options or {}).get("pairs"):
+            check_csv_rows(clip_options["pairs"])  # a ragged row would shift its caption
         return evaluate_clip(
             run_path, data, test, baseline=baseline, baseline_minutes=baseline_minutes,
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,

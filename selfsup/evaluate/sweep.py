@@ -35,6 +35,7 @@ from sklearn.metrics import f1_score
 
 from selfsup import atomic
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
@@ -411,6 +412,7 @@ def sweep(
     encoder, spec = load_encoder(run)
     pretrain_config = run.read_config()
     summary = run.read_summary()
+    check_writable(run.path, "sweep.json and the baselines")
     modality = spec.get("modality", "image")
     reader = reader_config(pretrain_config, spec, skip_bad=skip_bad, progress=progress,
                            cache_dir=cache_dir,

@@ -44,6 +44,7 @@ from selfsup import atomic
 from selfsup.config import inference_precision
 from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.checks import check_csv_rows, check_writable
 from selfsup.evaluate.finetune import (
     HEAD_INITS,
     FinetuneConfig,
@@ -756,7 +757,11 @@ def read_splits(
     test_size: int | None = None, train_size: int | None = None,
 ) -> tuple[LabelledText, LabelledText]:
     """(train, test) labelled text; without ``test``, a stratified ``test_fraction`` of ``data``.
-    ``train_size`` / ``test_size`` take fixed seeded random subsets (recorded in the source)."""
+    ``train_size`` / ``test_size`` take fixed seeded random subsets (recorded in the source).
+    A CSV with ragged rows is refused (:func:`check_csv_rows`)."""
+    check_csv_rows(data, data_options)
+    if test is not None:
+        check_csv_rows(test, {**(data_options or {}), **(test_options or {})})
     labelled = read_with_options(data, data_options)
     if test is None:
         fit_idx, test_idx = stratified_split(labelled.labels, test_fraction, seed)
@@ -799,6 +804,8 @@ def evaluate_text_model(
     when ``out`` is given."""
     if protocol not in ("probes", "finetune"):
         raise SelfsupError(f"protocol must be 'probes' or 'finetune', not {protocol!r}")
+    if out is not None:
+        check_writable(out, "eval.json", hint="choose another --out")
     loaded = model if isinstance(model, TextModel) else load_text_model(model)
     start_model = (start if isinstance(start, TextModel) or start is None
                    else load_text_model(start))
@@ -831,6 +838,7 @@ def evaluate_text_run(
     """`selfsup evaluate RUN` for an hf_text run: the run's encoder, against the same
     architecture from scratch and (``start=True``) the run's recorded ``init`` folder, if any;
     writes RUN/eval.json, and RUN/sweep.json (:func:`text_sweep`) for the report."""
+    check_writable(run_path, "eval.json and sweep.json")
     model, spec, config = load_run_model(run_path)
     start_model = None
     if start is True:

@@ -15,6 +15,7 @@ import html
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -603,13 +604,23 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
     return out
 
 
+#: The files of which a folder must hold one to be compared: a run, or an evaluation's --out.
+RUN_FILES = ("config.yaml", "pretrain.json", "eval.json", "sweep.json")
+
+
 def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
-    """One row per run: its method, budget and headline scores (sweep's largest budget first)."""
+    """One row per run: its method, budget and headline scores (sweep's largest budget first).
+    A folder that holds none of RUN_FILES is refused: a row of dashes compares nothing."""
     rows = []
     for path in runs:
         run = Path(path)
-        if not run.is_dir():
+        if not run.exists():
             raise SelfsupError(f"run directory {run} does not exist")
+        if not run.is_dir():
+            raise SelfsupError(f"{run} is a file, not a run directory")
+        if not any((run / name).is_file() for name in RUN_FILES):
+            raise SelfsupError(f"{run} is not a selfsup run: it holds none of "
+                               f"{', '.join(RUN_FILES)}")
         config = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
                   if (run / "config.yaml").is_file() else {}) or {}
         summary = _json(run / "pretrain.json") or {}
@@ -644,10 +655,28 @@ def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def check_compare_out(out: str | Path) -> Path:
+    """The page compare writes: refused when it is a folder or its folder cannot be written,
+    before anything is read or shown."""
+    path = Path(out)
+    if path.is_dir():
+        raise SelfsupError(f"--out {path} is a folder; give the HTML file to write, e.g. "
+                           f"--out {path / 'compare.html'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SelfsupError(f"--out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SelfsupError(f"--out {path}: {parent} cannot be written; choose another --out")
+    return path
+
+
 def build_compare(runs: list[str | Path], out: str | Path = "compare.html") -> Path:
     """Write one HTML page with a table and a chart across runs; return its path."""
     if not runs:
         raise SelfsupError("compare needs at least one run directory")
+    check_compare_out(out)
     rows = compare_rows(runs)
     columns = list(dict.fromkeys(k for r in rows for k in r if not k.endswith("_std")))
     body = [f"<h1>selfsup compare: {len(rows)} runs</h1>",
