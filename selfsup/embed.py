@@ -13,8 +13,11 @@ so the final file either does not exist or is complete.
 
 The file: one row per sample with ``index`` (int64, the row in the data), ``id`` (string: the
 file path relative to the folder, or the row number for arrays), ``label`` (int64, when the data
-has labels) and ``embedding`` (fixed-size list of float32). The schema metadata holds ``run``,
-``encoder``, ``dim``, ``modality`` and, under ``selfsup``, a JSON record of all of it.
+has labels), ``label_name`` (string: the class sub-folder's or the npz ``class_names`` entry,
+when the labels have names) and ``embedding`` (fixed-size list of float32). The schema metadata
+holds ``run``, ``encoder``, ``dim``, ``modality``, ``class_names`` (a JSON list, when the labels
+have names) and, under ``selfsup``, a JSON record of all of it. The names travel in the file
+itself, so a reader that knows nothing of selfsup (pandas, DuckDB) sees them.
 """
 
 from __future__ import annotations
@@ -199,13 +202,31 @@ def release_free_memory(collect: bool = True) -> None:
 # ------------------------------------------------------------------------------ schema ----
 
 
+LABEL_NAME = "label_name"
+
+
 def schema(dim: int, with_labels: bool, meta: dict[str, Any]) -> pa.Schema:
+    """The file's columns; ``label_name`` when the labels have names (``meta['class_names']``)."""
     fields = [pa.field("index", pa.int64(), nullable=False), pa.field("id", pa.string())]
+    named = with_labels and bool(meta.get("class_names"))
     if with_labels:
         fields.append(pa.field("label", pa.int64()))
+    if named:
+        fields.append(pa.field(LABEL_NAME, pa.string()))
     fields.append(pa.field(EMBEDDING, pa.list_(pa.float32(), dim), nullable=False))
     flat = {k: str(meta[k]) for k in ("run", "encoder", "dim", "modality")}
+    if named:
+        flat["class_names"] = json.dumps(list(meta["class_names"]))
     return pa.schema(fields, metadata={**flat, "selfsup": json.dumps(meta)})
+
+
+def label_names(labels: np.ndarray, class_names: list[str]) -> pa.Array:
+    """Each label's class name (null for a label the names do not cover)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    known = (labels >= 0) & (labels < len(class_names))
+    names = pa.array([str(name) for name in class_names], pa.string())
+    indices = pa.array(np.where(known, labels, 0), mask=~known)
+    return names.take(indices)
 
 
 def file_meta(path: str | Path) -> dict[str, Any]:
@@ -230,6 +251,9 @@ def _part_table(
     columns = [pa.array(np.arange(start, start + n, dtype=np.int64)), ids]
     if labels is not None:
         columns.append(pa.array(np.asarray(labels, dtype=np.int64)))
+    if LABEL_NAME in sch.names:
+        class_names = json.loads(sch.metadata[b"class_names"])
+        columns.append(label_names(labels, class_names))
     columns.append(pa.FixedSizeListArray.from_arrays(flat, dim))
     return pa.Table.from_arrays(columns, schema=sch)
 
@@ -276,13 +300,16 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.parts")
 
 
-def _complete_parts(folder: Path, bounds: list[tuple[int, int]]) -> int:
-    """How many leading parts are present with the right row count (later ones are redone)."""
+def _complete_parts(folder: Path, bounds: list[tuple[int, int]], sch: pa.Schema) -> int:
+    """How many leading parts are present with the right row count and columns (a part of an
+    older selfsup may lack ``label_name``); later ones are redone."""
     done = 0
     for k, (a, b) in enumerate(bounds):
         part = folder / f"part-{k:06d}.parquet"
         try:
             if not part.is_file() or pq.read_metadata(part).num_rows != b - a:
+                break
+            if pq.read_schema(part).names != sch.names:
                 break
         except (OSError, pa.ArrowException):
             break
@@ -374,6 +401,7 @@ def _embed_source(
             f" run without --resume to overwrite it"
         )
 
+    sch = schema(embedder.dim, source.labels is not None, meta)
     folder = parts_dir(out)
     bounds = [(a, min(a + per_part, n)) for a in range(0, n, per_part)]
     manifest = {k: meta[k] for k in ("encoder_sha256", "data_sha256", "rows", "dim", "run",
@@ -393,13 +421,12 @@ def _embed_source(
                 f" start again"
             )
         atomic.remove_leftovers(folder)
-        first = _complete_parts(folder, bounds)
+        first = _complete_parts(folder, bounds, sch)
     else:
         _clear_parts(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic.write_json(folder / "manifest.json", manifest)
 
-    sch = schema(embedder.dim, source.labels is not None, meta)
     start_row = bounds[first][0] if first < len(bounds) else n
     bar = _Bar(progress, n, start_row)
     started = time.perf_counter()
@@ -443,4 +470,5 @@ def _write_part(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
-__all__ = ["SOURCES", "RowReader", "Source", "embed", "file_meta", "image_source", "schema"]
+__all__ = ["LABEL_NAME", "SOURCES", "RowReader", "Source", "embed", "file_meta", "image_source",
+           "label_names", "schema"]

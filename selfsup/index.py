@@ -11,8 +11,9 @@ set. The queries are rows of the data, searched with their own row excluded from
 
 Cosine similarity is inner product on L2-normalised vectors; L2 results are reported as
 Euclidean distances (FAISS computes squared ones). The index folder holds ``index.faiss``,
-``rows.parquet`` (row -> id, label) and ``index.json`` (kind, parameters, recall, build time,
-and the encoder the embeddings came from); ``index.json`` is written last and marks it complete.
+``rows.parquet`` (row -> id, label, label_name) and ``index.json`` (kind, parameters, recall,
+build time, and the encoder the embeddings came from); ``index.json`` is written last and marks
+it complete.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pyarrow.compute as pc  # not loaded by ``import pyarrow``: pa.compute alo
 import pyarrow.parquet as pq
 
 from selfsup import atomic
-from selfsup.embed import EMBEDDING, file_meta
+from selfsup.embed import EMBEDDING, LABEL_NAME, file_meta
 from selfsup.errors import SelfsupError
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
@@ -59,6 +60,7 @@ class Embeddings:
     ids: list[str]
     labels: np.ndarray | None
     meta: dict[str, Any]
+    label_names: list[str | None] | None = None  # the file's label_name column, if it has one
 
 
 def read_embeddings(path: str | Path, *, batch_rows: int = 65536) -> Embeddings:
@@ -113,7 +115,7 @@ def read_embeddings(path: str | Path, *, batch_rows: int = 65536) -> Embeddings:
         bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
         raise SelfsupError(f"{path}: row {bad} has a null, NaN or infinite embedding value")
 
-    columns = [c for c in ("index", "id", "label") if c in names]
+    columns = [c for c in ("index", "id", "label", LABEL_NAME) if c in names]
     table = pq.read_table(path, columns=columns) if columns else None
     if table is not None and "id" in columns:
         ids = [str(x) for x in table.column("id").to_pylist()]
@@ -125,9 +127,25 @@ def read_embeddings(path: str | Path, *, batch_rows: int = 65536) -> Embeddings:
     if table is not None and "label" in columns:
         labels = table.column("label").to_numpy(zero_copy_only=False)
         labels = None if labels.dtype.kind not in "iu" else labels.astype(np.int64)
+    label_names = None
+    if table is not None and LABEL_NAME in columns:
+        values = table.column(LABEL_NAME).to_pylist()
+        label_names = [None if v is None else str(v) for v in values]
     meta = file_meta(path)
+    if "class_names" not in meta:  # a file written elsewhere: the flat key, if it has one
+        meta = {**meta, **_flat_class_names(handle)}
     meta = {**meta, "dim": dim, "rows": n}
-    return Embeddings(vectors, ids, labels, meta)
+    return Embeddings(vectors, ids, labels, meta, label_names)
+
+
+def _flat_class_names(handle: pq.ParquetFile) -> dict[str, Any]:
+    """``{"class_names": [...]}`` from the schema's flat ``class_names`` key, or nothing."""
+    raw = (handle.schema_arrow.metadata or {}).get(b"class_names")
+    try:
+        names = json.loads(raw) if raw else None
+    except ValueError:
+        return {}
+    return {"class_names": [str(x) for x in names]} if isinstance(names, list) else {}
 
 
 # ------------------------------------------------------------------------------ faiss ----
@@ -297,6 +315,8 @@ def build_index(
     rows = {"id": pa.array(data.ids, pa.string())}
     if data.labels is not None:
         rows["label"] = pa.array(data.labels)
+    if data.label_names is not None:
+        rows[LABEL_NAME] = pa.array(data.label_names, pa.string())
     with atomic.atomic_path(out / "rows.parquet") as tmp:
         pq.write_table(pa.table(rows), tmp)
     atomic.write_json(out / "index.json", record)
@@ -307,8 +327,9 @@ class SearchIndex:
     """An index folder opened for queries."""
 
     def __init__(self, path: Path, index: faiss.Index, info: dict[str, Any], ids: list[str],
-                 labels: np.ndarray | None) -> None:
+                 labels: np.ndarray | None, label_names: list[str | None] | None = None) -> None:
         self.path, self.index, self.info, self.ids, self.labels = path, index, info, ids, labels
+        self.label_names = label_names
 
     @classmethod
     def open(cls, path: str | Path) -> SearchIndex:
@@ -332,7 +353,9 @@ class SearchIndex:
             _set_search_param(index, info["kind"], info["params"][name])
         ids = [str(x) for x in rows.column("id").to_pylist()]
         labels = rows.column("label").to_numpy() if "label" in rows.column_names else None
-        return cls(folder, index, info, ids, labels)
+        names = (rows.column(LABEL_NAME).to_pylist() if LABEL_NAME in rows.column_names
+                 else None)
+        return cls(folder, index, info, ids, labels, names)
 
     @property
     def dim(self) -> int:
@@ -376,7 +399,9 @@ class SearchIndex:
                     label = int(self.labels[row])
                     hit["label"] = label
                     if names and 0 <= label < len(names):
-                        hit["label_name"] = names[label]
+                        hit[LABEL_NAME] = names[label]
+                if self.label_names is not None and self.label_names[row] is not None:
+                    hit[LABEL_NAME] = self.label_names[row]  # the file's own name wins
                 found.append(hit)
             out.append(found)
         return out

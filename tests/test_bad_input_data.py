@@ -180,3 +180,102 @@ def test_search_refuses_an_empty_or_blank_query(monkeypatch, capsys, text_run, t
     code, _, err = run_cli(monkeypatch, capsys, "search", str(text_run.path), query,
                            "--index", str(tmp_path / "index"))
     assert_one_line_error(code, err, "empty or blank")
+
+
+# ------------------------------------------------------ (8) class names in the embeddings file
+
+
+def _image_run(path: Path) -> Path:
+    """An exported (untrained) RGB encoder in a run folder: all `embed` needs, in a second."""
+    from selfsup.models import build_encoder
+    from selfsup.run import RunDir, save_encoder
+
+    torch.manual_seed(0)
+    options = {"in_channels": 3, "width": 8}
+    run = RunDir(path)
+    run.path.mkdir(parents=True)
+    spec = {"image_size": 8, "channels": 3, "name": "resnet_small", "options": options,
+            "method": "simclr", "modality": "image"}
+    save_encoder(run, build_encoder("resnet_small", **options), spec)
+    return run.path
+
+
+def _image_tree(root: Path, classes=("cat", "dog"), per_class: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_embeddings_of_a_class_folder_tree_carry_the_class_names(
+    monkeypatch, capsys, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    root = _image_tree(tmp_path / "photos")
+    run = _image_run(tmp_path / "run")
+    out = tmp_path / "e.parquet"
+    code, _, err = run_cli(monkeypatch, capsys, "embed", str(run), "--data", str(root),
+                           "--out", str(out), "--no-progress")
+    assert code == 0, err
+    table = pq.read_table(out)
+    assert table.column("label_name").to_pylist() == ["cat"] * 3 + ["dog"] * 3
+    assert json.loads(table.schema.metadata[b"class_names"]) == ["cat", "dog"]
+    # End to end: the index keeps the names and `search` prints them.
+    code, _, err = run_cli(monkeypatch, capsys, "index", str(out), "--out", str(tmp_path / "i"))
+    assert code == 0, err
+    code, printed, err = run_cli(monkeypatch, capsys, "search", str(run), "--image",
+                                 str(root / "dog" / "1.png"), "--index", str(tmp_path / "i"),
+                                 "--k", "6", "--json")
+    assert code == 0, err
+    hits = json.loads(printed)["hits"]
+    assert {hit["id"].split("/")[0] == hit["label_name"] for hit in hits} == {True}
+
+
+def test_index_takes_label_names_from_a_parquet_file_written_elsewhere(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selfsup.index import SearchIndex, build_index
+
+    vectors = np.eye(4, dtype=np.float32)
+    table = pa.table({"id": ["a", "b", "c", "d"], "label": [0, 1, 0, 1],
+                      "label_name": ["red", "blue", "red", None],
+                      "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "mine.parquet")
+    build_index(tmp_path / "mine.parquet", tmp_path / "i")
+    hits = SearchIndex.open(tmp_path / "i").hits(vectors, k=1)
+    assert [h[0].get("label_name") for h in hits] == ["red", "blue", "red", None]
+    assert [h[0]["label"] for h in hits] == [0, 1, 0, 1]
+
+
+def test_resume_redoes_parts_written_without_label_names(monkeypatch, tmp_path):
+    """Parts of an older selfsup lack ``label_name``: redone, never cast into a broken file."""
+    import pyarrow.parquet as pq
+
+    import selfsup.embed as embed_mod
+
+    root = _image_tree(tmp_path / "photos")
+    run = _image_run(tmp_path / "run")
+    out = tmp_path / "e.parquet"
+    real_write = embed_mod._write_part
+
+    def old_parts_then_crash(path: Path, table) -> None:
+        if path.name != "part-000000.parquet":
+            raise KeyboardInterrupt
+        real_write(path, table.drop_columns(["label_name"]))
+
+    monkeypatch.setattr(embed_mod, "_write_part", old_parts_then_crash)
+    options = {"progress": False, "cache_dir": str(tmp_path / "cache"), "rows_per_part": 3}
+    with pytest.raises(KeyboardInterrupt):
+        embed_mod.embed(run, str(root), out, **options)
+    monkeypatch.setattr(embed_mod, "_write_part", real_write)
+    result = embed_mod.embed(run, str(root), out, resume=True, **options)
+    assert result["resumed_rows"] == 0 and result["embedded_now"] == 6
+    assert pq.read_table(out).column("label_name").to_pylist() == ["cat"] * 3 + ["dog"] * 3

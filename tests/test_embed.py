@@ -55,7 +55,8 @@ def test_parquet_schema_metadata_and_values(tmp_path, grey_run, digits):
                    rows_per_part=500)
     assert result["rows"] == 1797 and result["dim"] == 64 and result["embedded_now"] == 1797
     table = read(out)
-    assert table.column_names == ["index", "id", "label", "embedding"]
+    assert table.column_names == ["index", "id", "label", "label_name", "embedding"]
+    assert table.column("label_name").to_pylist()[:3] == [str(v) for v in digits.labels[:3]]
     kind = table.schema.field("embedding").type
     assert pa.types.is_fixed_size_list(kind) and kind.list_size == 64
     assert kind.value_type == pa.float32()
