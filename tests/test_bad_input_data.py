@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
+from selfsup.errors import SelfsupError
 
 LONG_TEXT = " ".join(["the cat sat on the mat and the dog ran"] * 500)  # 5,000 words
 
@@ -279,3 +280,117 @@ def test_resume_redoes_parts_written_without_label_names(monkeypatch, tmp_path):
     result = embed_mod.embed(run, str(root), out, resume=True, **options)
     assert result["resumed_rows"] == 0 and result["embedded_now"] == 6
     assert pq.read_table(out).column("label_name").to_pylist() == ["cat"] * 3 + ["dog"] * 3
+
+
+# --------------------------------------- (10) image folders: only regular files, disk full
+
+
+def _special_file(path: Path, kind: str) -> None:
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.symlink_to(path.parent / "gone.png")
+
+
+class Blocked(BaseException):
+    """Raised by the alarm; a BaseException, so no reader's ``except Exception`` swallows it."""
+
+
+@pytest.fixture()
+def alarm():
+    """Fail a test that blocks (a FIFO opened for reading waits for a writer) within 30 s."""
+    import signal
+
+    def blocked(*_):
+        raise Blocked("the reader blocked (opened a FIFO or read a device)")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("fifo", "a FIFO (named pipe), not a regular file"),
+    ("device", "a character device, not a regular file"),
+    ("dangling", "a dangling symlink"),
+])
+def test_image_folder_reads_only_regular_files(monkeypatch, capsys, caplog, tmp_path, alarm,
+                                               kind, reason):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    root = _image_tree(tmp_path / "photos")
+    _special_file(root / "cat" / "x.jpg", kind)
+    run = _image_run(tmp_path / "run")
+    out = tmp_path / "e.parquet"
+    args = ("embed", str(run), "--data", str(root), "--out", str(out), "--no-progress")
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, str(root / "cat" / "x.jpg"), reason, "--skip-bad")
+    assert not out.exists()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--skip-bad")
+    assert code == 0, err
+    assert "skipped 1 unreadable image files" in caplog.text and "x.jpg" in caplog.text
+    assert pq.read_table(out).column("id").to_pylist() == [
+        f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+
+
+def test_open_regular_never_blocks_on_a_fifo(tmp_path, alarm):
+    import os
+
+    from selfsup.data.images import NotRegularFile, open_regular
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(NotRegularFile, match="FIFO"):
+        open_regular(tmp_path / "pipe.png")
+    (tmp_path / "real.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    with open_regular(tmp_path / "link.png") as handle:  # a link to a regular file is fine
+        assert handle.read() == b"x"
+
+
+@pytest.mark.parametrize("cache_existed", [False, True])
+def test_decode_cache_out_of_disk_leaves_nothing_behind(monkeypatch, capsys, tmp_path,
+                                                        cache_existed):
+    import errno
+
+    import selfsup.data.images as images
+
+    cache = tmp_path / "cache" / "nested"
+    if cache_existed:
+        (cache / "another-runs-cache").mkdir(parents=True)
+    monkeypatch.setenv("SELFSUP_CACHE", str(cache))
+    root = _image_tree(tmp_path / "photos")
+    run = _image_run(tmp_path / "run")
+
+    def disk_full(path, meta):
+        Path(path).write_text("{")  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(images, "_write_meta", disk_full)
+    code, _, err = run_cli(monkeypatch, capsys, "embed", str(run), "--data", str(root),
+                           "--out", str(tmp_path / "e.parquet"), "--no-progress")
+    assert_one_line_error(code, err, str(cache), "no space left")
+    if cache_existed:
+        assert [p.name for p in cache.iterdir()] == ["another-runs-cache"]
+    else:
+        assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_pairs_table_naming_a_fifo_is_a_bad_row_not_a_hang(tmp_path, alarm):
+    import os
+
+    from selfsup.data.pairs import load_pairs
+
+    root = _image_tree(tmp_path / "photos", classes=("cat",))
+    os.mkfifo(root / "cat" / "pipe.png")
+    table = root / "captions.csv"
+    table.write_text("image,caption\ncat/0.png,a cat\ncat/pipe.png,a pipe\n", encoding="utf-8")
+    with pytest.raises(SelfsupError, match=r"line 3: image .*pipe.png.*a FIFO \(named pipe\)"):
+        load_pairs(root, cache_dir=tmp_path / "cache")

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 import zipfile
@@ -346,6 +347,11 @@ def list_image_files(root: str | Path) -> list[tuple[str, int, int]]:
     Hidden files and folders (leading dot) are skipped; extensions match in any case. Symlinked
     folders are followed (a common way to assemble a dataset), each real folder once. Plain
     strings and os.scandir keep this fast for 50,000 files.
+
+    An image name that is not a regular file (a dangling symlink, a FIFO, a device such as a
+    link to /dev/zero) is listed too, with size -1 when its target is missing, so that the
+    decoder reports it as a bad file (or skips and counts it under --skip-bad) instead of it
+    vanishing silently; it is never opened.
     """
     found: list[tuple[str, int, int]] = []
     seen: set[str] = set()
@@ -368,8 +374,13 @@ def list_image_files(root: str | Path) -> list[tuple[str, int, int]]:
             try:
                 if entry.is_dir():
                     stack.append((rel, entry.path))
-                elif name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
-                    st = entry.stat()
+                elif name.lower().endswith(IMAGE_EXTENSIONS):
+                    try:
+                        st = entry.stat()  # follows a symlink to its target
+                    except FileNotFoundError:  # a dangling symlink: the decoder names it
+                        st = entry.stat(follow_symlinks=False)
+                        found.append((rel, -1, st.st_mtime_ns))
+                        continue
                     found.append((rel, st.st_size, st.st_mtime_ns))
             except OSError as e:
                 raise SelfsupError(f"{entry.path}: cannot be read ({_reason(e)})") from None
@@ -432,6 +443,7 @@ def load_folder(
     if data is not None:
         return data
 
+    created = _missing_folders(cache_root)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -443,7 +455,7 @@ def load_folder(
     tmp = cache_root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        mean_bytes = sum(st[1] for st in stats) / len(stats)
+        mean_bytes = sum(max(st[1], 0) for st in stats) / len(stats)
         _decode_folder(root_arg, root_abs, files, tmp, image_size, skip_bad, progress, mean_bytes)
         try:
             os.rename(tmp, final)
@@ -451,8 +463,15 @@ def load_folder(
             if not (final / "meta.json").exists():  # not a concurrent twin that won the race
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)  # a failed first decode leaves no cache folder behind either
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise SelfsupError(
+                f"{cache_root}: no space left on the device while writing the decoded images;"
+                f" nothing was kept; free some space, pass image_size to shrink them, or choose"
+                f" another cache_dir / SELFSUP_CACHE"
+            ) from None
         raise
     data = _read_cache(final, root_arg)
     if data is None:  # pragma: no cover - only if the cache vanished between rename and read
@@ -480,6 +499,25 @@ def _read_cache(final: Path, root_arg: Path) -> ImageData | None:
     if skipped:
         _warn_skipped(skipped)
     return ImageData(images, labels, meta["class_names"], str(root_arg), skipped)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first: what mkdir creates."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed call created, deepest first, if they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's cache) or already gone
+            return
 
 
 def _remove_stale_tmp(cache_root: Path) -> None:
@@ -681,7 +719,7 @@ def _allocate(raw: Path, nbytes: int) -> None:
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise SelfsupError(
-                f"{raw.parent.parent}: no space left for {nbytes / 2**30:.1f} GiB of decoded"
+                f"{raw.parent.parent}: no space left for {_size(nbytes)} of decoded"
                 f" images; pass image_size to shrink them or choose another cache_dir"
             ) from None
         raise
@@ -736,9 +774,54 @@ def _workers(mean_file_bytes: float) -> int:
     return max(1, min(8, cpus))
 
 
+class NotRegularFile(OSError):
+    """An image path that is not (a link to) a regular file; it is never read."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | Path):
+    """``path`` opened for binary reading, only if it resolves to a regular file.
+
+    A FIFO would block ``open`` until a writer comes and a device such as /dev/zero never ends,
+    so the type is checked (os.stat follows symlinks) before opening, and again on the open
+    descriptor (O_NONBLOCK: a FIFO swapped in between cannot block either).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotRegularFile(
+                f"a dangling symlink: its target {os.readlink(path)} does not exist"
+            ) from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"{_kind(st.st_mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{_kind(mode)}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _probe_one(path: str | Path) -> tuple[int, int]:
     """(width, height) as displayed, read from the header only."""
-    with Image.open(path) as im:
+    with open_regular(path) as handle, Image.open(handle) as im:
         w, h = im.size
         # EXIF orientations 5-8 rotate by 90 degrees; only parse EXIF when the file has some.
         if "exif" in im.info and im.getexif().get(0x0112) in (5, 6, 7, 8):
@@ -750,7 +833,7 @@ def _probe_one(path: str | Path) -> tuple[int, int]:
 
 def _decode_one(path: str | Path, size: int | None) -> np.ndarray:
     """Decode one file to uint8 (H, W, 3); `size` resizes/crops to size x size. Raises if bad."""
-    with Image.open(path) as im:
+    with open_regular(path) as handle, Image.open(handle) as im:
         if size is not None and im.format == "JPEG":
             im.draft(im.mode, (size, size))  # DCT-domain downscale, never below size x size
         im.load()  # decode now, inside the caller's try, so truncation surfaces here
@@ -788,10 +871,18 @@ def _check_space(folder: Path, nbytes: int) -> None:
         return
     if nbytes > free:
         raise SelfsupError(
-            f"{folder.parent}: the decoded images need {nbytes / 2**30:.1f} GiB but only"
-            f" {free / 2**30:.1f} GiB is free; pass image_size to shrink them or choose another"
+            f"{folder.parent}: the decoded images need {_size(nbytes)} but only"
+            f" {_size(free)} is free; pass image_size to shrink them or choose another"
             f" cache_dir / SELFSUP_CACHE"
         )
+
+
+def _size(nbytes: int) -> str:
+    """Bytes in the largest unit that keeps a digit before the point ("0.0 GiB" says nothing)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
 
 
 def _raise_bad(root_arg: Path, files: list[str], bad: dict[int, str]) -> None:
@@ -822,6 +913,8 @@ def _reason(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, zipfile.BadZipFile) and msg:
         return f"bad zip archive: {msg}"
+    if isinstance(e, NotRegularFile):
+        return msg
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
