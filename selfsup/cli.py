@@ -229,9 +229,12 @@ def pretrain(
     if distributed.rank() != 0:  # one of several processes: rank 0 reports for all
         return
     summary = run.read_summary()
+    loss = summary.get("final_loss")
+    rate = summary.get("samples_per_s")
     console.print(
-        f"[bold]done[/]: {summary['steps']} steps, {summary['samples_per_s']:.1f} samples/s, "
-        f"loss {summary['final_loss']:.3f}; run in {run.path}"
+        f"[bold]done[/]: {summary.get('steps')} steps"
+        f"{f', {rate:.1f} samples/s' if rate else ''}"
+        f"{f', loss {loss:.3f}' if loss is not None else ''}; run in {run.path}"
     )
     if summary.get("stopped_early"):
         console.print(f"[bold red]stopped early[/]: {summary['stopped_early']}")
@@ -801,7 +804,7 @@ def main() -> None:
     try:
         result = app(standalone_mode=False)
     except SelfsupError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{error.label}: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -75,12 +75,22 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise SelfsupError(f"{self.path} is not a selfsup run (no config.yaml)")
-        return yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+        try:
+            config = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise SelfsupError(f"{self.config} is damaged (not valid YAML: "
+                               f"{str(error).splitlines()[0]}); the run cannot be read") from None
+        if not isinstance(config, dict):
+            raise SelfsupError(f"{self.config} is damaged (not a mapping of option: value)")
+        return config
 
     def read_summary(self) -> dict[str, Any]:
         if not self.summary.is_file():
             raise SelfsupError(f"{self.path} has no finished pre-training (no pretrain.json)")
-        return json.loads(self.summary.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.summary.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SelfsupError(f"{self.summary} is damaged (not valid JSON)") from None
 
     def merge_metrics(self) -> None:
         """Concatenate every attempt's CSV log into ``metrics.csv`` (a union of the columns)."""
