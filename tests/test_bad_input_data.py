@@ -7,6 +7,7 @@ bounded, documented behaviour; never a traceback, a hang or a half-written outpu
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -394,3 +395,67 @@ def test_pairs_table_naming_a_fifo_is_a_bad_row_not_a_hang(tmp_path, alarm):
     table.write_text("image,caption\ncat/0.png,a cat\ncat/pipe.png,a pipe\n", encoding="utf-8")
     with pytest.raises(SelfsupError, match=r"line 3: image .*pipe.png.*a FIFO \(named pipe\)"):
         load_pairs(root, cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------- (10) a huge single-line corpus: bounded validation
+
+
+def _tiny_gpt(vocab: int = 11, block: int = 16):
+    from selfsup.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=1, n_head=2, d_model=16))
+
+
+def test_validation_loss_scores_at_most_max_tokens_in_evenly_spaced_windows():
+    import torch.nn.functional as F
+
+    from selfsup.evaluate.language import validation_loss
+
+    model = _tiny_gpt()
+    tokens = np.random.default_rng(0).integers(0, 11, size=1601)  # 1600 targets, 100 windows
+    whole = validation_loss(model, tokens, block_size=16, precision="32", max_tokens=0)
+    assert whole["tokens"] == 1600 and not whole["sampled"]
+    assert validation_loss(model, tokens, block_size=16, precision="32",
+                           max_tokens=1600)["loss"] == pytest.approx(whole["loss"])
+    capped = validation_loss(model, tokens, block_size=16, precision="32", max_tokens=160,
+                             unit_lengths=np.full(11, 2), unit="byte")
+    assert capped["sampled"] and capped["tokens"] == 160 and capped["split_tokens"] == 1600
+    assert capped["bytes"] == 320
+    # The ten windows are spread over the whole split, first to last.
+    total = 0.0
+    with torch.no_grad():
+        for start in np.linspace(0, 99, 10).round().astype(int) * 16:
+            window = torch.from_numpy(tokens[start : start + 17])
+            logits = model.logits(window[None, :-1])[0]
+            total += F.cross_entropy(logits, window[1:], reduction="sum").item()
+    assert capped["loss"] == pytest.approx(total / 160, rel=1e-5)
+
+
+def test_pretrain_gpt_bounds_the_validation_tokens_it_scores(monkeypatch, capsys, caplog,
+                                                             tmp_path):
+    """A corpus of one huge line must not spend many minutes on the whole-split loss."""
+    import selfsup.evaluate.language as language
+
+    caplog.set_level(logging.INFO, logger="selfsup")
+    # stands in for 2**18 on 50 MB (raising=False: without the bound the test fails below)
+    monkeypatch.setattr(language, "MAX_EVAL_TOKENS", 256, raising=False)
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "one_line.txt"
+    words = np.random.default_rng(0).choice(["the", "cat", "sat", "on", "a", "mat"], 3000)
+    corpus.write_text(" ".join(words), encoding="utf-8")  # no line end at all
+    common = ("--data", str(corpus), "--steps", "1", "--encoder", "gpt_tiny", "--block-size",
+              "32", "--no-progress")
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "gpt", *common,
+                           "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "run" / "language.json").read_text())
+    assert result["tokens"] == 256 and result["sampled"]
+    assert result["split_tokens"] > 1000 and result["characters"] == 256
+    assert "256 of the split's" in caplog.text and "eval_token_limit=0" in caplog.text
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "gpt", *common,
+                           "--out", str(tmp_path / "all"), "--method-option",
+                           "eval_token_limit=0")
+    assert code == 0, err
+    everything = json.loads((tmp_path / "all" / "language.json").read_text())
+    assert everything["tokens"] == result["split_tokens"] and not everything["sampled"]

@@ -7,8 +7,8 @@ pretext task needs no augmentation; the causal mask of the encoder (selfsup/mode
 what keeps it from being trivial.
 
 After training the method writes what generation and export need beside the encoder:
-``tokenizer.json`` and ``language.json`` (validation loss over the whole validation split,
-bits per character or byte; selfsup/evaluate/language.py).
+``tokenizer.json`` and ``language.json`` (validation loss over the validation split, every
+token of it up to ``eval_token_limit``, bits per character or byte; selfsup/evaluate/language.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class GPTOptions:
     # "auto": bf16 where the CPU has it natively (as training ran), else fp32; or "bf16", "32"
     eval_precision: str = "auto"
     eval_batch_size: int = 64
+    # Validation targets scored at most (evenly spaced whole windows beyond it), so a huge
+    # corpus's split cannot take longer than the training: None is language.MAX_EVAL_TOKENS,
+    # 0 scores the whole split however long it is.
+    eval_token_limit: int | None = None
 
     def validate(self) -> None:
         if self.eval_precision not in ("auto", "bf16", "32"):
@@ -46,6 +50,10 @@ class GPTOptions:
             )
         if self.eval_batch_size < 1:
             raise SelfsupError(f"eval_batch_size must be positive, not {self.eval_batch_size}")
+        if self.eval_token_limit is not None and self.eval_token_limit < 0:
+            raise SelfsupError(
+                f"eval_token_limit must be >= 0 (0: the whole split), not {self.eval_token_limit}"
+            )
 
 
 @METHODS.register("gpt")
@@ -104,14 +112,23 @@ class GPTMethod(Method):
         result = evaluate_run_data(self.encoder, extra, self.options)
         atomic.write_json(run.path / "language.json", result)
         unit = "character" if extra["tokenizer"] == "char" else "byte"
-        log.info(
-            "validation loss %.4f over the whole split (%d tokens), %.3f bits per %s",
-            result["loss"], result["tokens"], result[f"bits_per_{unit}"], unit,
-        )
+        if result["sampled"]:
+            log.info(
+                "validation loss %.4f over %d of the split's %d tokens (evenly spaced windows; "
+                "--method-option eval_token_limit=0 scores all), %.3f bits per %s",
+                result["loss"], result["tokens"], result["split_tokens"],
+                result[f"bits_per_{unit}"], unit,
+            )
+        else:
+            log.info(
+                "validation loss %.4f over the whole split (%d tokens), %.3f bits per %s",
+                result["loss"], result["tokens"], result[f"bits_per_{unit}"], unit,
+            )
 
 
 def evaluate_run_data(encoder, extra: dict, options: GPTOptions) -> dict:
-    """Whole-split validation loss of ``encoder`` on the shards named in the data's ``extra``."""
+    """Validation loss of ``encoder`` on the shards named in the data's ``extra`` (the whole
+    split up to ``options.eval_token_limit`` targets)."""
     from selfsup.data.tokens import Shards, load_tokenizer, unit_lengths
     from selfsup.evaluate.language import validation_loss
 
@@ -126,6 +143,7 @@ def evaluate_run_data(encoder, extra: dict, options: GPTOptions) -> dict:
         precision=options.eval_precision,
         unit_lengths=unit_lengths(tokenizer),
         unit=unit,
+        max_tokens=options.eval_token_limit,
     )
     result["split"] = "tuning" if extra["text_options"].get("tuning") else "validation"
     result["val_range"] = [begin, end]
