@@ -76,6 +76,14 @@ DISK_RECIPE = {**RECIPE, "batch_size": 64, "encoder_options": {"width": 8},
 DISK_STEPS = 12
 
 
+def write_results(stem: str, result: dict, lines: list[str]) -> None:
+    """``benchmarks/results/STEM.json`` (the figures) and ``STEM.md`` (the table, printed)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def fill(folder: Path) -> Path:
     """Take every free byte of ``folder``'s file system with one file; return it."""
     filler = folder / "filler"
@@ -189,8 +197,6 @@ def disk_full(work: Path) -> None:
     result = {"scenarios": rows, "steps": DISK_STEPS,
               "checkpoint_every_steps": DISK_RECIPE["checkpoint_steps"],
               "command": "python benchmarks/chaos.py --disk-full"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chaos_disk_full.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Chaos: the disk fills up mid-run, then space is freed and the run resumed",
         "",
@@ -211,8 +217,7 @@ def disk_full(work: Path) -> None:
         *(f"- {r['disk_full_during']}: `{r['message']}`" for r in rows),
         "",
     ]
-    (RESULTS / "chaos_disk_full.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("chaos_disk_full", result, lines)
 
 
 def attempt(out: Path, steps: int, resume: bool, kill_after: float | None) -> dict:
@@ -379,8 +384,6 @@ def main() -> None:
         "command": " ".join(["python benchmarks/chaos.py",
                              *(a for a in sys.argv[1:] if not a.startswith("--work"))]),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chaos.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Chaos: SIGKILL at random moments, resume each time",
         "",
@@ -398,8 +401,7 @@ def main() -> None:
         f"| kNN accuracy, uninterrupted / chaos | {knn_ref:.4f} / {knn_chaos:.4f} |",
         "",
     ]
-    (RESULTS / "chaos.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("chaos", result, lines)
 
 
 if __name__ == "__main__":
