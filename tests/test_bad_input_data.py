@@ -459,3 +459,19 @@ def test_pretrain_gpt_bounds_the_validation_tokens_it_scores(monkeypatch, capsys
     assert code == 0, err
     everything = json.loads((tmp_path / "all" / "language.json").read_text())
     assert everything["tokens"] == result["split_tokens"] and not everything["sampled"]
+
+
+# ------------------------------------------------------ (10) a too-short series names the file
+
+
+@pytest.mark.parametrize("method", ["ts-mask", "ts-contrast"])
+def test_a_length_one_series_is_an_error_naming_the_file_and_series(monkeypatch, capsys,
+                                                                    tmp_path, method):
+    values = np.random.default_rng(0).normal(size=(12, 40)).astype(np.float32)
+    values[3, 1:] = np.nan  # series 3 has one step
+    data = tmp_path / "short.npz"
+    np.savez(data, X=values)
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", method, "--data", str(data),
+                           "--steps", "1", "--out", str(tmp_path / "run"), "--no-progress")
+    assert_one_line_error(code, err, f"{data}: series 3 has 1 steps")
+    assert not (tmp_path / "run").exists()

@@ -83,7 +83,12 @@ class SeriesData:
             num_classes=self.num_classes,
             num_images=len(self),
             length=int(self.values.shape[2]),
-            extra={"min_length": int(self.lengths.min()) if len(self) else 0},
+            extra={
+                "min_length": int(self.lengths.min()) if len(self) else 0,
+                # Where the shortest series is, so a method refusing it can name file and index.
+                "shortest_index": int(self.lengths.argmin()) if len(self) else None,
+                "source": self.source,
+            },
         )
 
     def encoder_inputs(self) -> dict[str, Any]:

@@ -38,8 +38,11 @@ class SeriesMethod(Method):
         shortest = info.extra.get("min_length")
         needed = getattr(encoder, "min_length", 1)
         if shortest is not None and shortest < needed:
+            source, index = info.extra.get("source"), info.extra.get("shortest_index")
+            where = f"{source}: " if source else ""
+            which = f"series {index}" if index is not None else "the shortest series"
             raise SelfsupError(
-                f"the shortest series has {shortest} steps, fewer than the {needed} the encoder "
+                f"{where}{which} has {shortest} steps, fewer than the {needed} the encoder "
                 f"needs ({encoder.length_reason()}); choose a smaller patch_size/kernel_size "
                 "or drop the short series"
             )
