@@ -83,7 +83,8 @@ def test_ts_mask_and_supervised_series_fit(series_npz, tmp_path):
 
 
 def test_too_short_series_for_the_patch_is_refused(series_npz, tmp_path):
-    with pytest.raises(SelfsupError, match=r"waves\.npz \(train\): series \d+ has .* steps"):
+    refusal = r"waves\.npz \(train\): series \d+ has .* steps, fewer than the 64"
+    with pytest.raises(SelfsupError, match=refusal):
         pretrain("ts-mask", data=str(series_npz), out=str(tmp_path / "short"), steps=1,
                  batch_size=8, encoder_options={"patch_size": 64, "embed_dim": 16, "depth": 1,
                                                 "heads": 2},
