@@ -244,10 +244,12 @@ def pretrain(
 
         result = json.loads(language.read_text(encoding="utf-8"))
         unit = "character" if "bits_per_character" in result else "byte"
-        console.print(
-            f"validation loss {result['loss']:.4f} over the whole {result['split']} split "
-            f"({result['tokens']} tokens), {result[f'bits_per_{unit}']:.3f} bits per {unit}"
-        )
+        scored = (f"over {result['tokens']} of the {result['split']} split's "
+                  f"{result['split_tokens']} tokens (evenly spaced windows; --method-option "
+                  "eval_token_limit=0 scores all)" if result.get("sampled") else
+                  f"over the whole {result['split']} split ({result['tokens']} tokens)")
+        console.print(f"validation loss {result['loss']:.4f} {scored}, "
+                      f"{result[f'bits_per_{unit}']:.3f} bits per {unit}")
         console.print(f"next: selfsup generate {run.path} --prompt TEXT; selfsup export "
                       f"{run.path} --out DIR")
         return
