@@ -51,10 +51,8 @@ def pretrain(
     from selfsup.methods import METHODS
 
     overrides = {"method": method, "data": data, **options}
-    checkpoint: dict[str, Any] | None = None
     if resume:
         run, resolved = _resumed_config(overrides)
-        checkpoint = read_checkpoint(run)  # a damaged one is refused before anything is written
     else:
         resolved = resolve_config(config, overrides)
         # The method's own defaults (e.g. a language model's smaller batch) under the user's.
@@ -81,17 +79,20 @@ def pretrain(
     check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
     created = make_run_folder(run.path)
     try:
-        with run_lock(run.path):
-            if not resume and (run.last_checkpoint.exists() or run.summary.exists()):
+        with run_lock(run.path):  # a live run's folder is refused before it is read
+            if resume:
+                # A damaged checkpoint is refused before anything is written.
+                checkpoint = read_checkpoint(run)
+                if finished(run, resolved, checkpoint):
+                    log.info("%s already finished (%d steps): nothing to do; give a larger "
+                             "budget (--steps, --epochs, --minutes) to train on", run.path,
+                             checkpoint.get("global_step", 0))
+                    return run
+                del checkpoint  # Lightning reads it again; do not hold two copies in memory
+            elif run.last_checkpoint.exists() or run.summary.exists():
                 raise SelfsupError(
                     f"{run.path} already holds a run; continue it with --resume or choose --out"
                 )
-            if checkpoint is not None and finished(run, resolved, checkpoint):
-                log.info("%s already finished (%d steps): nothing to do; give a larger "
-                         "budget (--steps, --epochs, --minutes) to train on", run.path,
-                         checkpoint.get("global_step", 0))
-                return run
-            del checkpoint  # Lightning reads it again; do not hold two copies in memory
             if probe_data is not None:  # read now: a bad probe file fails before any training
                 from selfsup.evaluate.probe_curve import probe_curve_callback
 

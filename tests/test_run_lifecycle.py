@@ -130,6 +130,12 @@ def test_a_live_run_s_folder_is_refused_and_a_dead_one_s_lock_is_not(monkeypatch
         code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--data", "digits",
                                "--out", str(run_copy), "--steps", "8", *TINY)
         assert code == 2 and "in use by a live run" in err
+        # Before the live run's first checkpoint, a resume hears the same, not "nothing to
+        # resume".
+        (run_copy / "checkpoints" / "last.ckpt").unlink()
+        code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--out",
+                               str(run_copy), "--resume", "--steps", "8", *TINY)
+        assert code == 2 and "in use by a live run" in err
     # A process that held the lock and was killed leaves the file, not the lock.
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
