@@ -15,22 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 import selfsup
-from selfsup.cli import main
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import checks, plan, protocol
 from selfsup.evaluate.sweep import sweep, sweep_plan
 from selfsup.evaluate.text import text_plan
 from selfsup.report import build_report, verdict
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def one_error_line(err: str) -> str:

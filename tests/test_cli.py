@@ -1,19 +1,9 @@
 """The command line: help for every verb, and bad input -> one message, exit code 2."""
 
-import sys
 
 import numpy as np
 import pytest
-
-from selfsup.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
+from helpers import run_cli
 
 
 @pytest.mark.parametrize("verb", ["pretrain", "evaluate", "demo"])

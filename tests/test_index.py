@@ -1,15 +1,14 @@
 """`selfsup index` / `selfsup search`: exact search against brute force, recorded recall, errors."""
 
 import json
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_cli
 
 import selfsup
-from selfsup.cli import main
 from selfsup.data import load_digits
 from selfsup.embed import embed
 from selfsup.errors import SelfsupError
@@ -205,13 +204,6 @@ def test_wrong_modality_and_mismatched_indexes_are_clear_errors(digits_setup, tm
     with pytest.raises(SelfsupError, match="not a selfsup index"):
         search(run, tmp_path, image=np.zeros((8, 8), np.uint8))
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def test_cli_index_and_search(digits_setup, monkeypatch, capsys, tmp_path):

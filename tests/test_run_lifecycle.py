@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import selfsup
@@ -27,7 +28,6 @@ import selfsup.atomic
 import selfsup.engine
 import selfsup.run
 from selfsup import api
-from selfsup.cli import main
 from selfsup.errors import Interrupted, SelfsupError
 from selfsup.lock import LOCK_NAME, run_lock
 
@@ -36,13 +36,6 @@ TINY = ["--batch-size", "64", "--encoder-option", "width=8", "--no-progress",
 TINY_API = {"batch_size": 64, "encoder_options": {"width": 8}, "progress": False,
             "precision": "32"}
 
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["selfsup", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
