@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from selfsup.errors import SelfsupError
 
@@ -165,46 +164,30 @@ def config_fields(cls: type = PretrainConfig) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+#: How values are read: as users write them (YAML's ``1e-3`` is a string, and is a number
+#: here; an int where a float is wanted is that float), never NaN or infinity, which pass
+#: every range check and fail much later.
+_LAX = ConfigDict(allow_inf_nan=False, coerce_numbers_to_str=True)
+
+
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter:
+    return TypeAdapter(hint, config=_LAX)
+
+
 def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """Coerce ``value`` to ``hint`` where harmless (int -> float); refuse anything else."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(name, value, option)
-            except SelfsupError:
-                continue
+    """``value`` validated as ``hint`` by pydantic (lax: "1e-3" is a float); a boolean is
+    refused where no boolean is wanted (YAML's ``yes`` is not a step count)."""
+    if isinstance(value, bool) and bool not in (hint, *typing.get_args(hint)):
         raise SelfsupError(f"option {name!r}: {value!r} is not a valid {_type_name(hint)}")
-    if origin is tuple:
-        items = typing.get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(items):
-            raise SelfsupError(f"option {name!r} must be a list of {len(items)} values")
-        return tuple(_check_type(name, v, t) for v, t in zip(value, items, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SelfsupError(f"option {name!r} must be a mapping, not {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float's range
-            number = math.inf
-        # NaN and infinity pass every range check (comparisons are False) and fail much later.
-        if not math.isfinite(number):
-            raise SelfsupError(f"option {name!r}: {value!r} is not a finite number")
-        return number
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
-        return str(value)
-    raise SelfsupError(f"option {name!r}: {value!r} is not a valid {_type_name(hint)}")
+    try:
+        return _adapter(hint).validate_python(value)
+    except ValidationError as error:
+        problem = error.errors()[0].get("type", "")
+        if problem in ("finite_number", "float_type") and isinstance(value, int | float):
+            raise SelfsupError(f"option {name!r}: {value!r} is not a finite number") from None
+        raise SelfsupError(f"option {name!r}: {value!r} is not a valid {_type_name(hint)}"
+                           ) from None
 
 
 def _type_name(hint: Any) -> str:

@@ -106,3 +106,15 @@ def test_method_config_defaults_sit_under_the_users_options():
     defaults = {"batch_size": 32, "lr": 3e-3}
     config = resolve_config(None, {"lr": 1e-3, "batch_size": None}, defaults=defaults)
     assert config.batch_size == 32 and config.lr == 1e-3
+
+
+def test_yaml_numbers_are_read_as_users_write_them(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as a string; the hand-written validator refused it.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 1e-3\nweight_decay: 5e-5\nsteps: 10\n")
+    config = resolve_config(recipe, {})
+    assert config.lr == 1e-3 and config.weight_decay == 5e-5 and config.steps == 10
+    for bad in ("steps: yes\n", "lr: fast\n", "steps: 2.5\n"):
+        recipe.write_text(bad)
+        with pytest.raises(SelfsupError, match="is not a valid"):
+            resolve_config(recipe, {})
