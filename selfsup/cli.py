@@ -5,21 +5,36 @@ Bad input ends with one line on stderr and exit code 2; never a traceback.
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from selfsup import distributed
+from selfsup.api import pretrain as run_pretrain
+from selfsup.config import PretrainConfig
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.protocol import evaluate as run_evaluate
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
+from selfsup.methods import METHODS
+from selfsup.models import ENCODERS
+from selfsup.options import (
+    ReaderFlags,
+    collect,
+    key_value_pairs,
+    merge_reader_flags,
+    option_parameters,
+    with_parameters,
+)
 from selfsup.report import build_compare, build_report, compare_rows, verdict
+from selfsup.run import RunDir
 
 app = typer.Typer(
     help="Self-supervised pre-training, and an honest answer to whether it helped.",
@@ -30,204 +45,69 @@ app = typer.Typer(
 console = Console()
 
 
-def key_value_pairs(values: list[str] | None, option: str) -> dict[str, Any] | None:
-    """KEY=VALUE strings -> a mapping; values are read as YAML (numbers, lists, booleans)."""
-    if not values:
-        return None
-    parsed: dict[str, Any] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SelfsupError(f"{option} expects KEY=VALUE, got {item!r}")
-        try:
-            parsed[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SelfsupError(f"{option} {item!r}: the value is not valid YAML") from None
-    return parsed
+def _method_defaults() -> dict[str, dict[str, Any]]:
+    """What each method changes of the config's defaults (shown in --help)."""
+    changed: dict[str, dict[str, Any]] = {}
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        if method.config_defaults:
+            changed[name] = dict(method.config_defaults)
+        if getattr(method, "init_config_defaults", None):
+            changed[f"{name} --init"] = dict(method.init_config_defaults)
+    return changed
 
 
-@app.command()
-def pretrain(
-    method: Annotated[str, typer.Argument(help="Pretext method, e.g. simclr.")],
-    data: Annotated[
-        str | None,
-        typer.Option(help="Images: a folder (class sub-folders = labels), an .npz, or 'digits'."),
-    ] = None,
-    out: Annotated[str | None, typer.Option(help="Run directory [default: runs/METHOD-N].")] = None,
-    minutes: Annotated[
-        float | None, typer.Option(help="Wall-clock budget (default 5 if no budget is given).")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Budget in passes over the data.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Budget in optimiser steps.")] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(help="Samples per step and per device [256]; global: x devices x nodes."),
-    ] = None,
-    encoder: Annotated[
-        str | None, typer.Option(help="Encoder: resnet_small (default) or resnet18.")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(
-            help="auto (default: bf16 autocast where the CPU has native bf16, else 32), bf16, 32."
-        )
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak AdamW learning rate [2e-3], used as given: with k times the global "
-            "batch (more devices), scale it by k yourself (linear rule)."
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Resize images to SxS (default: their common size).")
-    ] = None,
-    skip_bad: Annotated[
-        bool | None, typer.Option("--skip-bad", help="Skip unreadable images (counted).")
-    ] = None,
-    num_workers: Annotated[
-        int | None, typer.Option(help="DataLoader worker processes [0].")
-    ] = None,
-    checkpoint_minutes: Annotated[
-        float | None, typer.Option(help="Minutes between checkpoints [2].")
-    ] = None,
-    checkpoint_steps: Annotated[
-        int | None, typer.Option(help="Steps between checkpoints (instead of minutes).")
-    ] = None,
-    method_option: Annotated[
-        list[str] | None, typer.Option(help="Method option KEY=VALUE, e.g. temperature=0.2.")
-    ] = None,
-    augment_option: Annotated[
-        list[str] | None, typer.Option(help="Augmentation option KEY=VALUE, e.g. flip_p=0.")
-    ] = None,
-    encoder_option: Annotated[
-        list[str] | None, typer.Option(help="Encoder option KEY=VALUE, e.g. width=64.")
-    ] = None,
-    data_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Reader option KEY=VALUE of the method's data (text, series)."),
-    ] = None,
-    skip_nonfinite: Annotated[
-        bool | None,
-        typer.Option("--skip-nonfinite", help="Skip (and count) steps whose loss is NaN/inf."),
-    ] = None,
-    stop_on_collapse: Annotated[
-        bool | None,
-        typer.Option(
-            "--stop-on-collapse",
-            help="End the run when the collapse alarm fires (it always logs a warning).",
-        ),
-    ] = None,
-    accelerator: Annotated[
-        str | None, typer.Option(help="cpu (default), gpu, or auto (GPUs if any).")
-    ] = None,
-    devices: Annotated[
-        int | None,
-        typer.Option(help="Processes per node (GPUs, or CPU processes) [1]; needs --out if > 1."),
-    ] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Machines (SLURM, torchrun) [1].")] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(help="auto (default; ddp when several processes), ddp, or fsdp (GPUs only)."),
-    ] = None,
-    tokenizer: Annotated[
-        str | None, typer.Option(help="Text: char (default) or bpe (byte-level), trained here.")
-    ] = None,
-    vocab_size: Annotated[
-        int | None, typer.Option(help="Text: BPE vocabulary size [4096]; char: an upper bound.")
-    ] = None,
-    block_size: Annotated[int | None, typer.Option(help="Text: context in tokens [128].")] = None,
-    text_field: Annotated[
-        str | None, typer.Option(help="Text: the .jsonl field holding the text [text].")
-    ] = None,
-    text_column: Annotated[
-        str | None, typer.Option(help="Text: the .parquet column holding the text [text].")
-    ] = None,
-    encoding_errors: Annotated[
-        str | None, typer.Option(help="Text: invalid UTF-8 is an error (strict) or replace.")
-    ] = None,
-    image_column: Annotated[
-        str | None, typer.Option(help="Pairs (clip): the column of image paths [image].")
-    ] = None,
-    caption_column: Annotated[
-        str | None, typer.Option(help="Pairs (clip): the column of captions [caption].")
-    ] = None,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            help="Text (mlm): continue pre-training a local Hugging Face model folder; its "
-            "tokenizer.json is used. Several corpus files: --data a.jsonl.gz,b.jsonl.gz."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
-    ] = False,
-    probe_data: Annotated[
-        str | None,
-        typer.Option(help="Text: labelled texts for the probe curve (a linear probe on frozen "
-                          "embeddings every --probe-every steps; RUN/probe_curve.json)."),
-    ] = None,
-    probe_every: Annotated[
-        int, typer.Option(help="Text: steps between probe-curve points [100].")
-    ] = 100,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML recipe holding any of these options.")
-    ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = None,
-) -> None:
-    """Pre-train an encoder with a self-supervised METHOD on unlabelled images."""
-    from selfsup.api import pretrain as run_pretrain
+def _pretrain_parameters() -> list[inspect.Parameter]:
+    """`selfsup pretrain`'s parameters: METHOD, every config field, the reader's flags, and the
+    options of the call itself (recipe, resume, probe curve)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    by_modality: dict[str, list[str]] = {}
+    for name in METHODS.names():
+        by_modality.setdefault(METHODS.get(name).modality, []).append(name)
+    methods = "; ".join(f"{modality}: {', '.join(names)}"
+                        for modality, names in sorted(by_modality.items()))
+    return [
+        inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+            str, typer.Argument(help=f"Pretext method ({methods}).", show_default=False)]),
+        *option_parameters(PretrainConfig, skip={"method"}, method_defaults=_method_defaults(),
+                           extra_help={"encoder": f" One of: {', '.join(ENCODERS.names())}."}),
+        *option_parameters(ReaderFlags),
+        inspect.Parameter("config", keyword, default=None, annotation=Annotated[
+            Path | None, typer.Option(help="YAML recipe holding any of these options (the "
+                                           "command line wins).")]),
+        inspect.Parameter("resume", keyword, default=False, annotation=Annotated[
+            bool, typer.Option("--resume", help="Continue the run in --out from its last "
+                                                "checkpoint.")]),
+        inspect.Parameter("probe_data", keyword, default=None, annotation=Annotated[
+            str | None, typer.Option(help="Text: labelled texts for the probe curve (a linear "
+                                          "probe on frozen embeddings every --probe-every "
+                                          "steps; RUN/probe_curve.json).")]),
+        inspect.Parameter("probe_every", keyword, default=100, annotation=Annotated[
+            int, typer.Option(help="Text: steps between probe-curve points.")]),
+    ]
 
-    run = run_pretrain(
-        method,
-        data,
-        config=config,
-        resume=resume,
-        probe_data=probe_data,
-        probe_every=probe_every,
-        out=out,
-        minutes=minutes,
-        epochs=epochs,
-        steps=steps,
-        batch_size=batch_size,
-        encoder=encoder,
-        init=init,
-        precision=precision,
-        seed=seed,
-        lr=lr,
-        image_size=image_size,
-        skip_bad=skip_bad,
-        num_workers=num_workers,
-        checkpoint_minutes=checkpoint_minutes,
-        checkpoint_steps=checkpoint_steps,
-        method_options=key_value_pairs(method_option, "--method-option"),
-        augment_options=key_value_pairs(augment_option, "--augment-option"),
-        encoder_options=key_value_pairs(encoder_option, "--encoder-option"),
-        data_options=_text_options(
-            key_value_pairs(data_option, "--data-option"),
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            block_size=block_size,
-            text_field=text_field,
-            text_column=text_column,
-            encoding_errors=encoding_errors,
-            image_column=image_column,
-            caption_column=caption_column,
-        ),
-        skip_nonfinite=skip_nonfinite,
-        stop_on_collapse=stop_on_collapse,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        progress=progress,
-    )
-    from selfsup import distributed
 
+def pretrain(**values: Any) -> None:
+    """Pre-train an encoder with a self-supervised METHOD on unlabelled data: images, text,
+    series or image-caption pairs. Every option is also a key of a --config recipe."""
+    options = collect(values, PretrainConfig)
+    options.pop("method", None)
+    options["data_options"] = merge_reader_flags(options.get("data_options"),
+                                                 collect(values, ReaderFlags))
+    run = run_pretrain(values["method"], options.pop("data", None), config=values["config"],
+                       resume=values["resume"], probe_data=values["probe_data"],
+                       probe_every=values["probe_every"],
+                       **{k: v for k, v in options.items() if v is not None})
     if distributed.rank() != 0:  # one of several processes: rank 0 reports for all
         return
+    print_pretrain(run)
+
+
+app.command("pretrain")(with_parameters(pretrain, _pretrain_parameters()))
+
+
+def print_pretrain(run: RunDir) -> None:
+    """The run's summary line and what to do next."""
     summary = run.read_summary()
     loss = summary.get("final_loss")
     rate = summary.get("samples_per_s")
@@ -240,8 +120,6 @@ def pretrain(
         console.print(f"[bold red]stopped early[/]: {summary['stopped_early']}")
     language = run.path / "language.json"
     if language.is_file():  # a language model: its own evaluation and next steps
-        import json
-
         result = json.loads(language.read_text(encoding="utf-8"))
         unit = "character" if "bits_per_character" in result else "byte"
         scored = (f"over {result['tokens']} of the {result['split']} split's "
@@ -254,19 +132,6 @@ def pretrain(
                       f"{run.path} --out DIR")
         return
     console.print(f"next: selfsup evaluate {run.path} --data LABELLED [--test LABELLED_TEST]")
-
-
-def _text_options(options: dict[str, Any] | None, **flags: Any) -> dict[str, Any] | None:
-    """The text reader's flags (--tokenizer, --block-size ...) merged into data_options."""
-    given = {key: value for key, value in flags.items() if value is not None}
-    if not given:
-        return options
-    merged = dict(options or {})
-    for key, value in given.items():
-        if key in merged and merged[key] != value:
-            raise SelfsupError(f"--{key.replace('_', '-')} and --data-option {key}= disagree")
-        merged[key] = value
-    return merged
 
 
 @app.command()

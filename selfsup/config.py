@@ -20,64 +20,86 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from selfsup.errors import SelfsupError
 
 
+def option(default: Any = None, help: str = "", **kwargs: Any) -> Any:  # noqa: A002
+    """A config field with the help text that the CLI's ``--help`` and the docs show for it:
+    each option is declared here once, and the command line is derived from these fields."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def mapping(help: str) -> Any:  # noqa: A002
+    """A KEY=VALUE mapping field (``--method-option temperature=0.2``, repeatable)."""
+    return field(default_factory=dict, metadata={"help": help})
+
+
 @dataclass
 class PretrainConfig:
     """Everything a pre-training run needs; every field is also a CLI option and a YAML key."""
 
-    method: str = "simclr"
+    method: str = option("simclr", "The pretext method (see selfsup pretrain --help).")
     # None: the user named no data, which is refused (``digits`` is the built-in example data;
     # nothing trains on it unless asked).
-    data: str | None = None
-    out: str | None = None
+    data: str | None = option(None, "What to train on: an image folder (class sub-folders = "
+                              "labels), an .npz or 'digits'; text .txt/.md/.jsonl(.gz)/.parquet "
+                              "(several: a,b); series .npz/.csv/.ts; image-caption pairs "
+                              ".csv/.jsonl (clip); or a `selfsup prepare` folder.")
+    out: str | None = option(None, "Run directory (default: runs/METHOD-N).")
     # Budget: the first one reached ends the run. With none given, ``minutes`` defaults to 5.
-    minutes: float | None = None
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int = 256
+    minutes: float | None = option(None, "Wall-clock budget (5 if no budget is given).")
+    epochs: int | None = option(None, "Budget in passes over the data.")
+    steps: int | None = option(None, "Budget in optimiser steps.")
+    batch_size: int = option(256, "Samples per step and per process (global: x devices x "
+                             "nodes); shrinks to the data when it holds fewer.")
     # None: the method's default encoder (resnet_small for images).
-    encoder: str | None = None
-    encoder_options: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = option(None, "Encoder, by registered name (default: the method's).")
+    encoder_options: dict[str, Any] = mapping("Encoder option KEY=VALUE, e.g. width=64.")
     # Continued pre-training: a local Hugging Face model folder whose weights and tokenizer
     # the run starts from (text methods that support it, e.g. mlm).
-    init: str | None = None
+    init: str | None = option(None, "Text (mlm, span): continue pre-training a local Hugging "
+                              "Face model folder; its tokenizer is used.")
     # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
-    data_options: dict[str, Any] = field(default_factory=dict)
-    method_options: dict[str, Any] = field(default_factory=dict)
-    augment_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = mapping("Reader option KEY=VALUE of the method's data "
+                                           "(text, series, pairs), e.g. split=train.")
+    method_options: dict[str, Any] = mapping("Method option KEY=VALUE, e.g. temperature=0.2.")
+    augment_options: dict[str, Any] = mapping("Augmentation option KEY=VALUE, e.g. flip_p=0.")
     # "auto": bf16 autocast where the CPU computes bf16 natively (AVX-512 BF16 / AMX, ~2.7x
     # faster than fp32 there), else fp32 (emulated bf16 is many times slower than fp32).
-    precision: str = "auto"
-    seed: int = 0
+    precision: str = option("auto", "auto (bf16 autocast where the CPU or GPU has native bf16, "
+                            "else 32), bf16 or 32.")
+    seed: int = option(0, "Random seed.")
     # Optimiser: AdamW with linear warm-up then cosine decay over the budget's progress.
-    lr: float = 2e-3
+    lr: float = option(2e-3, "Peak AdamW learning rate, used as given: with k times the global "
+                       "batch (more devices), scale it by k yourself (linear rule).")
     # AdamW's second-moment decay: 0.999 (PyTorch's default) averages over ~1000 steps; a
     # method taking many small steps may want less (a language model's 0.99, as nanoGPT's).
-    adam_beta2: float = 0.999
-    weight_decay: float = 1e-5
-    warmup_fraction: float = 0.05
-    grad_clip: float | None = 3.0
+    adam_beta2: float = option(0.999, "AdamW's second-moment decay.")
+    weight_decay: float = option(1e-5, "AdamW weight decay (not on norms and biases).")
+    warmup_fraction: float = option(0.05, "Share of the budget spent warming the lr up.")
+    grad_clip: float | None = option(3.0, "Clip the gradient norm to this (none: no clipping).")
     # A step whose loss is NaN/inf is skipped (no update, counted) instead of ending the run.
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = option(False, "Skip (and count) steps whose loss is NaN/inf.")
     # The collapse alarm always logs a warning; with this it also ends the run (cleanly).
-    stop_on_collapse: bool = False
+    stop_on_collapse: bool = option(False, "End the run when the collapse alarm fires (it "
+                                    "always logs a warning).")
     # Processes (Lightning): accelerator, devices per node, nodes, strategy. ``batch_size`` is
     # per device, so the global batch is batch_size * devices * num_nodes; ``lr`` is used as
     # given (scale it yourself: linearly with the global batch, Goyal et al. 2017).
-    accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    image_size: int | None = None
-    skip_bad: bool = False
-    num_workers: int = 0
-    channels_last: bool = True
-    checkpoint_minutes: float = 2.0
-    checkpoint_steps: int | None = None
-    monitor_minutes: float = 2.0
-    monitor_size: int = 2000
-    log_every_steps: int = 10
-    progress: bool = True
-    cache_dir: str | None = None
+    accelerator: str = option("cpu", "cpu, gpu, or auto (GPUs if any).")
+    devices: int = option(1, "Processes per node (GPUs, or CPU processes); needs --out if > 1.")
+    num_nodes: int = option(1, "Machines (SLURM, torchrun).")
+    strategy: str = option("auto", "auto (ddp when several processes), ddp, or fsdp (GPUs).")
+    image_size: int | None = option(None, "Resize images to SxS (default: their common size).")
+    skip_bad: bool = option(False, "Skip unreadable inputs (counted).")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    channels_last: bool = option(True, "Convolutions in channels-last memory order.")
+    checkpoint_minutes: float = option(2.0, "Minutes between checkpoints.")
+    checkpoint_steps: int | None = option(None, "Steps between checkpoints (instead of "
+                                          "minutes).")
+    monitor_minutes: float = option(2.0, "Minutes between kNN-monitor checks (labelled data).")
+    monitor_size: int = option(2000, "Labelled samples the kNN monitor uses (0: none).")
+    log_every_steps: int = option(10, "Steps between logged metrics and collapse checks.")
+    progress: bool = option(True, "Show the progress bar.")
+    cache_dir: str | None = option(None, "Decode cache for image folders (default: "
+                                   "~/.cache/selfsup or $SELFSUP_CACHE).")
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "32"):

@@ -78,3 +78,35 @@ def test_a_misspelt_nested_option_lists_the_valid_ones(monkeypatch, capsys, tmp_
                            "--out", str(tmp_path / "r"))
     assert code == 2 and "Traceback" not in err
     assert "temprature" in err and "temperature" in err and "projection_dim" in err
+
+
+def test_every_config_field_is_an_option_with_its_help(monkeypatch, capsys):
+    """Options are declared once, in the config: --help lists each field with its help."""
+    import dataclasses
+
+    from selfsup.config import PretrainConfig
+    from selfsup.options import flag
+
+    monkeypatch.setenv("COLUMNS", "200")
+    _, out, _ = run_cli(monkeypatch, capsys, "pretrain", "--help")
+    for field in dataclasses.fields(PretrainConfig):
+        if field.name == "method":
+            continue
+        assert flag(field.name, field.type if "dict" not in str(field.type) else dict[str, int]
+                    ) in out, field.name
+        assert field.metadata["help"].split()[0] in out, field.name
+    # Per-method defaults are shown where a method changes one (gpt's batch of 8).
+    assert "gpt 8" in out
+
+
+def test_config_only_options_reach_the_run(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "r"
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--data", "digits",
+                           "--steps", "2", "--batch-size", "64", "--encoder-option", "width=8",
+                           "--no-progress", "--log-every-steps", "1", "--weight-decay", "0.01",
+                           "--warmup-fraction", "0.2", "--no-channels-last", "--out", str(out))
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    for line in ("log_every_steps: 1", "weight_decay: 0.01", "warmup_fraction: 0.2",
+                 "channels_last: false"):
+        assert line in saved, line

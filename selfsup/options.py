@@ -1,0 +1,147 @@
+"""Command-line options derived from config dataclasses: each option is declared once.
+
+A field of :class:`~selfsup.config.PretrainConfig` (its type, default and ``help`` metadata)
+becomes a typer option of ``selfsup pretrain``: ``batch_size`` is ``--batch-size``, a boolean
+``progress`` is ``--progress/--no-progress``, a mapping ``method_options`` is the repeatable
+``--method-option KEY=VALUE``. Defaults are shown from the field, with the methods that change
+them (``config_defaults``), so ``--help`` cannot drift from what a run uses. Every option
+defaults to None on the command line: "not given", so that a recipe and the method's defaults
+apply under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from selfsup.config import option
+from selfsup.errors import SelfsupError
+
+
+def key_value_pairs(values: list[str] | None, flag: str) -> dict[str, Any] | None:
+    """KEY=VALUE strings -> a mapping; values are read as YAML (numbers, lists, booleans)."""
+    if not values:
+        return None
+    parsed: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SelfsupError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SelfsupError(f"{flag} {item!r}: the value is not valid YAML") from None
+    return parsed
+
+
+@dataclass
+class ReaderFlags:
+    """Reader options common enough to have their own flags; they land in ``data_options``."""
+
+    tokenizer: str | None = option(None, "Text: char (default) or bpe (byte-level), trained "
+                                   "on the corpus.")
+    vocab_size: int | None = option(None, "Text: BPE vocabulary size (default 4096); char: an "
+                                    "upper bound.")
+    block_size: int | None = option(None, "Text: context in tokens (default 128).")
+    text_field: str | None = option(None, "Text: the .jsonl field holding the text (default "
+                                    "text).")
+    text_column: str | None = option(None, "Text: the .parquet column holding the text "
+                                     "(default text).")
+    encoding_errors: str | None = option(None, "Text: invalid UTF-8 is an error (strict, the "
+                                         "default) or replace.")
+    image_column: str | None = option(None, "Pairs (clip): the column of image paths (default "
+                                      "image).")
+    caption_column: str | None = option(None, "Pairs (clip): the column of captions (default "
+                                        "caption).")
+
+
+def flag(name: str, hint: Any) -> str:
+    """The command-line spelling of a field: method_options -> --method-option."""
+    if typing.get_origin(hint) is dict:
+        return "--" + name.removesuffix("s").replace("_", "-")
+    return "--" + name.replace("_", "-")
+
+
+def _shown_default(field: dataclasses.Field, changed_by: dict[str, Any]) -> str | None:
+    """The default as --help shows it: the field's, then what each method makes of it."""
+    parts = [] if field.default in (None, dataclasses.MISSING) else [str(field.default)]
+    parts += [f"{method} {value}" for method, value in sorted(changed_by.items())
+              if value != field.default]
+    return "; ".join(parts) or None
+
+
+def option_parameters(cls: type, *, skip: Iterable[str] = (),
+                      method_defaults: dict[str, dict[str, Any]] | None = None,
+                      extra_help: dict[str, str] | None = None) -> list[inspect.Parameter]:
+    """Keyword-only typer parameters for the fields of ``cls`` (each defaults to None)."""
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        hint = hints[field.name]
+        changed_by = {method: defaults[field.name]
+                      for method, defaults in (method_defaults or {}).items()
+                      if field.name in defaults}
+        text = field.metadata.get("help", "") + (extra_help or {}).get(field.name, "")
+        shown = _shown_default(field, changed_by)
+        if typing.get_origin(hint) is dict:
+            annotation: Any = Annotated[list[str] | None, typer.Option(
+                flag(field.name, hint), help=text + " (repeatable)")]
+        elif hint is bool:
+            dashed = field.name.replace("_", "-")
+            annotation = Annotated[bool | None, typer.Option(
+                f"--{dashed}/--no-{dashed}", help=text, show_default=shown or False)]
+        else:
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            annotation = Annotated[base[0] | None, typer.Option(
+                flag(field.name, hint), help=text, show_default=shown or False)]
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=None, annotation=annotation))
+    return parameters
+
+
+def with_parameters(func: Callable[..., Any], parameters: list[inspect.Parameter]
+                    ) -> Callable[..., Any]:
+    """``func`` (taking ``**values``) as typer sees a function with these parameters."""
+    func.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in parameters}
+    return func
+
+
+def collect(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The given options of ``cls`` from parsed command-line values: mappings parsed from
+    their KEY=VALUE lists; options not given (None) left out."""
+    hints = typing.get_type_hints(cls)
+    given = {}
+    for field in dataclasses.fields(cls):
+        value = values.get(field.name)
+        if typing.get_origin(hints[field.name]) is dict:
+            value = key_value_pairs(value, flag(field.name, hints[field.name]))
+        if value is not None:
+            given[field.name] = value
+    return given
+
+
+def merge_reader_flags(data_options: dict[str, Any] | None, flags: dict[str, Any]
+                       ) -> dict[str, Any] | None:
+    """The reader's own flags (--tokenizer, --block-size ...) merged into data_options."""
+    if not flags:
+        return data_options
+    merged = dict(data_options or {})
+    for key, value in flags.items():
+        if key in merged and merged[key] != value:
+            raise SelfsupError(f"--{key.replace('_', '-')} and --data-option {key}= disagree")
+        merged[key] = value
+    return merged
+
+
+__all__ = ["ReaderFlags", "collect", "flag", "key_value_pairs", "merge_reader_flags",
+           "option_parameters", "with_parameters"]
