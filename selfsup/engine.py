@@ -3,6 +3,7 @@
 ``fit`` takes a resolved config, data and a run directory, and owns everything a method must not:
 the optimiser and its schedule, precision (bf16 autocast on CPU), the wall-clock budget,
 progress, CSV/TensorBoard logs, atomic checkpoints, ``--resume``, and the shared monitors.
+``build_trainer`` is the one place a Lightning Trainer is built, for ``fit`` and for fine-tuning.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from rich.progress import (
     BarColumn,
     TaskProgressColumn,
@@ -239,8 +240,12 @@ class RunProgressBar(RichProgressBar):
         return metrics
 
 
-def _quiet_lightning() -> None:
-    """Keep the console for what the user needs; Lightning's CPU advice is noise here."""
+def quiet_lightning() -> None:
+    """Keep the console for what the user needs; Lightning's CPU advice is noise here.
+
+    :func:`build_trainer` calls it; :func:`fit` calls it first too, before the encoder and data
+    are touched. Repeated calls add no duplicate filters (``filterwarnings`` replaces its own).
+    """
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (
@@ -350,9 +355,73 @@ def check_processes(config: PretrainConfig) -> None:
         )
 
 
-def _uses_gpus(config: PretrainConfig) -> bool:
-    return config.accelerator == "gpu" or (
-        config.accelerator == "auto" and torch.cuda.device_count() > 0
+def _uses_gpus(accelerator: str) -> bool:
+    return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.device_count() > 0)
+
+
+def build_trainer(
+    *,
+    accelerator: str = "cpu",
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    max_time: timedelta | None = None,
+    callbacks: list[pl.Callback] | None = None,
+    logger: Logger | list[Logger] | bool = False,
+    default_root_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    checkpoints: bool = False,
+    gradient_clip_val: float | None = None,
+    log_every_n_steps: int = 50,
+) -> pl.Trainer:
+    """The one place a Lightning Trainer is built: pre-training, the supervised baselines, image
+    and text fine-tuning.
+
+    Every trainer shares the same device, precision and housekeeping settings, so a run, its
+    baseline and its fine-tuning cannot drift apart in how they use the machine. The caller
+    says what differs: where it runs (``accelerator``, ``devices``, ``num_nodes``,
+    ``strategy``, from its config), the budget, callbacks and loggers.
+
+    - ``precision`` is selfsup's ("bf16" or "32"): bf16 is autocast ("bf16-mixed"), anything
+      else full float32 ("32-true").
+    - ``max_epochs`` / ``max_steps`` of None (or 0) mean no such limit.
+    - Lightning's distributed sampler is never put in: ``fit``'s ResumableLoader splits the
+      data over the ranks itself (an exact, resumable order); fine-tuning's loaders do not
+      split it, so each rank there sees every batch.
+    - BatchNorm statistics are synchronised over processes on GPUs (the global batch's, as in
+      one process); CPU processes (gloo) cannot sync them.
+    - ``checkpoints``: the trainer writes checkpoints (``callbacks`` holds the ModelCheckpoint);
+      they are written atomically (a killed run never leaves half a file). Without it Lightning
+      adds no checkpoint callback of its own.
+    - No model summary, no sanity validation, Lightning's CPU advice silenced
+      (:func:`quiet_lightning`).
+    """
+    quiet_lightning()
+    processes = devices * num_nodes
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        use_distributed_sampler=False,
+        sync_batchnorm=processes > 1 and _uses_gpus(accelerator),
+        precision="bf16-mixed" if precision == "bf16" else "32-true",
+        max_epochs=max_epochs or -1,
+        max_steps=max_steps or -1,
+        max_time=max_time,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=default_root_dir,
+        gradient_clip_val=gradient_clip_val,
+        log_every_n_steps=log_every_n_steps,
+        enable_progress_bar=progress,
+        enable_checkpointing=checkpoints,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        plugins=[atomic.AtomicCheckpointIO()] if checkpoints else None,
     )
 
 
@@ -390,7 +459,7 @@ def fit(
     callbacks: list[pl.Callback] | None = None,
 ) -> tuple[Method, dict[str, Any]]:
     """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
-    _quiet_lightning()
+    quiet_lightning()
     config = with_default_encoder(config)
     if config.precision == "bf16" and not native_bf16():
         log.warning(
@@ -474,18 +543,14 @@ def fit(
         ),
     )
     attempt = run.next_attempt()
-    trainer = pl.Trainer(
+    trainer = build_trainer(
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        # Our loader splits the data over the ranks itself (exact, resumable order).
-        use_distributed_sampler=False,
-        # Global batch statistics, as in one process; CPU processes (gloo) cannot sync them.
-        sync_batchnorm=processes > 1 and _uses_gpus(config),
-        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
-        max_epochs=config.epochs or -1,
-        max_steps=config.steps or -1,
+        precision=config.precision,
+        max_epochs=config.epochs,
+        max_steps=config.steps,
         callbacks=[
             throughput, timer, collapse, *monitors, checkpoint,
             *method.callbacks(run), *([RunProgressBar(budget)] if config.progress else []),
@@ -496,12 +561,10 @@ def fit(
             TensorBoardLogger(run.path, name="tensorboard", version=attempt),
         ],
         default_root_dir=run.path,
+        progress=config.progress,
+        checkpoints=True,
         gradient_clip_val=config.grad_clip,
         log_every_n_steps=config.log_every_steps,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        plugins=[atomic.AtomicCheckpointIO()],
     )
     atomic.remove_leftovers(run.path, run.checkpoints)  # of an earlier attempt that was killed
     ckpt_path = None

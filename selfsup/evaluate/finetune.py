@@ -74,6 +74,10 @@ class FinetuneConfig:
     # The head's start: "random" (near zero), or "probe": a linear probe fitted on the frozen
     # features of the fine-tuning part (LP-FT, probes.linear_head); text fine-tuning only.
     head_init: str = "random"
+    # Where the trainer runs (Lightning's names, as in PretrainConfig). The loader does not
+    # split the data over processes: more than one device repeats the same batches on each.
+    accelerator: str = "cpu"
+    devices: int = 1
 
     def __post_init__(self) -> None:
         if self.minutes is None and self.epochs is None:
@@ -94,6 +98,8 @@ class FinetuneConfig:
             raise SelfsupError(
                 f"fine-tuning: precision must be 'bf16' or '32', not {self.precision!r}"
             )
+        if self.devices < 1:
+            raise SelfsupError(f"fine-tuning: devices must be at least 1, not {self.devices}")
         if self.head_init not in HEAD_INITS:
             raise SelfsupError(
                 f"fine-tuning: head_init must be one of {', '.join(HEAD_INITS)}, "
@@ -268,7 +274,7 @@ def finetune(
     """Fine-tune ``encoder`` (changed in place) with a new linear head on ``train``'s labels;
     return test accuracy and how it was reached."""
     from selfsup.data.datasets import ResumableLoader, keep_batch
-    from selfsup.engine import _quiet_lightning
+    from selfsup.engine import build_trainer
 
     if config.head_init != "random":
         raise SelfsupError(f"head_init {config.head_init!r} is implemented for text fine-tuning "
@@ -290,18 +296,13 @@ def finetune(
     pl.seed_everything(config.seed, verbose=False)
     model = Classifier(encoder, num_classes)
     module = FinetuneModule(model, config, val_data, len(loader))
-    _quiet_lightning()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
-        max_epochs=config.epochs or -1,
+    trainer = build_trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.precision,
+        max_epochs=config.epochs,
         max_time=timedelta(minutes=config.minutes) if config.minutes else None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+        progress=config.progress,
         gradient_clip_val=3.0,
     )
     seconds = fit_keeping_best(trainer, module, model, loader)

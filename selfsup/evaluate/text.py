@@ -384,7 +384,7 @@ def finetune_text(
     ``config.head_init == "probe"`` the head starts as a linear probe of the frozen encoder's
     features of the fine-tuning part (:func:`probe_head`), the validation carve unseen.
     """
-    from selfsup.engine import _quiet_lightning
+    from selfsup.engine import build_trainer
 
     if len(train.labels) < 4:
         raise SelfsupError(f"fine-tuning needs at least 4 labelled texts, got {len(train.labels)}")
@@ -406,14 +406,11 @@ def finetune_text(
     model = TextClassifier(encoder.train(), num_classes)
     head = probe_head(model, fit, config) if config.head_init == "probe" else None
     module = TextFinetuneModule(model, config, val, len(loader))
-    _quiet_lightning()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1,
-        precision="bf16-mixed" if config.precision == "bf16" else "32-true",
-        max_epochs=config.epochs or -1,
+    trainer = build_trainer(
+        accelerator=config.accelerator, devices=config.devices, precision=config.precision,
+        max_epochs=config.epochs,
         max_time=timedelta(minutes=config.minutes) if config.minutes else None,
-        logger=False, enable_checkpointing=False, enable_progress_bar=config.progress,
-        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
+        progress=config.progress, gradient_clip_val=1.0,
     )
     seconds = fit_keeping_best(trainer, module, model, loader)
     predicted = classifier_predictions(model, test, config.precision)
