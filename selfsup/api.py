@@ -62,19 +62,18 @@ def pretrain(
                 "no data given: name it with --data (a folder, file or prepared shards); "
                 "--data digits trains on scikit-learn's built-in digits, as the demo does"
             )
-        if resolved.init and not getattr(METHODS.get(resolved.method), "supports_init", False):
+        if resolved.init and not METHODS.get(resolved.method).supports_init:
             raise SelfsupError(f"method {resolved.method!r} cannot start from --init")
         if resolved.init:  # a pretrained start wants other defaults (e.g. a smaller lr)
-            init_defaults = getattr(METHODS.get(resolved.method), "init_config_defaults", {})
-            method_defaults = {**method_defaults, **init_defaults}
+            method_defaults = {**method_defaults,
+                               **METHODS.get(resolved.method).init_config_defaults}
         if method_defaults:
             resolved = resolve_config(config, overrides, defaults=method_defaults)
         if resolved.out is None:
             resolved = dataclasses.replace(resolved, out=str(default_run_name(resolved.method)))
         run = RunDir(Path(resolved.out))
-    prepare = getattr(METHODS.get(resolved.method), "prepare_config", None)
-    if prepare is not None and not resume:  # e.g. CLIP's image tower from an image run
-        resolved = prepare(resolved)
+    if not resume:  # e.g. CLIP's image tower from an image run
+        resolved = METHODS.get(resolved.method).prepare_config(resolved)
     resolved = with_default_encoder(resolved)
     check_options(resolved)  # a typo in a nested option fails now, not after decoding the data
     created = make_run_folder(run.path)

@@ -52,7 +52,7 @@ def _method_defaults() -> dict[str, dict[str, Any]]:
         method = METHODS.get(name)
         if method.config_defaults:
             changed[name] = dict(method.config_defaults)
-        if getattr(method, "init_config_defaults", None):
+        if method.init_config_defaults:
             changed[f"{name} --init"] = dict(method.init_config_defaults)
     return changed
 

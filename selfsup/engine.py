@@ -425,10 +425,6 @@ def build_trainer(
     )
 
 
-def _trivial_loss(method: Method, global_batch: int) -> float | None:
-    """The loss a collapsed encoder gets, where the method declares it (``trivial_loss``)."""
-    declared = getattr(method, "trivial_loss", None)
-    return declared(global_batch) if callable(declared) else None
 
 
 def fit_batch_to_data(config: PretrainConfig, samples: int, source: str) -> PretrainConfig:
@@ -529,7 +525,7 @@ def fit(
     collapse = CollapseMonitor(
         config.log_every_steps,
         stop=config.stop_on_collapse,
-        trivial_loss=_trivial_loss(method, config.batch_size * processes),
+        trivial_loss=method.trivial_loss(config.batch_size * processes),
     )
     throughput = Throughput(config.log_every_steps, paused_by=[knn] if knn else [])
     checkpoint = ModelCheckpoint(

@@ -260,6 +260,9 @@ def baseline_values(
     from selfsup.methods import METHODS
 
     method = METHODS.get(pretrain_config.get("method", "simclr"))
+    if method.baseline_method is None:
+        raise SelfsupError(f"method {method.__name__} has no supervised baseline; evaluate with "
+                           "--no-baseline")
     return {
         "method": method.baseline_method,
         "data": train.source,

@@ -351,7 +351,7 @@ def _baseline_method(baseline: bool, pretrain_config: dict[str, Any], spec: dict
     if not baseline:
         return False, None
     name = METHODS.get(pretrain_config.get("method", spec.get("method", "simclr")))
-    if METHODS.get(name.baseline_method).needs_labels:
+    if name.baseline_method is not None:
         return True, None
     note = f"no supervised baseline method for {modality} runs yet"  # e.g. text
     log.warning("sweep: %s; probes only", note)

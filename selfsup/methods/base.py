@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
-from selfsup.config import options_dataclass
+from selfsup.config import PretrainConfig, options_dataclass
 from selfsup.models import ImageEncoder
 
 if TYPE_CHECKING:
@@ -65,17 +65,36 @@ class Method(nn.Module):
 
     ``modality`` picks the reader (selfsup/data/base.py) and ``default_encoder`` the encoder
     used when the user names none; ``baseline_method`` is the supervised method that
-    `selfsup evaluate` trains as this method's reference.
+    `selfsup evaluate` trains as this method's reference (None: there is none, as for text,
+    whose evaluation trains the same architecture from scratch instead).
+
+    Every attribute and hook a caller may use is declared here with its default; a method
+    overrides what it needs and callers never probe for one.
     """
 
     Options: ClassVar[type] = NoOptions
     modality: ClassVar[str] = "image"
     default_encoder: ClassVar[str] = "resnet_small"
-    baseline_method: ClassVar[str] = "supervised"
+    baseline_method: ClassVar[str | None] = "supervised"
     needs_labels: ClassVar[bool] = False
     # PretrainConfig defaults that suit this method better (e.g. batch size, lr); the user's
     # recipe and options win over them.
     config_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether ``--init`` (a pretrained Hugging Face folder) may start the run, and the config
+    # defaults such a start wants over ``config_defaults`` (a smaller lr, say).
+    supports_init: ClassVar[bool] = False
+    init_config_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def prepare_config(cls, config: PretrainConfig) -> PretrainConfig:
+        """The config of a new run, completed from what only this method knows (CLIP's image
+        tower from an image run); called once, before the data is read. Default: unchanged."""
+        return config
+
+    def trivial_loss(self, batch_size: int) -> float | None:
+        """The loss a collapsed (constant) encoder scores at this global batch, which the
+        collapse alarm watches for; None where the method has no such value."""
+        return None
 
     def __init__(
         self,

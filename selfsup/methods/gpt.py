@@ -63,7 +63,7 @@ class GPTMethod(Method):
     Options: ClassVar[type] = GPTOptions
     modality: ClassVar[str] = "text"
     default_encoder: ClassVar[str] = "gpt_small"
-    baseline_method: ClassVar[str] = "gpt"  # text has no supervised baseline yet
+    baseline_method: ClassVar[str | None] = None  # a language model: no supervised baseline
     # Engine defaults that suit this method; the user's options win. In minutes on a CPU the
     # number of steps is what counts: a small model only leaves the loss plateau where it
     # predicts from the last character or two after a few hundred updates, so small batches

@@ -190,7 +190,7 @@ class MLMMethod(Method):
     Options: ClassVar[type] = MLMOptions
     modality: ClassVar[str] = "text"
     default_encoder: ClassVar[str] = "hf_text"
-    baseline_method: ClassVar[str] = "mlm"  # text has no supervised baseline method yet
+    baseline_method: ClassVar[str | None] = None  # text evaluation trains from scratch
     # BERT-style schedule: AdamW, weight decay 0.01, warm-up (Devlin et al. 2019, appendix A.2;
     # RoBERTa 6%). lr 5e-4 suits a small model from scratch; a pretrained one (--init) takes
     # the smaller lr of init_config_defaults, as in continued pre-training (Gururangan et al.).

@@ -129,7 +129,7 @@ class SpanMethod(Method):
     Options: ClassVar[type] = SpanOptions
     modality: ClassVar[str] = "text"
     default_encoder: ClassVar[str] = "hf_text"
-    baseline_method: ClassVar[str] = "span"  # text has no supervised baseline method yet
+    baseline_method: ClassVar[str | None] = None  # text evaluation trains from scratch
     # T5 pre-trained with Adafactor at 1e-2; AdamW at 1e-3 suits a small model here.
     config_defaults: ClassVar[dict] = {
         "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_fraction": 0.06,
@@ -139,7 +139,6 @@ class SpanMethod(Method):
     framing: ClassVar[str] = "eos"  # tokens ... </s> ([SEP] serves as </s>)
     extra_special_tokens: ClassVar[tuple[str, ...]] = SENTINEL_TOKENS
     required_roles: ClassVar[tuple[str, ...]] = ("pad",)
-    supports_init: ClassVar[bool] = False
 
     @classmethod
     def scratch_config(
