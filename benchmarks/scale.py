@@ -90,7 +90,7 @@ def child_read(data: str, batches: int, batch_size: int) -> None:
 
 
 def child_prepare(data: str, out: str, repeat: int) -> None:
-    from selfsup.data.shards import prepare
+    from selfsup.data.prepare import prepare
 
     started = time.perf_counter()
     manifest = prepare(data, out, repeat=repeat, progress=False)

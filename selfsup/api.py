@@ -100,7 +100,8 @@ def pretrain(
                 length = int(resolved.data_options.get("block_size") or 128)  # what it sees
                 callbacks = [*(callbacks or []), probe_curve_callback(
                     probe_data, probe_every, seed=resolved.seed, max_length=length)]
-            data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved)
+            data_set = load_data(METHODS.get(resolved.method).modality, resolved.data, resolved,
+                                 METHODS.get(resolved.method))
             try:
                 fit(resolved, data_set, run, resume=resume, callbacks=callbacks)
             except DiskFull as error:  # an atomic write found the disk full

@@ -518,7 +518,7 @@ def prepare_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convert data into WebDataset shards + manifest; every --data option then reads OUT."""
-    from selfsup.data.shards import prepare
+    from selfsup.data.prepare import prepare
 
     manifest = prepare(
         path, out, repeat=repeat, shard_bytes=int(shard_size_mb * 2**20), image_size=image_size,

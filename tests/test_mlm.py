@@ -17,6 +17,7 @@ import selfsup
 from selfsup.cli import main
 from selfsup.data.documents import load_documents, split_paths
 from selfsup.errors import SelfsupError
+from selfsup.methods import METHODS
 from selfsup.methods.mlm import IGNORE, continuation_table, mask_tokens
 from selfsup.run import RunDir, load_encoder
 
@@ -236,7 +237,8 @@ def test_document_reader_packs_windows_and_splits_paths(tmp_path):
     with pytest.raises(SelfsupError, match="does not exist"):
         split_paths(f"{data},{tmp_path / 'missing.jsonl'}")
     config = selfsup.PretrainConfig(method="mlm", cache_dir=str(tmp_path / "cache"))
-    packed = load_documents(str(data), {"block_size": 16, "vocab_size": 100}, config)
+    mlm = METHODS.get("mlm")
+    packed = load_documents(str(data), {"block_size": 16, "vocab_size": 100}, config, mlm)
     batch = packed.batch_dataset(False).__getitems__(list(range(len(packed))))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     cls, sep = packed.special["cls"], packed.special["sep"]
@@ -246,7 +248,7 @@ def test_document_reader_packs_windows_and_splits_paths(tmp_path):
     assert torch.equal(stream, torch.from_numpy(np.asarray(packed.shards.tokens(), np.int64)))
     assert int((stream == sep).sum()) == 29  # between 30 documents
     one_each = load_documents(str(data), {"block_size": 16, "vocab_size": 100,
-                                          "packing": "document"}, config)
+                                          "packing": "document"}, config, mlm)
     assert len(one_each) == 30
 
 

@@ -20,7 +20,8 @@ from selfsup.config import build_config
 from selfsup.data.base import load_data
 from selfsup.data.datasets import ResumableLoader, keep_batch
 from selfsup.data.images import load_images
-from selfsup.data.shards import MANIFEST, ShardArray, is_prepared, prepare
+from selfsup.data.prepare import prepare
+from selfsup.data.shards import MANIFEST, ShardArray, is_prepared
 from selfsup.errors import SelfsupError
 
 SHARD = 40_000  # bytes: digits (1797 x 64 B) spread over several shards
@@ -280,8 +281,7 @@ def _documents(path, **options):
 
 
 def test_text_folder_shards_yield_exactly_the_readers_documents(tmp_path):
-    from selfsup.data.shards import TextShards
-    from selfsup.data.text import TextSource, fingerprint, iter_documents
+    from selfsup.data.text import TextShards, TextSource, fingerprint, iter_documents
 
     src = _text_folder(tmp_path / "corpus")
     manifest = prepare(str(src), tmp_path / "s", shard_bytes=600, progress=False)
@@ -363,11 +363,11 @@ def test_empty_text_corpora_are_errors(tmp_path):
 def test_a_large_document_streams_in_the_readers_pieces(tmp_path, monkeypatch):
     """A document bigger than the piece size and the in-memory limit goes through the scratch
     file when written, and comes back in the same pieces (cut at line ends) as from the file."""
-    from selfsup.data import shards, text
+    from selfsup.data import text
 
     monkeypatch.setattr(text, "PIECE_CHARS", 64)
     monkeypatch.setattr(text, "_READ_BYTES", 50)
-    monkeypatch.setattr(shards, "_SPILL_BYTES", 100)
+    monkeypatch.setattr(text, "_SPILL_BYTES", 100)
     lines = [f"ligne {i} é🙂 " + "x" * (i % 7) + "\n" for i in range(40)]
     (tmp_path / "big.txt").write_text("".join(lines), encoding="utf-8")
     prepare(str(tmp_path / "big.txt"), tmp_path / "s", progress=False)

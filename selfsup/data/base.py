@@ -12,17 +12,32 @@ importing ``tokenizers`` or ``transformers``.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.data import shards
+from selfsup.errors import SelfsupError
 from selfsup.registry import Registry
 
 if TYPE_CHECKING:
     from selfsup.config import PretrainConfig
-    from selfsup.methods.base import DataInfo
+
+
+@dataclass
+class DataInfo:
+    """What a method may know about the data it trains on (what a reader tells a method)."""
+
+    channels: int | None = None  # images and series
+    image_size: int | None = None  # images
+    num_classes: int | None = None
+    num_images: int | None = None  # samples, where known; MoCo keeps its queue of keys below it
+    vocab_size: int | None = None  # text
+    length: int | None = None  # text: context window; series: (longest) length
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -73,25 +88,39 @@ def class_count(labels: np.ndarray | None, class_names: list[str] | None) -> int
     return int(labels.max()) + 1 if len(labels) else 0
 
 
-#: modality -> ``load(path, options, config) -> TrainData``; ``options`` are ``data_options``.
+#: modality -> ``load(path, options, config, method) -> TrainData``; ``options`` are
+#: ``data_options``, ``method`` the class of the method that will train on the data (or None).
 READERS: Registry = Registry("data modality")
+#: modality -> ``load(path, config, method) -> TrainData`` for a `selfsup prepare` folder.
+PREPARED_READERS: Registry = Registry("prepared data modality")
 
 #: Where each modality's reader lives (imported on first use, where it registers itself).
 _READER_MODULES = {
     "image": "selfsup.data.images",
-    "text": "selfsup.data.tokens",
+    "text": "selfsup.data.documents",  # framed sequences or data/tokens.py's token stream
     "series": "selfsup.data.series",
     "image_text": "selfsup.data.pairs",  # CLIP: image paths + captions
 }
 
 
-def load_data(modality: str, path: str, config: PretrainConfig) -> TrainData:
-    """Read ``path`` with the reader of ``modality``, passing the config's ``data_options``."""
-    from selfsup.data import shards  # `selfsup prepare` output, whatever the modality
+def load_data(
+    modality: str, path: str, config: PretrainConfig, method: Any = None
+) -> TrainData:
+    """Read ``path`` with the reader of ``modality``, passing the config's ``data_options``.
 
-    if shards.is_prepared(path):
-        return shards.load_prepared(modality, path, config)
+    ``method`` is the class of the method that will train on the data (``METHODS.get(name)``),
+    or None: what a reader needs to know of the method (text: its ``framing`` and tokenizer
+    needs) it reads from there, so that readers never look methods up.
+    """
     if modality not in READERS and modality in _READER_MODULES:
-        importlib.import_module(_READER_MODULES[modality])
+        importlib.import_module(_READER_MODULES[modality])  # lazily: see the module docstring
+    if shards.is_prepared(path):  # `selfsup prepare` output, whatever the modality
+        _, manifest = shards.read_manifest(path)
+        if manifest["modality"] != modality:
+            raise SelfsupError(f"{path} holds {manifest['modality']} shards but this method "
+                               f"reads {modality} data")
+        if modality not in PREPARED_READERS:
+            raise SelfsupError(f"{path}: {modality} shards cannot be read yet")
+        return PREPARED_READERS.get(modality)(path, config, method)
     reader = READERS.get(modality)
-    return reader(path, dict(config.data_options), config)
+    return reader(path, dict(config.data_options), config, method)

@@ -16,17 +16,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from selfsup import distributed
-from selfsup.data.images import ImageData
 from selfsup.errors import SelfsupError
 
 log = logging.getLogger("selfsup")
 
 
 class ImageBatchDataset(Dataset):
-    """Images (uint8, N x H x W x C) and, when asked for, labels, over a subset of indices."""
+    """Images (uint8, N x H x W x C) and, when asked for, labels, over a subset of indices.
+
+    ``data`` is an :class:`~selfsup.data.images.ImageData` (not imported: images.py builds
+    this dataset, so the dependency points from images to here).
+    """
 
     def __init__(
-        self, data: ImageData, indices: np.ndarray | None = None, with_labels: bool = False
+        self, data: Any, indices: np.ndarray | None = None, with_labels: bool = False
     ) -> None:
         if with_labels and data.labels is None:
             raise ValueError("with_labels needs labelled data")

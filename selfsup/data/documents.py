@@ -39,9 +39,17 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from selfsup.config import options_dataclass
+from selfsup.data.base import PREPARED_READERS, READERS, DataInfo
 from selfsup.data.text import TextSource, fingerprint, iter_documents
-from selfsup.data.tokens import CorpusData
+from selfsup.data.tokens import CorpusData, default_text_cache, load_text
 from selfsup.errors import SelfsupError
+from selfsup.models.hf_text import (
+    check_tokenizer,
+    load_hf_config,
+    load_hf_tokenizer,
+    wordpiece_tokenizer,
+)
 
 log = logging.getLogger("selfsup")
 
@@ -150,8 +158,6 @@ def _cache_root(config: Any) -> Path:
     cache_dir = getattr(config, "cache_dir", None)
     if cache_dir:
         return Path(cache_dir) / "documents"
-    from selfsup.data.tokens import default_text_cache
-
     return default_text_cache().parent / "documents"
 
 
@@ -197,8 +203,6 @@ def corpus_tokenizer(
     config: Any,
 ) -> Tokenizer:
     """A WordPiece tokenizer trained on the corpus (cached), plus ``extra_special`` tokens."""
-    from selfsup.models.hf_text import wordpiece_tokenizer
-
     vocab_size = options.vocab_size or 8192
     key = _sources_key(sources, {"tokenizer": "wordpiece", "vocab_size": vocab_size,
                                  "max_documents": options.max_documents,
@@ -216,8 +220,6 @@ def corpus_tokenizer(
         _staged(folder, build)
         log.info("trained a WordPiece tokenizer (%d tokens) in %.1f s",
                  vocab_size, time.monotonic() - started)
-    from selfsup.models.hf_text import load_hf_tokenizer
-
     tokenizer = load_hf_tokenizer(folder / "tokenizer.json")
     if extra_special:
         tokenizer.add_special_tokens(list(extra_special))
@@ -421,9 +423,7 @@ class DocumentData(CorpusData):
             "text_options": asdict(self.options),
         }
 
-    def data_info(self) -> Any:
-        from selfsup.methods.base import DataInfo
-
+    def data_info(self) -> DataInfo:
         return DataInfo(vocab_size=self.vocab_size, length=self.options.block_size,
                         extra=self.extra())
 
@@ -452,13 +452,13 @@ class DocumentData(CorpusData):
         return data
 
 
-def load_documents(path: str, options: dict[str, Any], config: Any) -> DocumentData:
-    """The reader of the masked-LM / span methods: tokenizer, model config and sequences."""
-    from selfsup.config import options_dataclass
-    from selfsup.methods import METHODS
-    from selfsup.models.hf_text import check_tokenizer, load_hf_config, load_hf_tokenizer
+def load_documents(path: str, options: dict[str, Any], config: Any, method: Any) -> DocumentData:
+    """The reader of the masked-LM / span methods: tokenizer, model config and sequences.
 
-    method = METHODS.get(config.method)
+    ``method`` is the method class that trains on them (given by the caller, never looked up):
+    its ``framing``, ``extra_special_tokens``, ``required_roles``, ``supports_init`` and
+    ``scratch_config`` say how the sequences are built.
+    """
     doc_options = options_dataclass(DocumentOptions, options or {}, "text data options")
     doc_options.validate()
     sources = doc_options.sources(path)
@@ -500,12 +500,35 @@ def load_documents(path: str, options: dict[str, Any], config: Any) -> DocumentD
     return DocumentData(path, shards, doc_options, model_config, framing, init)
 
 
+def read_text_data(
+    path: str, options: dict[str, Any], config: Any, method: Any = None
+) -> DocumentData | Any:
+    """The ``text`` reader of the registry: framed sequences (:func:`load_documents`) for a
+    method that declares a ``framing`` (masked LM, span corruption), else the token stream of
+    selfsup/data/tokens.py (gpt, and any caller that names no method)."""
+    if getattr(method, "framing", None) is not None:
+        return load_documents(path, options, config, method)
+    return load_text(path, options, config)
+
+
+def _read_prepared_text(path: str, config: Any, method: Any = None) -> Any:
+    """A prepared corpus: the text readers stream its documents (TextShards, via data/text.py)."""
+    return read_text_data(str(path), dict(getattr(config, "data_options", None) or {}), config,
+                          method)
+
+
+if "text" not in READERS:
+    READERS.register("text")(read_text_data)
+    PREPARED_READERS.register("text")(_read_prepared_text)
+
+
 __all__ = [
     "DocumentData",
     "DocumentOptions",
     "SequenceDataset",
     "all_special_ids",
     "load_documents",
+    "read_text_data",
     "special_ids",
     "split_paths",
     "usable_positions",

@@ -30,8 +30,13 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import torch
 from PIL import Image, ImageFile, ImageOps
 
+from selfsup.augment import to_float_images
+from selfsup.data import shards
+from selfsup.data.base import PREPARED_READERS, READERS, DataInfo, class_count
+from selfsup.data.datasets import ImageBatchDataset
 from selfsup.errors import SelfsupError
 
 # A truncated file must be an error, never a silently grey-padded image. PIL's default is already
@@ -70,8 +75,6 @@ class ImageData:
     @property
     def num_classes(self) -> int | None:
         """Number of classes, or None for unlabelled data."""
-        from selfsup.data.base import class_count
-
         return class_count(self.labels, self.class_names)
 
     def __len__(self) -> int:
@@ -81,9 +84,7 @@ class ImageData:
 
     modality = "image"
 
-    def data_info(self) -> Any:
-        from selfsup.methods.base import DataInfo
-
+    def data_info(self) -> DataInfo:
         return DataInfo(
             channels=self.images.shape[-1],
             image_size=self.images.shape[1],
@@ -99,16 +100,10 @@ class ImageData:
         return {"image_size": int(self.images.shape[1]), "channels": int(self.images.shape[-1])}
 
     def batch_dataset(self, with_labels: bool) -> Any:
-        from selfsup.data.datasets import ImageBatchDataset
-
         return ImageBatchDataset(self, with_labels=with_labels)
 
     def inputs(self, indices: np.ndarray) -> Any:
         """Float (B, C, H, W) images in [0, 1] of those rows (read in file order)."""
-        import torch
-
-        from selfsup.augment import to_float_images
-
         rows = np.asarray(indices)
         order = np.argsort(rows)
         chunk = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
@@ -145,10 +140,8 @@ def load_images(
     if str(path) == "digits":
         return load_digits(image_size=image_size)
     p = Path(path).expanduser()
-    from selfsup.data import shards  # `selfsup prepare` output: read from its shards
-
-    if shards.is_prepared(p):
-        return shards.load_image_shards(p, image_size)
+    if shards.is_prepared(p):  # `selfsup prepare` output: read from its shards
+        return load_image_shards(p, image_size)
     if p.is_dir():
         return load_folder(
             p, skip_bad=skip_bad, image_size=image_size, cache_dir=cache_dir, progress=progress
@@ -162,6 +155,39 @@ def load_images(
         f" .npz, or the name 'digits')"
     )
 
+
+# ----------------------------------------------------------------------------------- shards ----
+
+
+def load_image_shards(path: str | Path, image_size: int | None = None) -> ImageData:
+    """A prepared image folder as an :class:`ImageData` over shards (nothing loaded but labels)."""
+    folder, manifest = shards.read_manifest(path)
+    if manifest["modality"] != "image":
+        raise SelfsupError(f"{folder} holds {manifest['modality']} shards, not images")
+    shape = manifest["sample"]["shape"]
+    if image_size is not None and (shape[0], shape[1]) != (image_size, image_size):
+        raise SelfsupError(
+            f"{folder}: its images are {shape[0]}x{shape[1]}; shards are not resized when "
+            f"read: prepare them with --image-size {image_size}, or leave image_size unset"
+        )
+    images, labels = shards.read_arrays(folder, manifest)
+    return ImageData(images, labels, manifest["class_names"], str(folder), [])  # type: ignore[arg-type]
+
+
+def prepare_source(path: str, options: dict[str, Any]) -> shards.Source:
+    """What `selfsup prepare` writes for images: ``options`` image_size, skip_bad, cache_dir,
+    progress."""
+    data = load_images(path, image_size=options.get("image_size"),
+                       skip_bad=bool(options.get("skip_bad", False)),
+                       cache_dir=options.get("cache_dir"), progress=options.get("progress", True))
+    mean, std = image_stats(data)  # what ImageData.encoder_inputs computes, recorded once
+    shape = tuple(int(s) for s in data.images.shape[1:])
+    samples = shards.array_samples(lambda rows: np.asarray(data.images[rows]), len(data),
+                                   shape, "uint8", data.labels)
+    return shards.Source("image", samples,
+                         {"key": "npy", "shape": list(shape), "dtype": "uint8"},
+                         data.labels, data.class_names,
+                         {"mean": mean, "std": std, "skipped": [list(s) for s in data.skipped]})
 
 # ----------------------------------------------------------------------------------- digits ----
 
@@ -1001,7 +1027,9 @@ class _Progress:
             self._bar.advance(self._task, k)
 
 
-def _read_image_data(path: str, options: dict[str, Any], config: Any) -> ImageData:
+def _read_image_data(
+    path: str, options: dict[str, Any], config: Any, method: Any = None
+) -> ImageData:
     """The "image" reader of the registry: the config's reader fields; images take no options."""
     if options:
         raise SelfsupError(
@@ -1017,11 +1045,10 @@ def _read_image_data(path: str, options: dict[str, Any], config: Any) -> ImageDa
     )
 
 
-def _register() -> None:
-    from selfsup.data.base import READERS
-
-    if "image" not in READERS:
-        READERS.register("image")(_read_image_data)
+def _read_prepared_images(path: str, config: Any, method: Any = None) -> ImageData:
+    return load_image_shards(path, getattr(config, "image_size", None))
 
 
-_register()
+if "image" not in READERS:
+    READERS.register("image")(_read_image_data)
+    PREPARED_READERS.register("image")(_read_prepared_images)

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from selfsup.config import options_dataclass
+from selfsup.data.base import READERS, DataInfo
 from selfsup.data.images import (
     ImageData,
     _decode_one,
@@ -199,9 +200,7 @@ class PairData:
 
     # -- the TrainData protocol (selfsup/data/base.py) --
 
-    def data_info(self) -> Any:
-        from selfsup.methods.base import DataInfo
-
+    def data_info(self) -> DataInfo:
         return DataInfo(
             channels=int(self.images.shape[-1]),
             image_size=int(self.images.shape[1]),
@@ -420,17 +419,13 @@ def _read_cache(folder: Path, source: str) -> PairData:
     )
 
 
-def _read_pair_data(path: str, options: dict[str, Any], config: Any) -> PairData:
+def _read_pair_data(
+    path: str, options: dict[str, Any], config: Any, method: Any = None
+) -> PairData:
     """The "image_text" reader of the registry."""
     return load_pairs(path, options, skip_bad=config.skip_bad, image_size=config.image_size,
                       cache_dir=config.cache_dir)
 
 
-def _register() -> None:
-    from selfsup.data.base import READERS
-
-    if "image_text" not in READERS:
-        READERS.register("image_text")(_read_pair_data)
-
-
-_register()
+if "image_text" not in READERS:
+    READERS.register("image_text")(_read_pair_data)

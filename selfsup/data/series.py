@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.data import shards
+from selfsup.data.base import PREPARED_READERS, READERS, DataInfo, class_count
 from selfsup.errors import SelfsupError
 
 __all__ = [
@@ -69,15 +71,11 @@ class SeriesData:
 
     @property
     def num_classes(self) -> int | None:
-        from selfsup.data.base import class_count
-
         return class_count(self.labels, self.class_names)
 
     # -- the TrainData protocol (selfsup/data/base.py) --
 
-    def data_info(self) -> Any:
-        from selfsup.methods.base import DataInfo
-
+    def data_info(self) -> DataInfo:
         return DataInfo(
             channels=self.channels,
             num_classes=self.num_classes,
@@ -505,12 +503,10 @@ def _load_long(path: Path, options: dict[str, Any], fill: str) -> SeriesData:
 def load_series(path: str | Path, options: dict[str, Any] | None = None) -> SeriesData:
     """Read a series file; ``options`` are the data options described in the module docstring."""
     options = dict(options or {})
-    from selfsup.data import shards  # `selfsup prepare` output: read from its shards
-
-    if shards.is_prepared(path):
+    if shards.is_prepared(path):  # `selfsup prepare` output: read from its shards
         if options:
             raise SelfsupError(f"{path}: prepared shards take no data options (given at prepare)")
-        return shards.load_series_shards(path)
+        return load_series_shards(path)
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise SelfsupError(
@@ -541,15 +537,76 @@ def load_series(path: str | Path, options: dict[str, Any] | None = None) -> Seri
     return _load_wide(path, options, fill)
 
 
-def _read_series_data(path: str, options: dict[str, Any], config: Any) -> SeriesData:
+def _read_series_data(
+    path: str, options: dict[str, Any], config: Any, method: Any = None
+) -> SeriesData:
     return load_series(path, options)
 
 
-def _register() -> None:
-    from selfsup.data.base import READERS
-
-    if "series" not in READERS:
-        READERS.register("series")(_read_series_data)
+def _read_prepared_series(path: str, config: Any, method: Any = None) -> SeriesData:
+    return load_series_shards(path)
 
 
-_register()
+# ---------------------------------------------------------------------------------------------
+# Prepared shards (`selfsup prepare`, data/shards.py)
+
+
+def load_series_shards(path: str | Path) -> SeriesData:
+    """A prepared series folder as a :class:`SeriesData` whose values stay in the shards."""
+    folder, manifest = shards.read_manifest(path)
+    if manifest["modality"] != "series":
+        raise SelfsupError(f"{folder} holds {manifest['modality']} shards, not series")
+    values, labels = shards.read_arrays(folder, manifest)
+    lengths = np.load(folder / "lengths.npy")
+    return ShardSeriesData(values, lengths, labels, str(folder), manifest["class_names"], [])  # type: ignore[arg-type]
+
+
+@dataclass
+class ShardSeriesData(SeriesData):
+    """SeriesData whose values are a :class:`ShardArray`; batches are read, not indexed."""
+
+    def batch_dataset(self, with_labels: bool) -> Any:
+        return ShardSeriesBatchDataset(self, with_labels)
+
+
+class ShardSeriesBatchDataset(Dataset):
+    """SeriesBatchDataset's batches ({"series", "lengths", "labels"?}) read from shards."""
+
+    def __init__(self, data: Any, with_labels: bool = False) -> None:
+        if with_labels and data.labels is None:
+            raise SelfsupError(f"{data.source} has no labels")
+        self.data, self.with_labels = data, with_labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows = np.asarray(positions, dtype=np.int64)
+        lengths = self.data.lengths[rows]
+        values = np.asarray(self.data.values[rows])[:, :, : int(lengths.max())]
+        batch = {"series": torch.from_numpy(np.ascontiguousarray(values)),
+                 "lengths": torch.from_numpy(lengths)}
+        if self.with_labels:
+            batch["labels"] = torch.from_numpy(self.data.labels[rows])
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+
+
+def prepare_source(path: str, options: dict[str, Any]) -> shards.Source:
+    """What `selfsup prepare` writes for series: ``options`` data_options (the reader's)."""
+    data = load_series(path, options.get("data_options") or {})
+    values = np.ascontiguousarray(data.values, dtype=np.float32)
+    shape = tuple(int(s) for s in values.shape[1:])
+    samples = shards.array_samples(lambda rows: values[rows], len(data), shape, "float32",
+                                   data.labels)
+    return shards.Source("series", samples,
+                         {"key": "npy", "shape": list(shape), "dtype": "float32"},
+                         data.labels, data.class_names, {}, data.lengths.astype(np.int64))
+
+
+if "series" not in READERS:
+    READERS.register("series")(_read_series_data)
+    PREPARED_READERS.register("series")(_read_prepared_series)

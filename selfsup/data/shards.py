@@ -23,6 +23,13 @@ engine's exact, resumable, rank-split epoch order (``data/datasets.py`` Resumabl
 on shards unchanged, and the process holds only the batches in flight: no memory map grows with
 the data, and the operating system's page cache, not the process, keeps what was read.
 
+This module is the modality-free part: the manifest, the tar layout, reading rows by offset
+(:class:`ShardArray`, :class:`ShardFiles`) and writing a :class:`Source` of samples
+(:func:`write_prepared`). Each modality's reader module reads and writes its own shards on top of
+it (``data/images.py``, ``data/series.py``, ``data/text.py``: ``load_*_shards`` and
+``prepare_source``), and ``data/prepare.py`` (:func:`~selfsup.data.prepare.prepare`) picks the
+modality; nothing here imports a reader.
+
 A reader sees a prepared folder (or its ``manifest.json``) through :func:`is_prepared`: the
 image reader returns an :class:`ImageData` whose ``images`` is a :class:`ShardArray` (indexed
 like the uint8 memmap it replaces), the series reader a :class:`SeriesData` over shards, and
@@ -36,7 +43,6 @@ file (alone or in a folder), one jsonl line's ``text_field``, or one parquet row
 from __future__ import annotations
 
 import array
-import codecs
 import hashlib
 import io
 import json
@@ -44,7 +50,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,11 +58,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from selfsup import atomic
-from selfsup.data.series import SeriesData
 from selfsup.errors import SelfsupError
 
 log = logging.getLogger("selfsup")
@@ -67,8 +69,6 @@ FORMAT = "selfsup-shards"
 FORMAT_VERSION = 1
 #: Default shard size; WebDataset advises 100 MB to 1 GB so that reads are long and files few.
 SHARD_BYTES = 256 * 2**20
-_TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".ndjson", ".gz", ".json")
-_SERIES_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 # ------------------------------------------------------------------------------ detection ----
@@ -119,7 +119,7 @@ def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
 # --------------------------------------------------------------------------------- reading ----
 
 
-class _ShardFiles:
+class ShardFiles:
     """The shard files of a prepared folder, opened lazily per process (DataLoader workers, fork
     or spawn, each get their own descriptors), and which shard holds which sample."""
 
@@ -158,7 +158,7 @@ class _ShardFiles:
         self._fds = {}
 
 
-class ShardArray(_ShardFiles):
+class ShardArray(ShardFiles):
     """A read-only (N, *shape) array whose rows live in tar shards; each row is one pread.
 
     Indexing follows numpy on the first axis (an int, a slice, an integer array or list; a
@@ -221,91 +221,9 @@ class ShardArray(_ShardFiles):
         return whole if dtype is None else whole.astype(dtype)
 
 
-class TextShards(_ShardFiles):
-    """A prepared text corpus: document i is ``lengths[i]`` UTF-8 bytes at ``offsets[i]``.
-
-    :meth:`document` reads one document with one pread; :meth:`pieces` streams them all in
-    order the way ``data/text.py`` yields documents, holding at most about ``_READ_BYTES`` of
-    one document at a time (offsets and lengths stay memory-mapped), whatever the corpus size.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        folder, manifest = read_manifest(path)
-        if manifest["modality"] != "text":
-            raise SelfsupError(
-                f"{folder} holds {manifest['modality']} shards, not text; text methods read a "
-                "text corpus (prepare one with: selfsup prepare CORPUS --out FOLDER)"
-            )
-        offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-        self.lengths = np.load(folder / "lengths.npy", mmap_mode="r")
-        if not len(offsets) == len(self.lengths) == manifest["count"]:
-            raise SelfsupError(f"{folder}: offsets.npy / lengths.npy do not match the manifest's "
-                               f"{manifest['count']} documents; run selfsup prepare again")
-        super().__init__(folder, manifest["shards"], offsets)
-        self.manifest = manifest
-
-    def document(self, index: int) -> str:
-        """Document ``index`` (negative counts from the end), whole."""
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"document {index} out of range for {n} documents")
-        index %= n
-        shard = int(self.shard_of(np.array([index]))[0])
-        size = int(self.lengths[index])
-        data = os.pread(self._fd(shard), size, int(self.offsets[index]))
-        if len(data) != size:
-            raise self._truncated(self.folder / self.names[shard], index)
-        return self._decode(data, index)
-
-    def _decode(self, data: bytes, index: int, decoder: Any = None, final: bool = True) -> str:
-        """``data`` as text (through ``decoder`` when a document comes in parts)."""
-        try:
-            return data.decode("utf-8") if decoder is None else decoder.decode(data, final=final)
-        except UnicodeDecodeError:
-            raise SelfsupError(f"{self.folder}: document {index} is not valid UTF-8 (a damaged "
-                               "shard); run selfsup prepare again") from None
-
-    @staticmethod
-    def _truncated(where: Any, index: int) -> SelfsupError:
-        return SelfsupError(f"{where}: truncated at document {index}; run selfsup prepare again")
-
-    def pieces(self) -> Iterator[Any]:
-        """Every document in order as :class:`selfsup.data.text.Piece` s, cut as the text
-        readers cut them; each shard is read front to back through one buffered file."""
-        from selfsup.data.text import _READ_BYTES, pieces_of
-
-        for shard, name in enumerate(self.names):
-            first = int(self.starts[shard])
-            last = int(self.starts[shard + 1]) if shard + 1 < len(self.names) else len(self)
-            try:
-                handle = open(self.folder / name, "rb", buffering=1 << 20)  # noqa: SIM115
-            except OSError as e:
-                raise SelfsupError(f"{self.folder / name}: cannot open ({e})") from None
-            with handle:
-                for index in range(first, last):
-                    handle.seek(int(self.offsets[index]))
-                    yield from pieces_of(self._parts(handle, int(self.lengths[index]), index,
-                                                     _READ_BYTES))
-
-    def _parts(self, handle: Any, size: int, index: int, chunk: int) -> Iterator[str]:
-        """One document's text, decoded ``chunk`` bytes at a time."""
-        if size <= chunk:  # nearly every document: one read, one decode
-            data = handle.read(size)
-            if len(data) != size:
-                raise self._truncated(handle.name, index)
-            yield self._decode(data, index)
-            return
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        left = size
-        while left:
-            data = handle.read(min(chunk, left))
-            if not data:
-                raise self._truncated(handle.name, index)
-            left -= len(data)
-            yield self._decode(data, index, decoder, final=not left)
-
-
-def _arrays(folder: Path, manifest: dict[str, Any]) -> tuple[ShardArray, np.ndarray | None]:
+def read_arrays(folder: Path, manifest: dict[str, Any]) -> tuple[ShardArray, np.ndarray | None]:
+    """The fixed-shape samples of a checked prepared folder as a :class:`ShardArray`, and its
+    labels (None when unlabelled)."""
     offsets = np.load(folder / "offsets.npy")
     if len(offsets) != manifest["count"]:
         raise SelfsupError(f"{folder}/offsets.npy: {len(offsets)} rows, the manifest says "
@@ -317,155 +235,8 @@ def _arrays(folder: Path, manifest: dict[str, Any]) -> tuple[ShardArray, np.ndar
     return array, labels
 
 
-def load_image_shards(path: str | Path, image_size: int | None = None) -> Any:
-    """A prepared image folder as an :class:`ImageData` over shards (nothing loaded but labels)."""
-    from selfsup.data.images import ImageData
 
-    folder, manifest = read_manifest(path)
-    if manifest["modality"] != "image":
-        raise SelfsupError(f"{folder} holds {manifest['modality']} shards, not images")
-    shape = manifest["sample"]["shape"]
-    if image_size is not None and (shape[0], shape[1]) != (image_size, image_size):
-        raise SelfsupError(
-            f"{folder}: its images are {shape[0]}x{shape[1]}; shards are not resized when "
-            f"read: prepare them with --image-size {image_size}, or leave image_size unset"
-        )
-    images, labels = _arrays(folder, manifest)
-    return ImageData(images, labels, manifest["class_names"], str(folder), [])  # type: ignore[arg-type]
-
-
-def load_series_shards(path: str | Path) -> Any:
-    """A prepared series folder as a :class:`SeriesData` whose values stay in the shards."""
-    folder, manifest = read_manifest(path)
-    if manifest["modality"] != "series":
-        raise SelfsupError(f"{folder} holds {manifest['modality']} shards, not series")
-    values, labels = _arrays(folder, manifest)
-    lengths = np.load(folder / "lengths.npy")
-    return ShardSeriesData(values, lengths, labels, str(folder), manifest["class_names"], [])  # type: ignore[arg-type]
-
-
-@dataclass
-class ShardSeriesData(SeriesData):
-    """SeriesData whose values are a :class:`ShardArray`; batches are read, not indexed."""
-
-    def batch_dataset(self, with_labels: bool) -> Any:
-        return ShardSeriesBatchDataset(self, with_labels)
-
-
-class ShardSeriesBatchDataset(Dataset):
-    """SeriesBatchDataset's batches ({"series", "lengths", "labels"?}) read from shards."""
-
-    def __init__(self, data: Any, with_labels: bool = False) -> None:
-        if with_labels and data.labels is None:
-            raise SelfsupError(f"{data.source} has no labels")
-        self.data, self.with_labels = data, with_labels
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        rows = np.asarray(positions, dtype=np.int64)
-        lengths = self.data.lengths[rows]
-        values = np.asarray(self.data.values[rows])[:, :, : int(lengths.max())]
-        batch = {"series": torch.from_numpy(np.ascontiguousarray(values)),
-                 "lengths": torch.from_numpy(lengths)}
-        if self.with_labels:
-            batch["labels"] = torch.from_numpy(self.data.labels[rows])
-        return batch
-
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([position]).items()}
-
-
-def load_prepared(modality: str, path: str | Path, config: Any = None) -> Any:
-    """What ``load_data`` returns for a prepared folder, for the method's ``modality``."""
-    _, manifest = read_manifest(path)
-    if manifest["modality"] != modality:
-        raise SelfsupError(
-            f"{path} holds {manifest['modality']} shards but this method reads {modality} data"
-        )
-    if modality == "image":
-        return load_image_shards(path, getattr(config, "image_size", None))
-    if modality == "series":
-        return load_series_shards(path)
-    if modality == "text":  # the text reader streams the documents (TextShards via text.py)
-        from selfsup.data.tokens import load_text
-
-        return load_text(str(path), dict(getattr(config, "data_options", None) or {}), config)
-    raise SelfsupError(f"{path}: {modality} shards cannot be read yet")  # pragma: no cover
-
-
-# ------------------------------------------------------------------------------- preparing ----
-
-
-def detect_modality(path: str | Path, data_options: dict[str, Any] | None = None) -> str:
-    """image, series or text, from what ``path`` is; SelfsupError when it is none of them.
-
-    A parquet file is text when ``data_options`` name a ``text_column`` or when it has a
-    string column ``text``; otherwise it holds series.
-    """
-    if str(path) == "digits":
-        return "image"
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SelfsupError(f"{path}: no such file or folder")
-    if is_prepared(p):
-        raise SelfsupError(f"{path} is already a prepared shards folder")
-    if p.is_dir():
-        from selfsup.data.images import IMAGE_EXTENSIONS
-
-        for _, _, files in os.walk(p):
-            if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files if not f.startswith(".")):
-                return "image"
-            if any(f.lower().endswith(_TEXT_SUFFIXES) for f in files):
-                return "text"
-        raise SelfsupError(f"{path}: no image files (or text files) found in this folder")
-    suffix = p.suffix.lower()
-    if suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as archive:
-                keys = set(archive.files)
-        except Exception as e:
-            raise SelfsupError(f"{path}: not a readable .npz archive ({e})") from None
-        if keys & {"images", "x"}:
-            return "image"
-        if keys & {"X", "X_train", "X_test"}:
-            # X is an image array when it is uint8 with 3 or 4 axes, else series
-            return "series" if keys & {"X_train", "X_test"} else _npz_x_kind(p)
-        raise SelfsupError(f"{path}: an .npz with neither images nor series (keys: "
-                           f"{', '.join(sorted(keys)) or '(none)'})")
-    if suffix in (".parquet", ".pq") and _parquet_is_text(p, data_options or {}):
-        return "text"
-    if suffix in _SERIES_SUFFIXES:
-        return "series"
-    if suffix in _TEXT_SUFFIXES:
-        return "text"
-    raise SelfsupError(
-        f"{path}: unknown input; prepare reads an image folder, an .npz, 'digits', a series "
-        ".csv/.parquet/.npz, or a text corpus (.txt/.md, a folder of them, .jsonl(.gz), "
-        ".parquet with a text column)"
-    )
-
-
-def _parquet_is_text(p: Path, data_options: dict[str, Any]) -> bool:
-    if "text_column" in data_options:
-        return True
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(p)
-    except (OSError, pa.ArrowException):
-        return False  # the series reader names the problem
-    index = schema.get_field_index("text")
-    return index >= 0 and (pa.types.is_string(schema.field(index).type)
-                           or pa.types.is_large_string(schema.field(index).type))
-
-
-def _npz_x_kind(p: Path) -> str:
-    with np.load(p, allow_pickle=False) as archive:
-        x = archive["X"]
-    return "image" if x.dtype == np.uint8 and x.ndim in (3, 4) else "series"
+# --------------------------------------------------------------------------------- writing ----
 
 
 def fingerprint(path: str | Path) -> str:
@@ -491,7 +262,7 @@ def fingerprint(path: str | Path) -> str:
 
 
 @dataclass
-class _Sample:
+class Sample:
     """One sample as prepare writes it: its payload member, where the data starts, its class."""
 
     ext: str  # the member's extension: "npy" (an array) or "txt" (a UTF-8 document)
@@ -502,15 +273,15 @@ class _Sample:
 
 
 @dataclass
-class _Source:
+class Source:
     """What prepare writes: a stream of samples (read again for each repeat), plus extras.
 
     Images, series and text differ only here; the tar loop, offsets, manifest and the atomic
-    replace in :func:`prepare` / :func:`_write` are the same for all of them.
+    replace in :func:`write_prepared` are the same for all of them.
     """
 
     modality: str
-    samples: Callable[[Path], Iterator[_Sample]]  # scratch folder -> every sample, in order
+    samples: Callable[[Path], Iterator[Sample]]  # scratch folder -> every sample, in order
     sample: dict[str, Any]  # the manifest's description of one sample
     labels: np.ndarray | None
     class_names: list[str] | None
@@ -519,176 +290,33 @@ class _Source:
     byte_lengths: bool = False  # lengths.npy holds each sample's data bytes instead (text)
 
 
-def _array_samples(
+def array_samples(
     get: Callable[[np.ndarray], np.ndarray], count: int, shape: tuple[int, ...], dtype: str,
     labels: np.ndarray | None,
-) -> Callable[[Path], Iterator[_Sample]]:
+) -> Callable[[Path], Iterator[Sample]]:
     """Rows of one fixed-shape array as ``.npy`` samples, read 4096 rows at a time."""
     header = _npy_header(shape, dtype)
 
-    def samples(_scratch: Path) -> Iterator[_Sample]:
+    def samples(_scratch: Path) -> Iterator[Sample]:
         for rows in _blocks(count):
             block = np.ascontiguousarray(get(rows), dtype=dtype)
             for j, row in enumerate(rows.tolist()):
                 payload = header + block[j].tobytes()
                 label = None if labels is None else int(labels[row])
-                yield _Sample("npy", payload, len(payload), len(header), label)
+                yield Sample("npy", payload, len(payload), len(header), label)
 
     return samples
 
 
-def _image_source(path: str, options: dict[str, Any]) -> _Source:
-    from selfsup.data.images import image_stats, load_images
-
-    data = load_images(path, image_size=options.get("image_size"),
-                       skip_bad=bool(options.get("skip_bad", False)),
-                       cache_dir=options.get("cache_dir"), progress=options.get("progress", True))
-    mean, std = image_stats(data)  # what ImageData.encoder_inputs computes, recorded once
-    shape = tuple(int(s) for s in data.images.shape[1:])
-    samples = _array_samples(lambda rows: np.asarray(data.images[rows]), len(data), shape,
-                             "uint8", data.labels)
-    return _Source("image", samples, {"key": "npy", "shape": list(shape), "dtype": "uint8"},
-                   data.labels, data.class_names,
-                   {"mean": mean, "std": std, "skipped": [list(s) for s in data.skipped]})
-
-
-def _series_source(path: str, options: dict[str, Any]) -> _Source:
-    from selfsup.data.series import load_series
-
-    data = load_series(path, options.get("data_options") or {})
-    values = np.ascontiguousarray(data.values, dtype=np.float32)
-    shape = tuple(int(s) for s in values.shape[1:])
-    samples = _array_samples(lambda rows: values[rows], len(data), shape, "float32",
-                             data.labels)
-    return _Source("series", samples, {"key": "npy", "shape": list(shape), "dtype": "float32"},
-                   data.labels, data.class_names, {}, data.lengths.astype(np.int64))
-
-
-#: A document larger than this goes through an unnamed scratch file, not memory, while written.
-_SPILL_BYTES = 64 * 2**20
-
-
-def _text_source(path: str, options: dict[str, Any]) -> _Source:
-    from selfsup.data.text import READING_OPTIONS as TEXT_OPTIONS
-    from selfsup.data.text import TextSource
-
-    unknown = sorted(set(options) - set(TEXT_OPTIONS))
-    if unknown:
-        raise SelfsupError(
-            f"unknown --data-option {', '.join(unknown)} for a text corpus; it takes "
-            f"{', '.join(TEXT_OPTIONS)}"
-        )
-    text = TextSource(str(path), **{key: str(value) for key, value in options.items()})
-    extra: dict[str, Any] = {
-        "text_options": {key: getattr(text, key) for key in TEXT_OPTIONS},
-        "characters": 0,  # totals over every sample (repeats included), counted while written
-        "bytes": 0,
-    }
-    # "shape" [] and "dtype": a document is one variable-length string, stored as UTF-8
-    return _Source("text", lambda scratch: _text_samples(text, extra, scratch),
-                   {"key": "txt", "shape": [], "dtype": "utf-8"}, None, None, extra,
-                   byte_lengths=True)
-
-
-def _text_samples(text: Any, totals: dict[str, Any], scratch: Path) -> Iterator[_Sample]:
-    """Each document of the corpus, as data/text.py reads it, as one UTF-8 ``.txt`` sample.
-
-    A document arrives in pieces (a large file streams); they are joined in memory up to
-    ``_SPILL_BYTES`` and beyond that in an unnamed file in ``scratch``, since a tar member's
-    size is written before its data.
-    """
-    from selfsup.data.text import iter_documents
-
-    parts: list[bytes] = []
-    size = characters = documents = 0
-    spill: BinaryIO | None = None
-    try:
-        for piece in iter_documents(text):
-            data = _utf8(piece.text, text, documents)
-            characters += len(piece.text)
-            if spill is None and size + len(data) > _SPILL_BYTES:
-                spill = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115  (closed below)
-                spill.writelines(parts)
-                parts = []
-            if spill is None:
-                parts.append(data)
-            else:
-                spill.write(data)
-            size += len(data)
-            if not piece.last:
-                continue
-            if spill is None:
-                yield _Sample("txt", b"".join(parts), size)
-            else:
-                spill.seek(0)
-                yield _Sample("txt", spill, size)
-                spill.close()
-                spill = None
-            totals["bytes"] += size
-            parts, size, documents = [], 0, documents + 1
-    finally:
-        if spill is not None:
-            spill.close()
-    if not characters:
-        raise SelfsupError(f"{text.path}: the corpus is empty (no text); nothing to prepare")
-    totals["characters"] += characters
-
-
-def _utf8(value: str, text: Any, document: int) -> bytes:
-    """``value`` as UTF-8; a lone surrogate (from a JSON ``\\ud800`` escape) cannot be stored."""
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        if text.encoding_errors == "replace":
-            return value.encode("utf-8", errors="replace")
-        raise SelfsupError(
-            f"{text.path}: document {document} holds {value[error.start]!r}, a lone surrogate "
-            "that UTF-8 cannot store; fix the corpus or pass --data-option "
-            "encoding_errors=replace"
-        ) from None
-
-
-def prepare(
-    path: str,
-    out: str | Path,
-    *,
-    repeat: int = 1,
-    shard_bytes: int = SHARD_BYTES,
-    image_size: int | None = None,
-    skip_bad: bool = False,
-    cache_dir: str | None = None,
-    data_options: dict[str, Any] | None = None,
-    progress: bool = True,
+def write_prepared(
+    source: Source, path: str | Path, out: Path, repeat: int, shard_bytes: int
 ) -> dict[str, Any]:
-    """Convert ``path`` into WebDataset shards in ``out``; returns the manifest.
+    """Write ``source`` (read from ``path``) as shards into ``out``; returns the manifest.
 
-    ``repeat`` k writes the data k times over (sample i + j*N is sample i), for scale tests.
-    A text corpus is read as ``data/text.py`` reads it, with ``data_options`` ``text_field``,
-    ``text_column`` and ``encoding_errors``; each document becomes one sample.
     ``out`` is written whole in a hidden staging folder beside it and renamed into place at
-    the end, so a killed prepare never leaves a folder that looks complete; an existing
-    ``out`` must be an earlier prepare's output (it is replaced) or empty.
+    the end, so a killed prepare never leaves a folder that looks complete; :func:`check_out`
+    it first.
     """
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise SelfsupError(f"--repeat must be a positive integer, got {repeat!r}")
-    if shard_bytes < 1:
-        raise SelfsupError(f"the shard size must be positive, got {shard_bytes}")
-    out = Path(out).expanduser()
-    _check_out(out)
-    modality = detect_modality(path, data_options)
-    if modality == "image":
-        if data_options:
-            raise SelfsupError("image data takes no --data-option; use --image-size/--skip-bad")
-        source = _image_source(path, {"image_size": image_size, "skip_bad": skip_bad,
-                                      "cache_dir": cache_dir, "progress": progress})
-    elif modality == "text":
-        if image_size is not None:
-            raise SelfsupError("--image-size is for images; this input is a text corpus")
-        source = _text_source(path, data_options or {})
-    else:
-        if image_size is not None:
-            raise SelfsupError("--image-size is for images; this input is a series file")
-        source = _series_source(path, {"data_options": data_options})
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
@@ -706,12 +334,12 @@ def prepare(
         atomic.replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("prepared %d %s samples in %d shard(s) into %s", manifest["count"], modality,
+    log.info("prepared %d %s samples in %d shard(s) into %s", manifest["count"], source.modality,
              len(manifest["shards"]), out)
     return manifest
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Never overwrite unrelated files: ``out`` is absent, empty, or an earlier prepare's."""
     if not out.exists():
         return
@@ -758,7 +386,7 @@ def _blocks(n: int, size: int = 4096) -> Iterator[np.ndarray]:
         yield np.arange(a, min(a + size, n))
 
 
-def _write(source: _Source, folder: Path, repeat: int, shard_bytes: int) -> dict[str, Any]:
+def _write(source: Source, folder: Path, repeat: int, shard_bytes: int) -> dict[str, Any]:
     """Write shards, offsets, labels (and lengths) into ``folder``; return the manifest so far."""
     offsets = array.array("q")  # grows with the samples: a text corpus's count is not known
     sizes = array.array("q")

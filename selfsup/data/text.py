@@ -23,11 +23,15 @@ import gzip
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
+from selfsup.data import shards
 from selfsup.errors import SelfsupError
 
 #: File extensions (lower case) read as plain text, alone or inside a folder.
@@ -70,12 +74,10 @@ class Piece:
 def kind_of(path: str | Path) -> str:
     """"txt", "folder", "jsonl", "parquet" or "shards" (a prepared folder), from the path; a
     clear error for anything else."""
-    from selfsup.data.shards import is_prepared
-
     path = Path(path)
     if not path.exists():
         raise SelfsupError(f"text data {path} does not exist")
-    if is_prepared(path):
+    if shards.is_prepared(path):
         return "shards"
     if path.is_dir():
         return "folder"
@@ -110,9 +112,7 @@ def source_files(source: TextSource) -> list[Path]:
     if kind == "folder":
         return list_text_files(source.path)
     if kind == "shards":
-        from selfsup.data.shards import read_manifest
-
-        folder, manifest = read_manifest(source.path)
+        folder, manifest = shards.read_manifest(source.path)
         return [folder / "manifest.json", *(folder / s["name"] for s in manifest["shards"])]
     return [Path(source.path)]
 
@@ -126,9 +126,7 @@ def fingerprint(source: TextSource, extra: dict[str, Any] | None = None) -> str:
     """
     digest = hashlib.sha256()
     if kind_of(source.path) == "shards":
-        from selfsup.data.shards import manifest_path
-
-        manifest = manifest_path(source.path)
+        manifest = shards.manifest_path(source.path)
         assert manifest is not None
         digest.update(b"prepared\0" + hashlib.sha256(manifest.read_bytes()).digest())
     else:
@@ -154,8 +152,6 @@ def iter_documents(source: TextSource) -> Iterator[Piece]:
     elif kind == "jsonl":
         yield from _jsonl(Path(source.path), source.text_field, source.encoding_errors)
     elif kind == "shards":
-        from selfsup.data.shards import TextShards
-
         _refuse_options_on_shards(source)
         yield from TextShards(source.path).pieces()
     else:
@@ -303,3 +299,171 @@ def _parquet(path: Path, column: str) -> Iterator[Piece]:
                 raise SelfsupError(f"{path} row {row}: column {column!r} is empty (null)")
             yield Piece(value, last=True)
             row += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared corpora (`selfsup prepare`, data/shards.py): read back and written
+
+
+class TextShards(shards.ShardFiles):
+    """A prepared text corpus: document i is ``lengths[i]`` UTF-8 bytes at ``offsets[i]``.
+
+    :meth:`document` reads one document with one pread; :meth:`pieces` streams them all in
+    order the way :func:`iter_documents` yields documents, holding at most about ``_READ_BYTES`` of
+    one document at a time (offsets and lengths stay memory-mapped), whatever the corpus size.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        folder, manifest = shards.read_manifest(path)
+        if manifest["modality"] != "text":
+            raise SelfsupError(
+                f"{folder} holds {manifest['modality']} shards, not text; text methods read a "
+                "text corpus (prepare one with: selfsup prepare CORPUS --out FOLDER)"
+            )
+        offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        self.lengths = np.load(folder / "lengths.npy", mmap_mode="r")
+        if not len(offsets) == len(self.lengths) == manifest["count"]:
+            raise SelfsupError(f"{folder}: offsets.npy / lengths.npy do not match the manifest's "
+                               f"{manifest['count']} documents; run selfsup prepare again")
+        super().__init__(folder, manifest["shards"], offsets)
+        self.manifest = manifest
+
+    def document(self, index: int) -> str:
+        """Document ``index`` (negative counts from the end), whole."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"document {index} out of range for {n} documents")
+        index %= n
+        shard = int(self.shard_of(np.array([index]))[0])
+        size = int(self.lengths[index])
+        data = os.pread(self._fd(shard), size, int(self.offsets[index]))
+        if len(data) != size:
+            raise self._truncated(self.folder / self.names[shard], index)
+        return self._decode(data, index)
+
+    def _decode(self, data: bytes, index: int, decoder: Any = None, final: bool = True) -> str:
+        """``data`` as text (through ``decoder`` when a document comes in parts)."""
+        try:
+            return data.decode("utf-8") if decoder is None else decoder.decode(data, final=final)
+        except UnicodeDecodeError:
+            raise SelfsupError(f"{self.folder}: document {index} is not valid UTF-8 (a damaged "
+                               "shard); run selfsup prepare again") from None
+
+    @staticmethod
+    def _truncated(where: Any, index: int) -> SelfsupError:
+        return SelfsupError(f"{where}: truncated at document {index}; run selfsup prepare again")
+
+    def pieces(self) -> Iterator[Any]:
+        """Every document in order as :class:`selfsup.data.text.Piece` s, cut as the text
+        readers cut them; each shard is read front to back through one buffered file."""
+        for shard, name in enumerate(self.names):
+            first = int(self.starts[shard])
+            last = int(self.starts[shard + 1]) if shard + 1 < len(self.names) else len(self)
+            try:
+                handle = open(self.folder / name, "rb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as e:
+                raise SelfsupError(f"{self.folder / name}: cannot open ({e})") from None
+            with handle:
+                for index in range(first, last):
+                    handle.seek(int(self.offsets[index]))
+                    yield from pieces_of(self._parts(handle, int(self.lengths[index]), index,
+                                                     _READ_BYTES))
+
+    def _parts(self, handle: Any, size: int, index: int, chunk: int) -> Iterator[str]:
+        """One document's text, decoded ``chunk`` bytes at a time."""
+        if size <= chunk:  # nearly every document: one read, one decode
+            data = handle.read(size)
+            if len(data) != size:
+                raise self._truncated(handle.name, index)
+            yield self._decode(data, index)
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        left = size
+        while left:
+            data = handle.read(min(chunk, left))
+            if not data:
+                raise self._truncated(handle.name, index)
+            left -= len(data)
+            yield self._decode(data, index, decoder, final=not left)
+
+
+
+#: A document larger than this goes through an unnamed scratch file, not memory, while written.
+_SPILL_BYTES = 64 * 2**20
+
+
+def prepare_source(path: str, options: dict[str, Any]) -> shards.Source:
+    """What `selfsup prepare` writes for a text corpus: each document, read as
+    :func:`iter_documents` reads it with ``options`` (the reading options), one sample."""
+    unknown = sorted(set(options) - set(READING_OPTIONS))
+    if unknown:
+        raise SelfsupError(
+            f"unknown --data-option {', '.join(unknown)} for a text corpus; it takes "
+            f"{', '.join(READING_OPTIONS)}"
+        )
+    text = TextSource(str(path), **{key: str(value) for key, value in options.items()})
+    extra: dict[str, Any] = {
+        "text_options": {key: getattr(text, key) for key in READING_OPTIONS},
+        "characters": 0,  # totals over every sample (repeats included), counted while written
+        "bytes": 0,
+    }
+    # "shape" [] and "dtype": a document is one variable-length string, stored as UTF-8
+    return shards.Source("text", lambda scratch: _text_samples(text, extra, scratch),
+                         {"key": "txt", "shape": [], "dtype": "utf-8"}, None, None, extra,
+                         byte_lengths=True)
+
+
+def _text_samples(text: Any, totals: dict[str, Any], scratch: Path) -> Iterator[shards.Sample]:
+    """Each document of the corpus, as data/text.py reads it, as one UTF-8 ``.txt`` sample.
+
+    A document arrives in pieces (a large file streams); they are joined in memory up to
+    ``_SPILL_BYTES`` and beyond that in an unnamed file in ``scratch``, since a tar member's
+    size is written before its data.
+    """
+    parts: list[bytes] = []
+    size = characters = documents = 0
+    spill: BinaryIO | None = None
+    try:
+        for piece in iter_documents(text):
+            data = _utf8(piece.text, text, documents)
+            characters += len(piece.text)
+            if spill is None and size + len(data) > _SPILL_BYTES:
+                spill = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115  (closed below)
+                spill.writelines(parts)
+                parts = []
+            if spill is None:
+                parts.append(data)
+            else:
+                spill.write(data)
+            size += len(data)
+            if not piece.last:
+                continue
+            if spill is None:
+                yield shards.Sample("txt", b"".join(parts), size)
+            else:
+                spill.seek(0)
+                yield shards.Sample("txt", spill, size)
+                spill.close()
+                spill = None
+            totals["bytes"] += size
+            parts, size, documents = [], 0, documents + 1
+    finally:
+        if spill is not None:
+            spill.close()
+    if not characters:
+        raise SelfsupError(f"{text.path}: the corpus is empty (no text); nothing to prepare")
+    totals["characters"] += characters
+
+
+def _utf8(value: str, text: Any, document: int) -> bytes:
+    """``value`` as UTF-8; a lone surrogate (from a JSON ``\\ud800`` escape) cannot be stored."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        if text.encoding_errors == "replace":
+            return value.encode("utf-8", errors="replace")
+        raise SelfsupError(
+            f"{text.path}: document {document} holds {value[error.start]!r}, a lone surrogate "
+            "that UTF-8 cannot store; fix the corpus or pass --data-option "
+            "encoding_errors=replace"
+        ) from None

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from selfsup.config import options_dataclass
+from selfsup.data.base import DataInfo
 from selfsup.data.text import TextSource, fingerprint, iter_documents, kind_of
 from selfsup.errors import SelfsupError
 
@@ -430,9 +432,7 @@ class TokenData(CorpusData):
             "text_options": asdict(self.options),
         }
 
-    def data_info(self) -> Any:
-        from selfsup.methods.base import DataInfo
-
+    def data_info(self) -> DataInfo:
         return DataInfo(vocab_size=self.vocab_size, length=self.options.block_size,
                         extra=self.extra())
 
@@ -471,40 +471,12 @@ class WindowSubset(WindowDataset):
         return self.parent.start(int(self.indices[index]))
 
 
-def load_text(path: str, options: dict[str, Any], config: Any) -> Any:
-    """The ``text`` reader: tokenize (or reuse the cached shards) and wrap as training data.
-
-    Methods that train on framed sequences (masked LM, span corruption: they declare a
-    ``framing``) read the corpus through selfsup/data/documents.py instead.
+def load_text(path: str, options: dict[str, Any], config: Any) -> TokenData:
+    """The token-stream reader (gpt): tokenize (or reuse the cached shards) and wrap as training
+    data. The ``text`` reader of the registry (data/documents.py :func:`read_text_data`) calls it
+    for methods without a ``framing``; framed ones read selfsup/data/documents.py's sequences.
     """
-    from selfsup.config import options_dataclass
-
-    if _reads_documents(config):
-        from selfsup.data.documents import load_documents
-
-        return load_documents(path, options, config)
-
     text_options = options_dataclass(TextOptions, options or {}, "text data options")
     text_options.validate()
     shards = build_shards(path, text_options, getattr(config, "cache_dir", None))
     return TokenData(path, shards, text_options)
-
-
-def _reads_documents(config: Any) -> bool:
-    """Whether the config's method trains on framed documents (``framing``), not a stream."""
-    name = getattr(config, "method", None)
-    if not name:
-        return False
-    from selfsup.methods import METHODS
-
-    return name in METHODS and hasattr(METHODS.get(name), "framing")
-
-
-def _register() -> None:
-    from selfsup.data.base import READERS
-
-    if "text" not in READERS:
-        READERS.register("text")(load_text)
-
-
-_register()

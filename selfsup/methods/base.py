@@ -17,6 +17,7 @@ from torch import nn
 
 from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import PretrainConfig, options_dataclass
+from selfsup.data.base import DataInfo  # defined with the readers, which fill it in
 from selfsup.models import ImageEncoder
 
 if TYPE_CHECKING:
@@ -31,19 +32,6 @@ if TYPE_CHECKING:
 # large images add it back with augment_options blur_p (it then applies to both views).
 BYOL_COLOUR: dict[str, Any] = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
 BYOL_VIEWS: tuple[dict[str, Any], ...] = ({"solarize_p": 0.0}, {"solarize_p": 0.2})
-
-
-@dataclass
-class DataInfo:
-    """What a method may know about the data it trains on."""
-
-    channels: int | None = None  # images and series
-    image_size: int | None = None  # images
-    num_classes: int | None = None
-    num_images: int | None = None  # samples, where known; MoCo keeps its queue of keys below it
-    vocab_size: int | None = None  # text
-    length: int | None = None  # text: context window; series: (longest) length
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

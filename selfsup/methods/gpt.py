@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import atomic
+from selfsup.data.tokens import Shards, load_tokenizer, unit_lengths
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.language import validation_loss
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.registry import METHODS
 
@@ -129,9 +131,6 @@ class GPTMethod(Method):
 def evaluate_run_data(encoder, extra: dict, options: GPTOptions) -> dict:
     """Validation loss of ``encoder`` on the shards named in the data's ``extra`` (the whole
     split up to ``options.eval_token_limit`` targets)."""
-    from selfsup.data.tokens import Shards, load_tokenizer, unit_lengths
-    from selfsup.evaluate.language import validation_loss
-
     shards = Shards.open(extra["shards"])
     begin, end = extra["val_range"]
     tokenizer = load_tokenizer(extra["tokenizer_file"])
