@@ -25,19 +25,19 @@ the data, and the operating system's page cache, not the process, keeps what was
 
 This module is the modality-free part: the manifest, the tar layout, reading rows by offset
 (:class:`ShardArray`, :class:`ShardFiles`) and writing a :class:`Source` of samples
-(:func:`write_prepared`). Each modality's reader module reads and writes its own shards on top of
-it (``data/images.py``, ``data/series.py``, ``data/text.py``: ``load_*_shards`` and
-``prepare_source``), and ``data/prepare.py`` (:func:`~selfsup.data.prepare.prepare`) picks the
-modality; nothing here imports a reader.
+(:func:`write_prepared`). Each modality's reader module reads and writes its own shards on top
+of it (``data/images.py`` and ``data/series.py``: ``load_*_shards``; ``data/text.py``:
+``TextShards``; each: ``prepare_source``), and ``data/prepare.py``
+(:func:`~selfsup.data.prepare.prepare`) picks the modality; nothing here imports a reader.
 
 A reader sees a prepared folder (or its ``manifest.json``) through :func:`is_prepared`: the
 image reader returns an :class:`ImageData` whose ``images`` is a :class:`ShardArray` (indexed
 like the uint8 memmap it replaces), the series reader a :class:`SeriesData` over shards, and
 the text readers (``data/text.py`` :func:`~selfsup.data.text.iter_documents`, so gpt, mlm and
-span alike) stream the documents in order through :class:`TextShards`, one document in memory
-at a time. A text "document" is what the text reader yields for the source: a whole .txt/.md
-file (alone or in a folder), one jsonl line's ``text_field``, or one parquet row's
-``text_column``.
+span alike) stream the documents in order through :class:`~selfsup.data.text.TextShards`,
+one document in memory at a time. A text "document" is what the text reader yields for the
+source: a whole .txt/.md file (alone or in a folder), one jsonl line's ``text_field``, or one
+parquet row's ``text_column``.
 """
 
 from __future__ import annotations
