@@ -319,13 +319,15 @@ def _embeddings(run: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
         from selfsup.data.base import load_data
         from selfsup.evaluate.features import extract_features
         from selfsup.evaluate.protocol import reader_config
+        from selfsup.methods import METHODS
         from selfsup.run import RunDir, load_encoder
 
         rd = RunDir(run)
         encoder, spec = load_encoder(rd)
         config = rd.read_config()
+        method = METHODS.get(config["method"]) if config.get("method") in METHODS else None
         data = load_data(spec.get("modality", "image"), config["data"],
-                         reader_config(config, spec, progress=False))
+                         reader_config(config, spec, progress=False), method)
         rows = np.sort(np.random.default_rng(0).permutation(len(data))[:1000])
         features = extract_features(encoder, data, rows,
                                     precision=config.get("precision", "bf16"))
