@@ -85,7 +85,7 @@ def test_verdict_ties_spread_and_missing_baseline():
     assert "No evaluation yet" in verdict(None, None)
     single = {"linear": {"accuracy": 0.6}, "knn": {"accuracy": 0.5}, "num_train": 100,
               "supervised": {"accuracy": 0.8}}
-    assert "is worse than it by 20.0 points" in verdict(None, single)
+    assert "trails the supervised baseline by 20.0 points" in verdict(None, single)
 
 
 def test_sweep_markdown_rows_follow_the_numbers():

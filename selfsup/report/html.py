@@ -263,12 +263,12 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
                              f"{_not_learned(sup, chance)}")
         else:
             gap = lin - sup
-            how = ("matches" if abs(gap) < TIE else
-                   f"beats it by {_points(gap)} points" if gap > 0 else
-                   f"is worse than it by {_points(gap)} points")
+            how = ("matches the supervised baseline" if abs(gap) < TIE else
+                   f"beats the supervised baseline by {_points(gap)} points" if gap > 0 else
+                   f"trails the supervised baseline by {_points(gap)} points")
             ratio = f", {100 * lin / sup:.0f}% of supervised" if sup > 0 else ""
             sentences.append(
-                f"{labels} {how} against the supervised baseline ({_pct(lin)} vs {_pct(sup)}"
+                f"{labels} {how} ({_pct(lin)} vs {_pct(sup)}"
                 f"{ratio}); one seed, no error bars: run the sweep (--fractions) for the "
                 "label-efficiency curve")
         seconds = _baseline_seconds(evaluation["supervised"])
