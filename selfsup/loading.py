@@ -29,6 +29,7 @@ from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
 from selfsup.registry import Registry
 from selfsup.run import RunDir, as_run, load_encoder
+from selfsup.text_models import TextModel, run_tokenizer, text_features, tokenize_texts
 
 EMBEDDERS: Registry = Registry("encoder modality")
 
@@ -342,7 +343,6 @@ class TextEmbedder(Embedder):
     def __init__(self, run: RunDir, encoder: torch.nn.Module, spec: dict[str, Any],
                  **kwargs: Any) -> None:
         super().__init__(run, encoder, spec, **kwargs)
-        from selfsup.evaluate.text import TextModel, run_tokenizer
 
         if spec.get("name") != "hf_text":
             raise SelfsupError(
@@ -361,7 +361,6 @@ class TextEmbedder(Embedder):
         return items
 
     def embed(self, inputs: Any) -> np.ndarray:
-        from selfsup.evaluate.text import text_features, tokenize_texts
 
         tokens = tokenize_texts(self.model, self.as_list(inputs), self.max_length)
         return text_features(self.encoder, tokens, self.model.pad_id,

@@ -28,6 +28,7 @@ from selfsup import atomic
 from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.probes import linear_probe, stratified_split
+from selfsup.text_models import TextModel, text_features, tokenize_texts
 
 log = logging.getLogger("selfsup")
 
@@ -123,7 +124,6 @@ class ProbeCurve(pl.Callback):
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         """One point of the curve at the current step (once per step); logged and saved."""
-        from selfsup.evaluate.text import TextModel, text_features, tokenize_texts
 
         step = int(trainer.global_step)
         if step == self._last_step:
