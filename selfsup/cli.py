@@ -20,7 +20,7 @@ from selfsup import distributed
 from selfsup.api import pretrain as run_pretrain
 from selfsup.config import PretrainConfig
 from selfsup.errors import SelfsupError
-from selfsup.evaluate.protocol import evaluate as run_evaluate
+from selfsup.evaluate.dispatch import evaluate as run_evaluate
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
 from selfsup.methods import METHODS

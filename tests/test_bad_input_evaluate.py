@@ -19,7 +19,7 @@ from helpers import run_cli
 
 import selfsup
 from selfsup.errors import SelfsupError
-from selfsup.evaluate import checks, plan, protocol
+from selfsup.evaluate import checks, dispatch, plan, protocol
 from selfsup.evaluate.sweep import sweep, sweep_plan
 from selfsup.evaluate.text import text_plan
 from selfsup.report import build_report, verdict
@@ -172,7 +172,7 @@ def test_one_bar_advances_over_every_planned_unit(tiny_run, tmp_path, monkeypatc
     caplog.set_level(logging.INFO)
     run = copy_run(tiny_run, tmp_path)
     if verb == "evaluate":
-        protocol.evaluate(run, "digits", baseline_minutes=0.02, progress=progress)
+        dispatch.evaluate(run, "digits", baseline_minutes=0.02, progress=progress)
         assert seen == [(progress, 2, 2)]  # the probes, the baseline
         assert "plan: probes, 1 supervised baseline of 1 s; about 1 s in all" in caplog.text
         return
@@ -320,7 +320,7 @@ def test_ragged_clip_pairs_are_refused_before_evaluating(tiny_run, tmp_path,
                                                          monkeypatch) -> None:
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("image,caption\na.png,a cat\nb.png,a dog, sitting\n")
-    monkeypatch.setattr(protocol, "load_encoder", lambda run: (None, {"modality": "image_text"}))
-    monkeypatch.setattr("selfsup.evaluate.zero_shot.evaluate_clip", lambda *a, **k: {})
+    monkeypatch.setattr(dispatch, "run_modality", lambda run: "image_text")
+    monkeypatch.setattr(dispatch, "evaluate_clip", lambda *a, **k: {})
     with pytest.raises(SelfsupError, match=r"pairs.csv line 3: 3 fields, but the header has 2"):
-        protocol.evaluate(tiny_run, "digits", clip_options={"pairs": str(pairs)})
+        dispatch.evaluate(tiny_run, "digits", clip_options={"pairs": str(pairs)})

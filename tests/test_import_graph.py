@@ -146,3 +146,19 @@ def test_readers_never_look_up_methods():
     looking = {m: sorted(t for t in graph[m] if t.startswith("selfsup.methods"))
                for m in readers}
     assert not {m: t for m, t in looking.items() if t}
+
+
+def test_the_package_has_no_import_cycle():
+    """Dependencies point down everywhere: no cycle in selfsup/, function-level imports
+    counted (a local import that only hides a cycle still makes one)."""
+    found = cycles(import_graph())
+    assert not found, f"import cycles: {found}"
+
+
+def test_the_protocols_never_import_the_dispatch():
+    graph = import_graph()
+    assert "selfsup.evaluate.dispatch" in graph
+    for name in ("protocol", "sweep", "text", "zero_shot", "finetune"):
+        module = f"selfsup.evaluate.{name}"
+        assert "selfsup.evaluate.dispatch" not in graph[module], module
+    assert not any(m.startswith("selfsup.evaluate") for m in graph["selfsup.loading"])

@@ -1,7 +1,7 @@
 """Honest evaluation: frozen-feature probes against a supervised baseline.
 
 ``selfsup.evaluate`` is both this package and the API call: calling the package runs
-:func:`selfsup.evaluate.protocol.evaluate`, so ``selfsup.evaluate(run, data)`` and
+:func:`selfsup.evaluate.dispatch.evaluate`, so ``selfsup.evaluate(run, data)`` and
 ``selfsup.evaluate.anomaly.knn_scores(...)`` both work (a plain function bound to the name
 would hide the subpackages; issue 28). Subpackages load on first use.
 """
@@ -13,11 +13,11 @@ import sys
 import types
 from typing import Any
 
-from selfsup.evaluate.protocol import evaluate
+from selfsup.evaluate.dispatch import evaluate
 
 #: The submodules reachable as attributes of the package without importing them first.
-SUBMODULES = ("anomaly", "checks", "features", "finetune", "language", "plan", "probe_curve",
-              "probes", "protocol", "quality", "sweep", "text", "zero_shot")
+SUBMODULES = ("anomaly", "checks", "dispatch", "features", "finetune", "language", "plan",
+              "probe_curve", "probes", "protocol", "quality", "sweep", "text", "zero_shot")
 
 
 class _CallablePackage(types.ModuleType):

@@ -20,7 +20,7 @@ from selfsup import atomic
 from selfsup.config import PretrainConfig, build_config
 from selfsup.data.base import TrainData, load_data
 from selfsup.errors import SelfsupError
-from selfsup.evaluate.checks import check_csv_rows, check_writable
+from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import evaluate_finetune
 from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
@@ -69,7 +69,7 @@ def check_matches(data: TrainData, spec: dict[str, Any]) -> None:
             )
 
 
-def evaluate(
+def evaluate_run(
     run_path: str | Path,
     data: str,
     test: str | None = None,
@@ -86,56 +86,19 @@ def evaluate(
     finetune_fractions: tuple[float, ...] = (1.0,),
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
-    clip_options: dict[str, Any] | None = None,
-    text_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Probe the run's frozen encoder and train the supervised baseline; write ``eval.json``.
-
-    A CLIP run (modality ``image_text``) is scored by zero-shot classification and retrieval
-    instead, with its image tower probed too (selfsup/evaluate/zero_shot.py); ``clip_options``
-    are that protocol's (``pairs``, ``class_names``, ``templates``, ``subsets``, ``probes``).
+    """Probe an image or series run's frozen encoder and train the supervised baseline; write
+    ``eval.json``. :func:`selfsup.evaluate.dispatch.evaluate` sends text and CLIP runs to their
+    own protocols and everything else here.
 
     With ``finetune_minutes``, also the fine-tuning protocol (selfsup/evaluate/finetune.py).
     ``data_options`` change the run's reader options for both files (``test_options`` for
     ``test`` only), e.g. ``{"split": "test"}`` to read a UCR file's test half.
-
-    A run with an ``hf_text`` encoder (mlm, span), or a Hugging Face model folder, is evaluated
-    by the text protocol (selfsup/evaluate/text.py): probes, fine-tuning, from scratch and the
-    starting model per label budget; ``text_options`` are its (``labels_per_class``,
-    ``fractions``, ``finetune_epochs``, ``max_length``, ``test_size``, ``train_size``,
-    ``start``, ``out``).
     """
-    from selfsup.evaluate.text import evaluate_text, is_text_target
 
-    if is_text_target(run_path):
-        options = dict(text_options or {})
-        if "fractions" not in options and tuple(finetune_fractions) != (1.0,):
-            options["fractions"] = list(finetune_fractions)
-        return evaluate_text(
-            run_path, data, test, baseline=baseline, seed=seed, progress=progress,
-            protocol="probes" if finetune_minutes is None else "finetune",
-            finetune_minutes=finetune_minutes or baseline_minutes or 5.0,
-            data_options=data_options, test_options=test_options, **options,
-        )
-    if text_options:
-        raise SelfsupError(f"{run_path} is not a text run: text evaluation options do not apply")
     run = as_run(run_path)
     check_writable(run.path, "eval.json and the baseline")  # now, not after the baseline
     encoder, spec = load_encoder(run)
-    if spec.get("modality") == "image_text":
-        from selfsup.evaluate.zero_shot import evaluate_clip
-
-        if (clip_options or {}).get("pairs"):
-            check_csv_rows(clip_options["pairs"])  # a ragged row would shift its caption
-        return evaluate_clip(
-            run_path, data, test, baseline=baseline, baseline_minutes=baseline_minutes,
-            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
-            skip_bad=skip_bad, progress=progress, cache_dir=cache_dir, **(clip_options or {}),
-        )
-    if clip_options:
-        raise SelfsupError(
-            f"{run.path} is not a CLIP run: zero-shot and retrieval options do not apply"
-        )
     pretrain_config = run.read_config()
     summary = run.read_summary()
     minutes = baseline_minutes or summary["train_seconds"] / 60

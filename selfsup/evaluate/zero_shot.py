@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from selfsup import atomic
+from selfsup.captions import TEMPLATES, class_phrase
+from selfsup.data.images import load_images
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
+from selfsup.evaluate.protocol import check_matches, subset, supervised_baseline
+from selfsup.loading import load
 
 KS = (1, 5, 10)
 
@@ -166,13 +172,6 @@ def evaluate_clip(
     of ``data``; with ``test`` alone, all of it and no probes), per class subset too;
     retrieval on held-out ``pairs``; probes of the image tower (and the supervised baseline
     with ``baseline``). Written to ``eval.json``."""
-    from selfsup.captions import TEMPLATES, class_phrase
-    from selfsup.data.images import load_images
-    from selfsup.evaluate.features import extract_features
-    from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
-    from selfsup.evaluate.protocol import check_matches, subset, supervised_baseline
-    from selfsup.loading import load
-
     if data is None and test is None and pairs is None:
         raise SelfsupError("evaluating a CLIP run needs labelled images (--data, --test) or "
                            "pairs (--pairs)")
