@@ -111,6 +111,7 @@ def disk_worker(out: str, fill_when: str) -> None:
     import lightning.pytorch as pl
 
     import selfsup
+    import selfsup.api
     import selfsup.engine
     from selfsup.cli import main as cli_main
 
@@ -122,8 +123,8 @@ def disk_worker(out: str, fill_when: str) -> None:
                 fill(folder)
 
     if fill_when == "checkpoint":
-        real_fit = selfsup.engine.fit
-        selfsup.engine.fit = lambda *a, callbacks=None, **k: real_fit(
+        real_fit = selfsup.api.fit
+        selfsup.api.fit = lambda *a, callbacks=None, **k: real_fit(
             *a, callbacks=[*(callbacks or []), FillAfterCheckpoint()], **k)
     else:
         real_save = selfsup.engine.save_encoder
@@ -132,7 +133,7 @@ def disk_worker(out: str, fill_when: str) -> None:
             fill(folder)
             return real_save(*args, **kwargs)
 
-        selfsup.engine.save_encoder = full_then_save
+        selfsup.engine.save_encoder = full_then_save  # fit looks it up in its own module
     encoder = DISK_RECIPE["encoder_options"]["width"]
     sys.argv = ["selfsup", "pretrain", "simclr", "--data", "digits", "--out", out,
                 "--steps", str(DISK_STEPS), "--batch-size", str(DISK_RECIPE["batch_size"]),

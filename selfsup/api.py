@@ -14,9 +14,13 @@ import torch
 
 from selfsup.config import PretrainConfig, build_config, resolve_config
 from selfsup.data.base import load_data
+from selfsup.engine import check_options, fit, with_default_encoder
 from selfsup.errors import DiskFull, SelfsupError
 from selfsup.evaluate import evaluate
+from selfsup.evaluate.probe_curve import probe_curve_callback
+from selfsup.evaluate.text import evaluate_text_model as run
 from selfsup.lock import run_lock
+from selfsup.methods import METHODS
 from selfsup.run import RunDir, default_run_name
 
 log = logging.getLogger("selfsup")
@@ -47,8 +51,6 @@ def pretrain(
     embeddings every ``probe_every`` steps, logged as ``probe_acc`` and kept in
     ``RUN/probe_curve.json`` (selfsup/evaluate/probe_curve.py).
     """
-    from selfsup.engine import check_options, fit, with_default_encoder
-    from selfsup.methods import METHODS
 
     overrides = {"method": method, "data": data, **options}
     if resume:
@@ -93,7 +95,6 @@ def pretrain(
                     f"{run.path} already holds a run; continue it with --resume or choose --out"
                 )
             if probe_data is not None:  # read now: a bad probe file fails before any training
-                from selfsup.evaluate.probe_curve import probe_curve_callback
 
                 if METHODS.get(resolved.method).modality != "text":
                     raise SelfsupError("--probe-data (the probe curve) is for text methods only")
@@ -233,7 +234,6 @@ def evaluate_text_model(model: str | Path, data: str, test: str | None = None,
     """Evaluate a text model without a run, e.g. a Hugging Face folder as the starting model:
     probes (and fine-tuning) per label budget against the same architecture from scratch.
     See :func:`selfsup.evaluate.text.evaluate_text_model` for the options."""
-    from selfsup.evaluate.text import evaluate_text_model as run
 
     return run(model, data, test, **options)
 

@@ -18,11 +18,18 @@ from rich.table import Table
 
 from selfsup import distributed
 from selfsup.api import pretrain as run_pretrain
+from selfsup.captions import captions_from_labels
 from selfsup.config import PretrainConfig
+from selfsup.data.prepare import prepare
+from selfsup.demo import run_demo
+from selfsup.embed import embed
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.dispatch import evaluate as run_evaluate
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
+from selfsup.export import export_hf
+from selfsup.generate import generate as run_generate
+from selfsup.index import build_index, search
 from selfsup.methods import METHODS
 from selfsup.models import ENCODERS
 from selfsup.options import (
@@ -149,7 +156,6 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same text.")] = 0,
 ) -> None:
     """Sample text from a trained language model, printing it as it comes."""
-    from selfsup.generate import generate as run_generate
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)
@@ -166,7 +172,6 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the Hugging Face model and tokenizer.")],
 ) -> None:
     """Export a language model to a Hugging Face folder (LlamaForCausalLM + tokenizer)."""
-    from selfsup.export import export_hf
 
     path = export_hf(run, out)
     console.print(f"exported to {path}; load it with "
@@ -472,7 +477,6 @@ def captions(
     Such captions teach only the label vocabulary: what the model knows of other words comes
     from its text tower's own pre-training.
     """
-    from selfsup.captions import captions_from_labels
 
     chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = captions_from_labels(from_labels, out, classes=chosen, seed=seed)
@@ -489,7 +493,6 @@ def demo(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """The whole flow on scikit-learn's digits: SimCLR pre-training, then evaluation."""
-    from selfsup.demo import run_demo
 
     print_eval(run_demo(out=out, minutes=minutes, progress=progress))
 
@@ -518,7 +521,6 @@ def prepare_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convert data into WebDataset shards + manifest; every --data option then reads OUT."""
-    from selfsup.data.prepare import prepare
 
     manifest = prepare(
         path, out, repeat=repeat, shard_bytes=int(shard_size_mb * 2**20), image_size=image_size,
@@ -550,7 +552,6 @@ def embed_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Stream DATA through the run's encoder into a Parquet file (id, label, embedding)."""
-    from selfsup.embed import embed
 
     result = embed(run, data, out, batch_size=batch_size, resume=resume, skip_bad=skip_bad,
                    progress=progress)
@@ -571,7 +572,6 @@ def index_cmd(
     ] = "auto",
 ) -> None:
     """Build a FAISS index; an approximate one records its measured recall@10."""
-    from selfsup.index import build_index
 
     info = build_index(embeddings, out, metric=metric, kind=kind)
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
@@ -594,7 +594,6 @@ def search_cmd(
     """Top-k neighbours of a text QUERY or an --image in the index, with scores and ids."""
     import json
 
-    from selfsup.index import search
 
     result = search(run, index, query, image=image, k=k)
     if json_out:

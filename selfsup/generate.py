@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from selfsup.data.tokens import EOS, encode, load_tokenizer
 from selfsup.errors import SelfsupError
 from selfsup.models.gpt import GPT
+from selfsup.run import as_run, load_encoder
 
 
 def next_token_distribution(
@@ -85,8 +87,6 @@ def check_sampling(
 
 def load_language_model(run_path: str | Path):
     """The run's GPT (eval mode) and its tokenizer; a clear error for any other run."""
-    from selfsup.data.tokens import load_tokenizer
-    from selfsup.run import as_run, load_encoder
 
     run = as_run(run_path)
     model, spec = load_encoder(run)
@@ -116,7 +116,6 @@ def generate(
     character is complete, so streamed text is always valid. ``echo`` streams the prompt first
     (once it is known to encode).
     """
-    from selfsup.data.tokens import EOS, encode
 
     check_sampling(max_new_tokens, temperature, top_k, top_p)  # before loading or echoing
     model, tokenizer = load_language_model(run_path)

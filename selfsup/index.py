@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from selfsup import atomic
 from selfsup.embed import EMBEDDING, LABEL_NAME, file_meta
 from selfsup.errors import SelfsupError
+from selfsup.loading import load
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
 import faiss  # noqa: E402 - after quieting its loader
@@ -416,7 +417,6 @@ def search(
     k: int = 10,
 ) -> dict[str, Any]:
     """Embed one query (text `query` or `image`) with the run's encoder and search the index."""
-    from selfsup.loading import load
 
     if (query is None) == (image is None):
         raise SelfsupError("give exactly one query: a text QUERY or --image PATH")

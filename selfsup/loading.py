@@ -27,6 +27,10 @@ from selfsup.augment import to_float_images
 from selfsup.config import inference_precision
 from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
+from selfsup.methods import clip
+from selfsup.methods.clip import HEADS_WEIGHTS
+from selfsup.models import build_encoder
+from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers, tokenize
 from selfsup.registry import Registry
 from selfsup.run import RunDir, as_run, load_encoder
 from selfsup.text_models import TextModel, run_tokenizer, text_features, tokenize_texts
@@ -232,9 +236,6 @@ class CLIPEmbedder(ImageEmbedder):
 
         from safetensors.torch import load_file
 
-        from selfsup.methods import clip
-        from selfsup.models import build_encoder
-        from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers
 
         needed = [clip.TEXT_WEIGHTS, clip.TEXT_SPEC, clip.TOKENIZER, clip.HEADS_WEIGHTS,
                   clip.HEADS_SPEC]
@@ -264,7 +265,6 @@ class CLIPEmbedder(ImageEmbedder):
     def fingerprint(self) -> str:
         """sha256 of the image tower and the projections: what an image embedding depends on."""
         if self._fingerprint is None:
-            from selfsup.methods.clip import HEADS_WEIGHTS
 
             digest = hashlib.sha256()
             for path in (self.run.encoder_weights, self.run.path / HEADS_WEIGHTS):
@@ -290,7 +290,6 @@ class CLIPEmbedder(ImageEmbedder):
     @torch.inference_mode()
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Normalised shared-space embeddings (N, dim) float32 of captions or queries."""
-        from selfsup.models.hf_text import tokenize
 
         items = [texts] if isinstance(texts, str) else list(texts)
         for item in items:

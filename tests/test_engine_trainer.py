@@ -11,6 +11,8 @@ import pytest
 from torch import nn
 
 import selfsup
+import selfsup.evaluate.finetune
+import selfsup.evaluate.text
 from selfsup import atomic, engine
 from selfsup.data.images import ImageData
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
@@ -60,7 +62,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         calls.update(kwargs)
         raise _Built
 
-    monkeypatch.setattr(engine, "build_trainer", fake)
+    # Where the fine-tuning modules look it up (each imports engine.build_trainer by name).
+    monkeypatch.setattr(selfsup.evaluate.finetune, "build_trainer", fake)
+    monkeypatch.setattr(selfsup.evaluate.text, "build_trainer", fake)
     return calls
 
 

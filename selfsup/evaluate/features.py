@@ -10,6 +10,7 @@ from torch import nn
 
 from selfsup.config import inference_precision
 from selfsup.data.base import TrainData
+from selfsup.data.images import ImageData
 
 
 @torch.inference_mode()
@@ -30,7 +31,6 @@ def extract_features(
     encoder's train/eval mode is restored afterwards, so monitors may call this mid-training.
     """
     if isinstance(data, np.ndarray):
-        from selfsup.data.images import ImageData
 
         data = ImageData(images=data, labels=None, class_names=None, source="array")
     rows = np.arange(len(data)) if indices is None else np.asarray(indices)

@@ -38,6 +38,8 @@ from torch import nn
 from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import options_dataclass
 from selfsup.data.base import TrainData
+from selfsup.data.datasets import ResumableLoader, keep_batch
+from selfsup.engine import build_trainer
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.plan import PlanBar
 from selfsup.evaluate.probes import stratified_split
@@ -273,8 +275,6 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune ``encoder`` (changed in place) with a new linear head on ``train``'s labels;
     return test accuracy and how it was reached."""
-    from selfsup.data.datasets import ResumableLoader, keep_batch
-    from selfsup.engine import build_trainer
 
     if config.head_init != "random":
         raise SelfsupError(f"head_init {config.head_init!r} is implemented for text fine-tuning "

@@ -28,6 +28,7 @@ from selfsup import atomic
 from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.probes import linear_probe, stratified_split
+from selfsup.models.hf_text import load_hf_tokenizer
 from selfsup.text_models import TextModel, text_features, tokenize_texts
 
 log = logging.getLogger("selfsup")
@@ -83,7 +84,6 @@ class ProbeCurve(pl.Callback):
         return self.out or Path(trainer.default_root_dir) / PROBE_CURVE_FILE
 
     def _find_tokenizer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        from selfsup.models.hf_text import load_hf_tokenizer
 
         method = getattr(pl_module, "method", pl_module)
         for owner in (self, method, getattr(method, "encoder", None)):

@@ -19,12 +19,14 @@ import torch
 from selfsup import atomic
 from selfsup.config import PretrainConfig, build_config
 from selfsup.data.base import TrainData, load_data
+from selfsup.engine import fit
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import evaluate_finetune
 from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
+from selfsup.methods import METHODS
 from selfsup.run import RunDir, as_run, load_encoder
 
 
@@ -220,7 +222,6 @@ def baseline_values(
 ) -> dict[str, Any]:
     """The supervised baseline's config: the run's method's baseline, with the run's encoder,
     data options, precision, batch (at most the labelled set) and lr; shared by the sweep."""
-    from selfsup.methods import METHODS
 
     method = METHODS.get(pretrain_config.get("method", "simclr"))
     if method.baseline_method is None:
@@ -257,7 +258,6 @@ def supervised_baseline(
     Kept in ``<run>/baseline/``; a finished baseline with the same data, budget and seed is
     reused rather than retrained.
     """
-    from selfsup.engine import fit  # the engine pulls in Lightning; import it only when needed
 
     key = {
         "train": train.source,

@@ -34,14 +34,19 @@ import torch
 from sklearn.metrics import f1_score
 
 from selfsup import atomic
+from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
+from selfsup.config import build_config
+from selfsup.engine import fit
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
-from selfsup.evaluate.quality import collapse_signals, quality_metrics
+from selfsup.evaluate.quality import alignment, collapse_signals, quality_metrics
 from selfsup.methods import METHODS
+from selfsup.models import build_encoder
 from selfsup.run import RunDir, as_run, load_encoder
 
 log = logging.getLogger(__name__)
@@ -225,8 +230,6 @@ def train_baseline(
     unfinished baseline of the same key (a sweep stopped for the night) continues from its last
     checkpoint; any other leftover is removed and the baseline starts afresh.
     """
-    from selfsup.config import build_config
-    from selfsup.engine import fit
 
     record = folder / "result.json"
     if record.is_file():
@@ -278,7 +281,6 @@ def untrained_std_ratio(spec: dict[str, Any], data: Any, precision: str, *,
     encoder's embeddings already share a large common part, so a fixed 0.1 would call healthy
     series runs collapsed.
     """
-    from selfsup.models import build_encoder
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -301,8 +303,6 @@ def view_alignment(
     """
     import contextlib
 
-    from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
-    from selfsup.evaluate.quality import alignment
 
     if getattr(data, "modality", None) != "image" or not augment_options:
         return None
@@ -331,7 +331,6 @@ def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: 
     """A copy of the pre-trained encoder fine-tuned end to end on one label subset."""
     import copy
 
-    from selfsup.evaluate.finetune import FinetuneConfig, finetune
 
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")

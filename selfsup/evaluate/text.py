@@ -43,6 +43,7 @@ from torch import nn
 from selfsup import atomic
 from selfsup.config import inference_precision
 from selfsup.data.labelled_text import LabelledText, read_with_options
+from selfsup.engine import build_trainer
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_csv_rows, check_writable
 from selfsup.evaluate.finetune import (
@@ -193,7 +194,6 @@ def finetune_text(
     ``config.head_init == "probe"`` the head starts as a linear probe of the frozen encoder's
     features of the fine-tuning part (:func:`probe_head`), the validation carve unseen.
     """
-    from selfsup.engine import build_trainer
 
     if len(train.labels) < 4:
         raise SelfsupError(f"fine-tuning needs at least 4 labelled texts, got {len(train.labels)}")

@@ -28,6 +28,7 @@ import numpy as np
 from selfsup import atomic
 from selfsup.captions import TEMPLATES, class_phrase
 from selfsup.data.images import load_images
+from selfsup.data.pairs import load_pairs
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
@@ -251,7 +252,6 @@ def evaluate_clip(
                 run, pretrain_config, train, test_data, minutes, seed, progress
             )
     if pairs is not None:
-        from selfsup.data.pairs import load_pairs
 
         held_out = load_pairs(pairs, pretrain_config.get("data_options", {}),
                               image_size=embedder.image_size, **reader)

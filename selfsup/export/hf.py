@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from selfsup import atomic
+from selfsup.data.tokens import EOS
 from selfsup.errors import SelfsupError
+from selfsup.generate import load_language_model
 from selfsup.models.gpt import GPT
 
 
@@ -62,8 +64,6 @@ def export_hf(run_path: str | Path, out: str | Path) -> Path:
     """Write the run's GPT and tokenizer as a Hugging Face folder at ``out``; return the path."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from selfsup.data.tokens import EOS
-    from selfsup.generate import load_language_model
 
     check_out_folder(out)
     model, tokenizer = load_language_model(run_path)

@@ -49,6 +49,13 @@ from selfsup.errors import SelfsupError
 from selfsup.methods.base import ImageMethod, StepOutput
 from selfsup.methods.losses import clip_loss
 from selfsup.methods.registry import METHODS
+from selfsup.models.hf_text import (
+    HFTextEncoder,
+    load_hf_tokenizer,
+    small_bert_config,
+    tokenize,
+    wordpiece_tokenizer,
+)
 
 if TYPE_CHECKING:
     from selfsup.config import PretrainConfig
@@ -139,7 +146,6 @@ class CLIP(ImageMethod):
         nn.init.normal_(self.text_projection.weight, std=self.text_encoder.embed_dim**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / opts.init_temperature)))
         self.max_length = min(opts.max_caption_tokens, self.text_encoder.max_length)
-        from selfsup.models.hf_text import tokenize
 
         ids, mask, _ = tokenize(self.tokenizer, captions, self.max_length)
         # Every distinct caption tokenized once; not weights, so not in the state dict.
@@ -323,12 +329,6 @@ def load_image_init(encoder: nn.Module, path: str, image_size: int | None) -> No
 
 def build_text_tower(options: CLIPOptions, captions: list[str]):
     """(HFTextEncoder, tokenizer): from a Hugging Face folder, or a small BERT from scratch."""
-    from selfsup.models.hf_text import (
-        HFTextEncoder,
-        load_hf_tokenizer,
-        small_bert_config,
-        wordpiece_tokenizer,
-    )
 
     if options.text_init:
         encoder = HFTextEncoder.from_folder(options.text_init)

@@ -29,9 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import atomic
+from selfsup.config import options_dataclass
 from selfsup.errors import SelfsupError
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.registry import METHODS
+from selfsup.models.hf_text import (
+    load_hf_tokenizer,
+    mean_pool,
+    quiet_transformers,
+    save_hf_folder,
+    small_bert_config,
+)
 
 if TYPE_CHECKING:
     from selfsup.run import RunDir
@@ -145,7 +153,6 @@ def masked_lm_model(encoder: Any, init: str | None) -> Any:
     """
     from transformers import AutoModelForMaskedLM
 
-    from selfsup.models.hf_text import quiet_transformers
 
     quiet_transformers()
     config = encoder.config
@@ -210,8 +217,6 @@ class MLMMethod(Method):
         cls, vocab_size: int, block_size: int, ids: dict[str, int], options: dict[str, Any]
     ) -> Any:
         """The BERT trained when there is no --init: sized by the method options."""
-        from selfsup.config import options_dataclass
-        from selfsup.models.hf_text import small_bert_config
 
         opts = options_dataclass(MLMOptions, options, "options of method MLMMethod")
         opts.validate()
@@ -228,7 +233,6 @@ class MLMMethod(Method):
         extra = info.extra
         if "special_ids" not in extra:
             raise SelfsupError("method 'mlm' trains on text read by its document reader")
-        from selfsup.models.hf_text import load_hf_tokenizer
 
         tokenizer = load_hf_tokenizer(extra["tokenizer_file"])
         vocab = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -277,7 +281,6 @@ class MLMMethod(Method):
     def training_step(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
     ) -> StepOutput:
-        from selfsup.models.hf_text import mean_pool
 
         ids, attention = batch["input_ids"], batch["attention_mask"]
         o = self.options
@@ -310,7 +313,6 @@ class MLMMethod(Method):
 
 
 def write_hf_export(run: RunDir, tokenizer_file: str, model: Any) -> None:
-    from selfsup.models.hf_text import load_hf_tokenizer, save_hf_folder
 
     with atomic.atomic_path(run.path / "tokenizer.json") as tmp:
         shutil.copyfile(tokenizer_file, tmp)

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from selfsup.config import options_dataclass
 from selfsup.errors import SelfsupError
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.mlm import IGNORE, write_hf_export
 from selfsup.methods.registry import METHODS
+from selfsup.models.hf_text import load_hf_tokenizer, mean_pool, quiet_transformers
 
 if TYPE_CHECKING:
     from selfsup.run import RunDir
@@ -146,7 +148,6 @@ class SpanMethod(Method):
     ) -> Any:
         from transformers import T5Config
 
-        from selfsup.config import options_dataclass
 
         opts = options_dataclass(SpanOptions, options, "options of method SpanMethod")
         opts.validate()
@@ -166,7 +167,6 @@ class SpanMethod(Method):
         extra = info.extra
         if "special_ids" not in extra:
             raise SelfsupError("method 'span' trains on text read by its document reader")
-        from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers
 
         tokenizer = load_hf_tokenizer(extra["tokenizer_file"])
         self.sentinels = [tokenizer.token_to_id(token) for token in SENTINEL_TOKENS]
@@ -212,7 +212,6 @@ class SpanMethod(Method):
     def training_step(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
     ) -> StepOutput:
-        from selfsup.models.hf_text import mean_pool
 
         corrupted = self.corrupt_batch(batch["input_ids"], batch["attention_mask"], generator)
         out = self.t5(**corrupted)

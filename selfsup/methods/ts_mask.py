@@ -22,6 +22,7 @@ from selfsup.errors import SelfsupError
 from selfsup.methods.base import StepOutput
 from selfsup.methods.registry import METHODS
 from selfsup.methods.series_base import SeriesMethod
+from selfsup.models.series import lengths_from_nan
 
 __all__ = ["TSMask"]
 
@@ -83,7 +84,6 @@ class TSMask(SeriesMethod):
         split into ``ceil(1 / mask_ratio)`` interleaved folds, each masked in turn, so the
         score is deterministic and covers the whole series (an anomaly score)."""
         if lengths is None:
-            from selfsup.models.series import lengths_from_nan
 
             lengths = lengths_from_nan(x)
         folds = max(2, math.ceil(1 / self.options.mask_ratio))

@@ -23,8 +23,14 @@ import numpy as np
 import yaml
 
 from selfsup import atomic
+from selfsup.data.base import load_data
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.protocol import reader_config
+from selfsup.evaluate.text import budget_accuracy
+from selfsup.methods import METHODS
 from selfsup.report import plots
+from selfsup.run import RunDir, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -316,11 +322,6 @@ def _embeddings(run: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
         with np.load(sample) as archive:
             return archive["features"], archive["labels"]
     try:
-        from selfsup.data.base import load_data
-        from selfsup.evaluate.features import extract_features
-        from selfsup.evaluate.protocol import reader_config
-        from selfsup.methods import METHODS
-        from selfsup.run import RunDir, load_encoder
 
         rd = RunDir(run)
         encoder, spec = load_encoder(rd)
@@ -430,7 +431,6 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
 def text_eval_table(evaluation: dict[str, Any]) -> str:
     """A text evaluation's budgets: the model's probes and fine-tuning against the starting
     model and the same architecture from scratch (test accuracy)."""
-    from selfsup.evaluate.text import budget_accuracy
 
     kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
              ("start", "linear"), ("start", "knn"), ("start", "finetune"),
