@@ -33,6 +33,7 @@ from selfsup.index import build_index, search
 from selfsup.methods import METHODS
 from selfsup.models import ENCODERS
 from selfsup.options import (
+    EvaluateOptions,
     ReaderFlags,
     collect,
     key_value_pairs,
@@ -178,96 +179,7 @@ def export_cmd(
                   f"transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})")
 
 
-@app.command()
-def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory written by `selfsup pretrain`.")],
-    data: Annotated[str, typer.Option(help="Labelled training images (folder, .npz, digits).")],
-    test: Annotated[
-        str | None,
-        typer.Option(help="Labelled test images; default: a stratified 20% held out of --data."),
-    ] = None,
-    baseline: Annotated[
-        bool, typer.Option("--baseline/--no-baseline", help="Train the supervised baseline.")
-    ] = True,
-    baseline_minutes: Annotated[
-        float | None, typer.Option(help="Baseline budget (default: the pre-training's time).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the splits and the baseline.")] = 0,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    data_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Reader option KEY=VALUE for --data and --test (over the run's)."),
-    ] = None,
-    test_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Reader option KEY=VALUE for --test only, e.g. split=test."),
-    ] = None,
-    fractions: Annotated[
-        str | None,
-        typer.Option(help="Label-efficiency sweep over these label fractions, e.g. 0.01,0.1,1."),
-    ] = None,
-    labels_per_class: Annotated[
-        str | None, typer.Option(help="Sweep over labels per class, e.g. 1,10,100.")
-    ] = None,
-    seeds: Annotated[int, typer.Option(help="Sweep: seeds (label subsets) per point.")] = 3,
-    baseline_steps: Annotated[
-        int | None, typer.Option(help="Sweep: each baseline's budget in steps (with "
-                                      "--baseline-minutes, whichever ends first).")
-    ] = None,
-    protocol: Annotated[
-        str,
-        typer.Option(help="probes (linear, kNN) or finetune (probes + fine-tuning the whole "
-                          "encoder, against the same encoder from scratch)."),
-    ] = "probes",
-    finetune_minutes: Annotated[
-        float, typer.Option(help="Finetune: budget of each fine-tuning run [5].")
-    ] = 5.0,
-    finetune_fractions: Annotated[
-        str, typer.Option(help="Finetune: label fractions to fine-tune with, e.g. 0.1,1.")
-    ] = "1",
-    pairs: Annotated[
-        str | None, typer.Option(help="CLIP: held-out image-caption pairs for retrieval R@K.")
-    ] = None,
-    class_names: Annotated[
-        str | None,
-        typer.Option(help="CLIP: class names for the prompts, comma-separated, in label order "
-                          "(default: the class folders' names)."),
-    ] = None,
-    template: Annotated[
-        list[str] | None,
-        typer.Option(help="CLIP: a prompt template with one {}, e.g. 'a photo of a {}.' "
-                          "(repeat; default: 16 photo prompts)."),
-    ] = None,
-    class_subset: Annotated[
-        list[str] | None,
-        typer.Option(help="CLIP: also score zero-shot among these classes only, "
-                          "NAME=class,class (repeat), e.g. unseen=cat,truck."),
-    ] = None,
-    text_field: Annotated[
-        str | None, typer.Option(help="Text: the field/column holding the text [text].")
-    ] = None,
-    label_field: Annotated[
-        str | None, typer.Option(help="Text: the field/column holding the label [label].")
-    ] = None,
-    max_length: Annotated[
-        int, typer.Option(help="Text: tokens per text, at most the model's positions [128].")
-    ] = 128,
-    finetune_epochs: Annotated[
-        int | None, typer.Option(help="Text: also end each fine-tuning after this many epochs.")
-    ] = None,
-    finetune_head: Annotated[
-        str, typer.Option(help="Text: the fine-tuning head starts 'random' (near zero) or as a "
-                               "linear 'probe' of the frozen features (LP-FT).")
-    ] = "random",
-    test_size: Annotated[
-        int | None, typer.Option(help="Text: score on a fixed seeded random subset of the test.")
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Text, evaluating a Hugging Face folder: where eval.json goes."),
-    ] = None,
-) -> None:
+def evaluate(**values: Any) -> None:
     """Linear probe and kNN on frozen features against a supervised baseline (same budget).
 
     With --fractions or --labels-per-class: the label-efficiency sweep (probes and baseline on
@@ -279,62 +191,68 @@ def evaluate(
     with --fractions or --labels-per-class each budget is run for --seeds label subsets, and
     RUN/sweep.json holds the curve in the image sweep's form.
     """
+    o = EvaluateOptions(**collect(values, EvaluateOptions))  # mappings parsed, None: default
+    if o.protocol not in ("probes", "finetune"):
+        raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {o.protocol!r}")
+    run = values["run"]
     if is_text_target(run):
-        if protocol not in ("probes", "finetune"):
-            raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
-        fields = {"text_field": text_field, "label_field": label_field}
-        print_text_eval(evaluate_text(
-            run, data, test, out=out, fractions=fractions, labels_per_class=labels_per_class,
-            protocol=protocol, baseline=baseline, finetune_minutes=finetune_minutes,
-            finetune_epochs=finetune_epochs, finetune_head=finetune_head,
-            max_length=max_length, seed=seed,
-            seeds=seeds if fractions is not None or labels_per_class is not None else 1,
-            test_size=test_size, progress=progress,
-            data_options={**(key_value_pairs(data_option, "--data-option") or {}),
-                          **{k: v for k, v in fields.items() if v is not None}},
-            test_options=key_value_pairs(test_option, "--test-option"),
-        ))
-        return
-    if finetune_head != "random":
+        print_text_eval(_evaluate_text(run, o))
+    elif o.finetune_head != "random":
         raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
                            "random head")
-    if fractions is not None or labels_per_class is not None:
-        print_sweep(sweep(run, data, test, fractions=fractions, labels_per_class=labels_per_class,
-                          seeds=seeds, baseline=baseline, baseline_minutes=baseline_minutes,
-                          baseline_steps=baseline_steps, skip_bad=skip_bad, progress=progress,
-                          finetune_minutes=finetune_minutes if protocol == "finetune" else None,
-                          data_options=key_value_pairs(data_option, "--data-option"),
-                          test_options=key_value_pairs(test_option, "--test-option")))
-        return
-    clip_options = _clip_options(pairs, class_names, template, class_subset)
-    if protocol not in ("probes", "finetune"):
-        raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {protocol!r}")
+    elif o.fractions is not None or o.labels_per_class is not None:
+        print_sweep(sweep(
+            run, o.data, o.test, fractions=o.fractions, labels_per_class=o.labels_per_class,
+            seeds=o.seeds, baseline=o.baseline, baseline_minutes=o.baseline_minutes,
+            baseline_steps=o.baseline_steps, skip_bad=o.skip_bad, progress=o.progress,
+            finetune_minutes=o.finetune_minutes if o.protocol == "finetune" else None,
+            data_options=o.data_options or None, test_options=o.test_options or None))
+    else:
+        result = _evaluate_run(run, o)
+        (print_clip_eval if "zero_shot" in result or "retrieval" in result else print_eval)(
+            result)
+
+
+def _evaluate_text(run: Path, o: EvaluateOptions) -> dict[str, Any]:
+    """The text protocols of a text run or a Hugging Face folder."""
+    fields = {"text_field": o.text_field, "label_field": o.label_field}
+    swept = o.fractions is not None or o.labels_per_class is not None
+    return evaluate_text(
+        run, o.data, o.test, out=o.out, fractions=o.fractions,
+        labels_per_class=o.labels_per_class, protocol=o.protocol, baseline=o.baseline,
+        finetune_minutes=o.finetune_minutes, finetune_epochs=o.finetune_epochs,
+        finetune_head=o.finetune_head, max_length=o.max_length, seed=o.seed,
+        seeds=o.seeds if swept else 1, test_size=o.test_size, progress=o.progress,
+        data_options={**o.data_options, **{k: v for k, v in fields.items() if v is not None}},
+        test_options=o.test_options or None,
+    )
+
+
+def _evaluate_run(run: Path, o: EvaluateOptions) -> dict[str, Any]:
+    """An image, series or CLIP run through the one evaluation entry."""
     try:
-        finetune_at = tuple(float(f) for f in finetune_fractions.split(","))
+        finetune_at = tuple(float(f) for f in o.finetune_fractions.split(","))
     except ValueError:
         raise SelfsupError(
-            f"--finetune-fractions: {finetune_fractions!r} is not a comma-separated list of "
+            f"--finetune-fractions: {o.finetune_fractions!r} is not a comma-separated list of "
             "numbers"
         ) from None
-    result = run_evaluate(
-        run,
-        data,
-        test,
-        baseline=baseline,
-        baseline_minutes=baseline_minutes,
-        seed=seed,
-        skip_bad=skip_bad,
-        progress=progress,
-        finetune_minutes=finetune_minutes if protocol == "finetune" else None,
-        finetune_fractions=finetune_at,
-        data_options=key_value_pairs(data_option, "--data-option"),
-        test_options=key_value_pairs(test_option, "--test-option"),
-        clip_options=clip_options,
+    return run_evaluate(
+        run, o.data, o.test, baseline=o.baseline, baseline_minutes=o.baseline_minutes,
+        seed=o.seed, skip_bad=o.skip_bad, progress=o.progress,
+        finetune_minutes=o.finetune_minutes if o.protocol == "finetune" else None,
+        finetune_fractions=finetune_at, data_options=o.data_options or None,
+        test_options=o.test_options or None,
+        clip_options=_clip_options(o.pairs, o.class_names, o.template, o.class_subset),
     )
-    if "zero_shot" in result or "retrieval" in result:
-        print_clip_eval(result)
-        return
-    print_eval(result)
+
+
+app.command("evaluate")(with_parameters(evaluate, [
+    inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+        Path, typer.Argument(help="A run directory written by `selfsup pretrain`, or a Hugging "
+                                  "Face model folder (text).", show_default=False)]),
+    *option_parameters(EvaluateOptions, own_defaults=True),
+]))
 
 
 def _clip_options(

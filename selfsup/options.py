@@ -16,12 +16,13 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from selfsup.config import option
+from selfsup.config import mapping, option
 from selfsup.errors import SelfsupError
 
 
@@ -79,9 +80,15 @@ def _shown_default(field: dataclasses.Field, changed_by: dict[str, Any]) -> str 
 
 def option_parameters(cls: type, *, skip: Iterable[str] = (),
                       method_defaults: dict[str, dict[str, Any]] | None = None,
-                      extra_help: dict[str, str] | None = None) -> list[inspect.Parameter]:
-    """Keyword-only typer parameters for the fields of ``cls`` (each defaults to None)."""
+                      extra_help: dict[str, str] | None = None,
+                      own_defaults: bool = False) -> list[inspect.Parameter]:
+    """Keyword-only typer parameters for the fields of ``cls``: each defaults to None ("not
+    given", so a recipe and the method's defaults apply under it), or with ``own_defaults``
+    to the field's default (a field without one is a required option)."""
     hints = typing.get_type_hints(cls)
+    if own_defaults:
+        return [_own_default_parameter(field, hints[field.name])
+                for field in dataclasses.fields(cls) if field.name not in skip]
     parameters = []
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -106,6 +113,79 @@ def option_parameters(cls: type, *, skip: Iterable[str] = (),
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
                                             default=None, annotation=annotation))
     return parameters
+
+
+def _own_default_parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """A typer parameter whose default is the field's own (see :func:`option_parameters`)."""
+    text = field.metadata.get("help", "")
+    if typing.get_origin(hint) is dict:
+        annotation: Any = Annotated[list[str] | None, typer.Option(
+            flag(field.name, hint), help=text + " (repeatable)")]
+        default: Any = None
+    elif hint is bool:
+        dashed = field.name.replace("_", "-")
+        annotation = Annotated[bool, typer.Option(f"--{dashed}/--no-{dashed}", help=text)]
+        default = field.default
+    else:
+        annotation = Annotated[hint, typer.Option(flag(field.name, hint), help=text)]
+        default = (inspect.Parameter.empty if field.default is dataclasses.MISSING
+                   and field.default_factory is dataclasses.MISSING else
+                   None if field.default is dataclasses.MISSING else field.default)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
+
+
+@dataclass
+class EvaluateOptions:
+    """`selfsup evaluate`'s options, declared once: the command line is derived from them."""
+
+    data: str = dataclasses.field(metadata={"help": "Labelled training data: images (folder, "
+                                  ".npz, digits), series, or texts (.jsonl/.csv/.parquet, for "
+                                  "a text run or HF folder)."})
+    test: str | None = option(None, "Labelled test data; default: a stratified 20% held out "
+                              "of --data.")
+    baseline: bool = option(True, "Train the supervised baseline.")
+    baseline_minutes: float | None = option(None, "Baseline budget (default: the "
+                                            "pre-training's time).")
+    seed: int = option(0, "Seed for the splits and the baseline.")
+    skip_bad: bool = option(False, "Skip unreadable images.")
+    progress: bool = option(True, "Show the plan's progress bar.")
+    data_options: dict[str, Any] = mapping("Reader option KEY=VALUE for --data and --test (over "
+                                           "the run's).")
+    test_options: dict[str, Any] = mapping("Reader option KEY=VALUE for --test only, e.g. "
+                                           "split=test.")
+    fractions: str | None = option(None, "Label-efficiency sweep over these label fractions, "
+                                   "e.g. 0.01,0.1,1.")
+    labels_per_class: str | None = option(None, "Sweep over labels per class, e.g. 1,10,100.")
+    seeds: int = option(3, "Sweep: seeds (label subsets) per point.")
+    baseline_steps: int | None = option(None, "Sweep: each baseline's budget in steps (with "
+                                        "--baseline-minutes, whichever ends first).")
+    protocol: str = option("probes", "probes (linear, kNN) or finetune (probes + fine-tuning "
+                           "the whole encoder, against the same encoder from scratch).")
+    finetune_minutes: float = option(5.0, "Finetune: budget of each fine-tuning run.")
+    finetune_fractions: str = option("1", "Finetune: label fractions to fine-tune with, e.g. "
+                                     "0.1,1.")
+    pairs: str | None = option(None, "CLIP: held-out image-caption pairs for retrieval R@K.")
+    class_names: str | None = option(None, "CLIP: class names for the prompts, comma-separated, "
+                                     "in label order (default: the class folders' names).")
+    template: list[str] | None = option(None, "CLIP: a prompt template with one {}, e.g. 'a "
+                                        "photo of a {}.' (repeat; default: 16 photo prompts).")
+    class_subset: list[str] | None = option(None, "CLIP: also score zero-shot among these "
+                                            "classes only, NAME=class,class (repeat), e.g. "
+                                            "unseen=cat,truck.")
+    text_field: str | None = option(None, "Text: the field/column holding the text (default "
+                                    "text).")
+    label_field: str | None = option(None, "Text: the field/column holding the label (default "
+                                     "label).")
+    max_length: int = option(128, "Text: tokens per text, at most the model's positions.")
+    finetune_epochs: int | None = option(None, "Text: also end each fine-tuning after this many "
+                                         "epochs.")
+    finetune_head: str = option("random", "Text: the fine-tuning head starts 'random' (near "
+                                "zero) or as a linear 'probe' of the frozen features (LP-FT).")
+    test_size: int | None = option(None, "Text: score on a fixed seeded random subset of the "
+                                   "test.")
+    out: Path | None = option(None, "Text, evaluating a Hugging Face folder: where eval.json "
+                              "goes.")
 
 
 def with_parameters(func: Callable[..., Any], parameters: list[inspect.Parameter]
@@ -143,5 +223,5 @@ def merge_reader_flags(data_options: dict[str, Any] | None, flags: dict[str, Any
     return merged
 
 
-__all__ = ["ReaderFlags", "collect", "flag", "key_value_pairs", "merge_reader_flags",
-           "option_parameters", "with_parameters"]
+__all__ = ["EvaluateOptions", "ReaderFlags", "collect", "flag", "key_value_pairs",
+           "merge_reader_flags", "option_parameters", "with_parameters"]

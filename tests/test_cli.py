@@ -110,3 +110,18 @@ def test_config_only_options_reach_the_run(monkeypatch, capsys, tmp_path):
     for line in ("log_every_steps: 1", "weight_decay: 0.01", "warmup_fraction: 0.2",
                  "channels_last: false"):
         assert line in saved, line
+
+
+def test_every_evaluate_option_is_declared_once(monkeypatch, capsys):
+    """`selfsup evaluate`'s options come from EvaluateOptions: each field, with its help."""
+    import dataclasses
+
+    from selfsup.options import EvaluateOptions
+
+    monkeypatch.setenv("COLUMNS", "200")
+    _, out, _ = run_cli(monkeypatch, capsys, "evaluate", "--help")
+    for field in dataclasses.fields(EvaluateOptions):
+        spelled = "--" + field.name.removesuffix("s").replace("_", "-") if field.name.endswith(
+            "_options") else "--" + field.name.replace("_", "-")
+        assert spelled in out, field.name
+        assert field.metadata["help"].split()[0] in out, field.name
