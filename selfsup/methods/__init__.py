@@ -11,6 +11,7 @@ from selfsup.methods import (  # noqa: F401  (registration on import)
     mocov2,
     mocov3,
     simclr,
+    simsiam,
     span,
     supervised,
     supervised_series,
