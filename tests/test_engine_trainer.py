@@ -12,7 +12,7 @@ from torch import nn
 
 import selfsup
 import selfsup.evaluate.finetune
-import selfsup.evaluate.text
+import selfsup.evaluate.text_finetune
 from selfsup import atomic, engine
 from selfsup.data.images import ImageData
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
@@ -64,7 +64,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     # Where the fine-tuning modules look it up (each imports engine.build_trainer by name).
     monkeypatch.setattr(selfsup.evaluate.finetune, "build_trainer", fake)
-    monkeypatch.setattr(selfsup.evaluate.text, "build_trainer", fake)
+    monkeypatch.setattr(selfsup.evaluate.text_finetune, "build_trainer", fake)
     return calls
 
 

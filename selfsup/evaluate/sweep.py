@@ -21,30 +21,37 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from selfsup import atomic
 from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import build_config
 from selfsup.engine import fit
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.budgets import (  # moved there; re-exported here
+    LabelBudget,
+    label_subset,
+    parse_budgets,
+)
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.plan import Plan, PlanBar
-from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
+from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
 from selfsup.evaluate.quality import alignment, collapse_signals, quality_metrics
+from selfsup.evaluate.scores import (  # moved there; re-exported here
+    macro_f1,
+    probe_subset,
+    spread,
+    summarise_point,
+)
 from selfsup.methods import METHODS
 from selfsup.models import build_encoder
 from selfsup.run import RunDir, as_run, load_encoder
@@ -54,154 +61,8 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 EMBEDDINGS_FILE = "embeddings_sample.npz"  # test-split features for the report's 2-D map
 SUBSETS_FILE = "sweep/label_subsets.npz"  # the rows of --data each point used, for audits
-PROTOCOLS = ("linear", "knn", "finetune", "supervised")
 
 
-# ---------------------------------------------------------------------------------------------
-# Label budgets and subsets
-
-
-@dataclass(frozen=True)
-class LabelBudget:
-    """How many labels one point of the curve gets: a fraction of the pool, or k per class."""
-
-    fraction: float | None = None
-    per_class: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.per_class is None):
-            raise SelfsupError("a label budget is either a fraction or a number per class")
-        if self.fraction is not None and not (0 < self.fraction <= 1):
-            raise SelfsupError(f"label fraction must lie in (0, 1], got {self.fraction}")
-        if self.per_class is not None and self.per_class < 1:
-            raise SelfsupError(f"labels per class must be at least 1, got {self.per_class}")
-
-    @property
-    def name(self) -> str:
-        """'1%', '100%', '10/class': for tables, plots and the verdict."""
-        if self.fraction is not None:
-            return f"{self.fraction * 100:g}%"
-        return f"{self.per_class}/class"
-
-    @property
-    def tag(self) -> str:
-        """A file-name-safe form of the name."""
-        return re.sub(r"[^0-9a-z]+", "_", self.name.replace("%", "pct").replace("/", "per"))
-
-
-def parse_budgets(
-    fractions: str | list[float] | None = None, labels_per_class: str | list[int] | None = None
-) -> list[LabelBudget]:
-    """Budgets from '0.01,0.1,1' and/or '1,10,100' strings (or lists), smallest first."""
-
-    def items(value: str | list | None, what: str) -> list[str]:
-        if value is None:
-            return []
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        if not [p for p in parts if str(p).strip()]:
-            raise SelfsupError(f"{what}: no values given")
-        return [str(p).strip() for p in parts if str(p).strip()]
-
-    budgets: list[LabelBudget] = []
-    for text in items(fractions, "--fractions"):
-        try:
-            value = float(text)
-        except ValueError:
-            raise SelfsupError(f"--fractions: {text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise SelfsupError(f"--fractions: {text!r} is not a finite number")
-        budgets.append(LabelBudget(fraction=value))
-    for text in items(labels_per_class, "--labels-per-class"):
-        try:
-            budgets.append(LabelBudget(per_class=int(text)))
-        except ValueError:
-            raise SelfsupError(f"--labels-per-class: {text!r} is not a whole number") from None
-    if not budgets:
-        raise SelfsupError("the sweep needs --fractions or --labels-per-class")
-    unique = list(dict.fromkeys(budgets))
-    return sorted(unique, key=lambda b: (b.per_class is None, b.per_class or b.fraction))
-
-
-def label_subset(
-    labels: np.ndarray, budget: LabelBudget, seed: int, *, min_per_class: int = 2
-) -> np.ndarray:
-    """Sorted positions of a stratified label subset of ``labels``; a new draw for every seed.
-
-    Each class c with n_c examples gets round(fraction * n_c) of them (or ``per_class``), but at
-    least ``min_per_class`` so that a validation example can be carved from it, and at most n_c.
-    Within a class the draw is a random permutation from (seed, class), so subsets of one seed
-    are not nested across budgets by accident of ordering, and differ between seeds.
-    """
-    labels = np.asarray(labels)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if budget.fraction is not None:
-            want = int(round(budget.fraction * len(members)))
-        else:
-            want = int(budget.per_class)
-        want = min(len(members), max(min_per_class, want))
-        rng = np.random.default_rng([seed, int(c)])
-        chosen.append(rng.permutation(members)[:want])
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores and summaries
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 over the classes present in the test labels."""
-    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
-                          zero_division=0))
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value) of a list of scores."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if len(arr) == 0:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return {"mean": float(arr.mean()), "std": std, "n": int(len(arr)),
-            "values": [float(v) for v in arr]}
-
-
-def probe_subset(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    seed: int,
-    val_fraction: float,
-) -> dict[str, dict[str, Any]]:
-    """Linear and kNN probes on one label subset; choices on a validation carve of that subset."""
-    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
-    split = (train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx],
-             test_x, test_y)
-    out = {}
-    for name, result in (("linear", linear_probe(*split, seed=seed)), ("knn", knn_probe(*split))):
-        out[name] = {**result.as_dict(), "macro_f1": macro_f1(test_y, result.predictions)}
-    out["linear"]["num_fit"], out["linear"]["num_val"] = len(fit_idx), len(val_idx)
-    return out
-
-
-def summarise_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and spread of every protocol's scores over the seeds, and the paired SSL gaps."""
-    summary: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
-        if all(protocol in r for r in runs):
-            summary[protocol] = {
-                metric: spread([r[protocol][metric] for r in runs])
-                for metric in ("accuracy", "macro_f1")
-            }
-    if "supervised" in summary:
-        for probe in ("linear", "knn"):
-            gaps = [r[probe]["accuracy"] - r["supervised"]["accuracy"] for r in runs]
-            summary[f"{probe}_minus_supervised"] = spread(gaps)
-            ratios = [r[probe]["accuracy"] / r["supervised"]["accuracy"]
-                      for r in runs if r["supervised"]["accuracy"] > 0]
-            summary[f"{probe}_over_supervised"] = spread(ratios)
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,4 +400,5 @@ def sweep(
     return result
 
 
-__all__ = ["LabelBudget", "label_subset", "macro_f1", "parse_budgets", "spread", "sweep"]
+__all__ = ["LabelBudget", "label_subset", "macro_f1", "parse_budgets", "probe_subset", "spread",
+           "summarise_point", "sweep", "sweep_plan", "train_baseline"]
