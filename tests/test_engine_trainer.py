@@ -12,7 +12,6 @@ from torch import nn
 
 import selfsup
 import selfsup.evaluate.finetune
-import selfsup.evaluate.text_finetune
 from selfsup import atomic, engine
 from selfsup.data.images import ImageData
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
@@ -62,9 +61,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         calls.update(kwargs)
         raise _Built
 
-    # Where the fine-tuning modules look it up (each imports engine.build_trainer by name).
+    # Where image and text fine-tuning look it up (finetune.finetune_trainer builds both).
     monkeypatch.setattr(selfsup.evaluate.finetune, "build_trainer", fake)
-    monkeypatch.setattr(selfsup.evaluate.text_finetune, "build_trainer", fake)
     return calls
 
 

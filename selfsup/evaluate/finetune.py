@@ -296,31 +296,36 @@ def finetune(
     pl.seed_everything(config.seed, verbose=False)
     model = Classifier(encoder, num_classes)
     module = FinetuneModule(model, config, val_data, len(loader))
-    trainer = build_trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        precision=config.precision,
-        max_epochs=config.epochs,
-        max_time=timedelta(minutes=config.minutes) if config.minutes else None,
-        progress=config.progress,
-        gradient_clip_val=3.0,
-    )
+    trainer = finetune_trainer(config, gradient_clip_val=3.0)
     seconds = fit_keeping_best(trainer, module, model, loader)
     accuracy = accuracy_on(model, test, config.precision)
     return {
         "accuracy": accuracy,
-        "val_accuracy": module.best_accuracy,
-        "chosen_epoch": module.best_epoch,
-        "val_history": module.history,
-        "steps": trainer.global_step,
-        "epochs": trainer.global_step / max(1, len(loader)),
-        "seconds": seconds,
+        **fit_summary(trainer, module, loader, seconds),
         "images_per_s": trainer.global_step * batch_size / max(seconds, 1e-9),
         "num_train": len(fit_data),
         "num_val": len(val_data),
         "num_test": len(test),
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
     }
+
+
+def finetune_trainer(config: FinetuneConfig, *, gradient_clip_val: float) -> pl.Trainer:
+    """The engine's Trainer for one fine-tuning run: epochs and minutes from the config."""
+    return build_trainer(
+        accelerator=config.accelerator, devices=config.devices, precision=config.precision,
+        max_epochs=config.epochs,
+        max_time=timedelta(minutes=config.minutes) if config.minutes else None,
+        progress=config.progress, gradient_clip_val=gradient_clip_val,
+    )
+
+
+def fit_summary(trainer: pl.Trainer, module: FinetuneModule, loader: Any,
+                seconds: float) -> dict[str, Any]:
+    """What every fine-tuning result records of its fit: the epoch kept and the work done."""
+    return {"val_accuracy": module.best_accuracy, "chosen_epoch": module.best_epoch,
+            "val_history": module.history, "steps": trainer.global_step,
+            "epochs": trainer.global_step / max(1, len(loader)), "seconds": seconds}
 
 
 def from_scratch(spec: dict[str, Any]) -> nn.Module:

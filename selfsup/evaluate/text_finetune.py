@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import inference_precision
-from selfsup.engine import build_trainer
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.finetune import (
     FinetuneConfig,
     FinetuneModule,
+    finetune_trainer,
     fit_keeping_best,
+    fit_summary,
 )
 from selfsup.evaluate.probes import linear_head, stratified_split
 from selfsup.evaluate.sweep import (
@@ -166,23 +166,13 @@ def finetune_text(
     model = TextClassifier(encoder.train(), num_classes)
     head = probe_head(model, fit, config) if config.head_init == "probe" else None
     module = TextFinetuneModule(model, config, val, len(loader))
-    trainer = build_trainer(
-        accelerator=config.accelerator, devices=config.devices, precision=config.precision,
-        max_epochs=config.epochs,
-        max_time=timedelta(minutes=config.minutes) if config.minutes else None,
-        progress=config.progress, gradient_clip_val=1.0,
-    )
+    trainer = finetune_trainer(config, gradient_clip_val=1.0)
     seconds = fit_keeping_best(trainer, module, model, loader)
     predicted = classifier_predictions(model, test, config.precision)
     return {
         "accuracy": float((predicted == test.labels).mean()),
         "macro_f1": macro_f1(test.labels, predicted),
-        "val_accuracy": module.best_accuracy,
-        "chosen_epoch": module.best_epoch,
-        "val_history": module.history,
-        "steps": trainer.global_step,
-        "epochs": trainer.global_step / max(1, len(loader)),
-        "seconds": seconds,
+        **fit_summary(trainer, module, loader, seconds),
         "texts_per_s": trainer.global_step * batch_size / max(seconds, 1e-9),
         "num_train": len(fit_idx),
         "num_val": len(val_idx),
