@@ -13,6 +13,15 @@ Layouts accepted (each problem is one :class:`SelfsupError` naming the file, row
   ``id_column``, ``time_column`` (sorts the steps) and ``value_columns`` (the channels,
   comma-separated; default: every other column except ``label_column``).
 
+Pooled pre-training: ``--data A.npz,B.npz,...`` or a folder of series files reads every file
+(with the same data options; the UCR layout's train split by default) into one unlabelled set,
+padded to the longest series; labels are never read. Files must all carry labels or all carry
+none (a mix usually means a file was named by mistake). Files of different channel counts are
+pooled channel by channel: every channel becomes a one-channel series and the encoder is built
+channel-independent (it embeds each channel of a C-channel series on its own and concatenates),
+as MOMENT does; pooled series are z-normalised one by one (``instance_norm``) because sources
+differ in scale. See :func:`pool_series`.
+
 Variable lengths: steps after a series' length may be NaN (the "NaN padding" of the UCR copies);
 without explicit lengths, trailing steps where every channel is NaN are taken as padding. A NaN
 inside a series is an error unless ``fill=zero|ffill|linear`` says how to fill it.
@@ -21,6 +30,7 @@ inside a series is an error unless ``fill=zero|ffill|linear`` says how to fill i
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +53,7 @@ __all__ = [
 ]
 
 FILLS = ("none", "zero", "ffill", "linear")
+log = logging.getLogger("selfsup")
 _OPTIONS = {
     "split", "fill", "id_column", "time_column", "value_columns", "label_column",
     "length_column",
@@ -59,6 +70,8 @@ class SeriesData:
     source: str
     class_names: list[str] | None = None
     skipped: list = field(default_factory=list)
+    pooled_from: list[str] | None = None  # the files of a pooled set (pool_series)
+    channel_independent: bool = False  # pooled channel by channel: build the encoder so
 
     modality = "series"
 
@@ -97,10 +110,23 @@ class SeriesData:
         var = (((self.values - mean[None, :, None]) * valid[:, None, :]) ** 2).sum(axis=(0, 2))
         std = np.sqrt(var / count)
         std = np.where(std > 1e-6, std, 1.0)
-        return {"in_channels": self.channels, "mean": mean.tolist(), "std": std.tolist()}
+        inputs = {"in_channels": self.channels, "mean": mean.tolist(), "std": std.tolist()}
+        if self.pooled_from:
+            inputs["instance_norm"] = True
+        if self.channel_independent:
+            inputs["channel_independent"] = True
+        return inputs
 
     def encoder_spec(self) -> dict[str, Any]:
-        return {"channels": self.channels, "length": int(self.values.shape[2])}
+        """What evaluation data must share with the training data: a pooled encoder reads any
+        length, a channel-independent one any channel count."""
+        spec: dict[str, Any] = {"channels": self.channels, "length": int(self.values.shape[2])}
+        if self.pooled_from:
+            spec.pop("length")
+            spec["pooled_from"] = list(self.pooled_from)
+        if self.channel_independent:
+            spec.pop("channels")
+        return spec
 
     def batch_dataset(self, with_labels: bool) -> SeriesBatchDataset:
         return SeriesBatchDataset(self, with_labels=with_labels)
@@ -500,8 +526,82 @@ def _load_long(path: Path, options: dict[str, Any], fill: str) -> SeriesData:
 # The "series" reader of the registry
 
 
+_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
+
+
+def series_files(path: str | Path) -> list[Path] | None:
+    """The files of a pooled set: a comma-separated list or a folder of series files (sorted);
+    None for one file."""
+    text = str(path)
+    if "," in text and not Path(text).exists():
+        parts = [Path(p.strip()) for p in text.split(",") if p.strip()]
+        missing = [p for p in parts if not p.exists()]
+        if missing:
+            raise SelfsupError(f"{missing[0]}: no such file (one of the pooled --data files)")
+        return parts
+    folder = Path(text)
+    if folder.is_dir() and not shards.is_prepared(folder):
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in _SUFFIXES)
+        if not files:
+            raise SelfsupError(f"{folder}: no series files (.npz, .csv, .parquet) in the folder")
+        return files
+    return None
+
+
+def pool_series(parts: list[SeriesData]) -> SeriesData:
+    """One unlabelled set of every series in ``parts``, padded to the longest.
+
+    Refused: a mix of labelled and unlabelled files (name the odd one). Different channel
+    counts are pooled channel by channel (``channel_independent``): an encoder reads a fixed
+    number of input channels, and channels of different sets share no meaning to align them by.
+    """
+    labelled = [p.labels is not None for p in parts]
+    if any(labelled) and not all(labelled):
+        odd = parts[labelled.index(not labelled[0], 1)]
+        first = parts[0]
+        raise SelfsupError(
+            f"{odd.source} {'has' if odd.labels is not None else 'has no'} labels but "
+            f"{first.source} {'has them' if first.labels is not None else 'has none'}: pooled "
+            "pre-training reads every file's series and never their labels; pool files of one "
+            "kind (all labelled or all unlabelled) so that none is named by mistake"
+        )
+    independent = len({p.channels for p in parts}) > 1 or any(p.channel_independent for p in parts)
+    counts = ", ".join(f"{Path(p.source.split(' (')[0]).name} {len(p)} x {p.channels} ch"
+                       for p in parts)
+    if independent:
+        parts = [split_channels(p) for p in parts]
+    log.info("pooled %d files (%s)%s; each series z-normalised on its own", len(parts), counts,
+             ": channel counts differ, so every channel is a one-channel series and the "
+             "encoder embeds channels one by one" if independent else "")
+    width = max(p.values.shape[2] for p in parts)
+    values = np.concatenate(
+        [np.pad(p.values, ((0, 0), (0, 0), (0, width - p.values.shape[2]))) for p in parts]
+    )
+    sources = [p.source for p in parts]
+    return SeriesData(
+        values, np.concatenate([p.lengths for p in parts]), None,
+        f"{len(parts)} pooled files ({', '.join(sources)})",
+        pooled_from=sources, channel_independent=independent,
+    )
+
+
+def split_channels(data: SeriesData) -> SeriesData:
+    """Every channel of every series as a one-channel series (labels dropped)."""
+    n, channels, width = data.values.shape
+    values = data.values.reshape(n * channels, 1, width)
+    return SeriesData(values, np.repeat(data.lengths, channels), None, data.source)
+
+
 def load_series(path: str | Path, options: dict[str, Any] | None = None) -> SeriesData:
-    """Read a series file; ``options`` are the data options described in the module docstring."""
+    """Read a series file, or pool several (a comma-separated list, a folder: see
+    :func:`pool_series`); ``options`` are the data options of the module docstring."""
+    files = series_files(path)
+    if files is not None:
+        data = pool_series([load_series(f, options) for f in files])
+        if len(data) == 0:
+            raise SelfsupError(f"{path}: the pooled files hold no series")
+        return data
     options = dict(options or {})
     if shards.is_prepared(path):  # `selfsup prepare` output: read from its shards
         if options:

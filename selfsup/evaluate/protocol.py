@@ -3,8 +3,9 @@
 Frozen features are extracted once; a linear probe and a kNN probe are fitted on them with their
 hyper-parameters chosen on a validation split carved from the labelled training data. The
 reference is the supervised baseline: the same encoder architecture trained from scratch on the
-same labels, by the same engine, for the same CPU time as the pre-training took. The test split
-is touched only to score.
+same labels, by the same engine, for the same CPU time as the pre-training took. Series runs
+also get MiniRocket (evaluate/minirocket.py), the cheap reference a practitioner fits first. The
+test split is touched only to score.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import evaluate_finetune
+from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 from selfsup.methods import METHODS
@@ -104,10 +106,10 @@ def evaluate_run(
     pretrain_config = run.read_config()
     summary = run.read_summary()
     minutes = baseline_minutes or summary["train_seconds"] / 60
-    plan = evaluation_plan(minutes if baseline else None, finetune_minutes, finetune_fractions,
-                           baseline)
-    plan.announce()
     modality = spec.get("modality", "image")
+    plan = evaluation_plan(minutes if baseline else None, finetune_minutes, finetune_fractions,
+                           baseline, minirocket=modality == "series")
+    plan.announce()
     reader = reader_config(
         pretrain_config, spec, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir,
         data_options=data_options,
@@ -144,10 +146,14 @@ def evaluate_run(
 
 
 def evaluation_plan(baseline_minutes: float | None, finetune_minutes: float | None,
-                    finetune_fractions: tuple[float, ...], baseline: bool) -> Plan:
-    """What :func:`evaluate` will run: the probes, the baseline, the fine-tunings."""
+                    finetune_fractions: tuple[float, ...], baseline: bool,
+                    minirocket: bool = False) -> Plan:
+    """What :func:`evaluate` will run: the probes, MiniRocket for series, the baseline, the
+    fine-tunings."""
     plan = Plan()
     plan.add("probes")
+    if minirocket:
+        plan.add("MiniRocket reference")
     if baseline_minutes is not None:
         plan.add("supervised baseline", baseline_minutes)
     if finetune_minutes is not None:
@@ -193,6 +199,10 @@ def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
         "linear": linear.as_dict(),
         "knn": knn.as_dict(),
     }
+    if train.modality == "series":  # on the whole labelled train part; ridge alpha by its LOO-CV
+        bar.start("MiniRocket reference")
+        result["minirocket"] = minirocket_reference(train, test_data, seed=seed)
+        bar.done()
     if baseline:
         bar.start(f"supervised baseline ({format_minutes(minutes)})")
         result["supervised"] = supervised_baseline(

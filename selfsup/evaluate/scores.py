@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 
 #: The protocols a sweep point may score.
-PROTOCOLS = ("linear", "knn", "finetune", "supervised")
+PROTOCOLS = ("linear", "knn", "finetune", "supervised", "minirocket")
 
 # ---------------------------------------------------------------------------------------------
 # Scores and summaries
@@ -61,6 +61,9 @@ def summarise_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 metric: spread([r[protocol][metric] for r in runs])
                 for metric in ("accuracy", "macro_f1")
             }
+    if "minirocket" in summary:  # the paired gap to the series reference (same labels)
+        gaps = [r["linear"]["accuracy"] - r["minirocket"]["accuracy"] for r in runs]
+        summary["linear_minus_minirocket"] = spread(gaps)
     if "supervised" in summary:
         for probe in ("linear", "knn"):
             gaps = [r[probe]["accuracy"] - r["supervised"]["accuracy"] for r in runs]

@@ -9,6 +9,7 @@ seed, a stratified label subset is drawn from the training part (never from the 
   (the semi-supervised protocol of Chen et al. 2020, SimCLR sec. B.5 / Zhai et al. 2019, S4L);
 - the supervised baseline, the same encoder trained from scratch on the same labels by the same
   engine, with a wall-clock (and optionally step) budget per point;
+- for series, MiniRocket on the same labels (evaluate/minirocket.py), the cheap reference;
 
 and every result is scored on the one fixed test split by accuracy and macro-F1. The summary
 per budget holds the mean and the sample standard deviation over seeds, and the paired (same
@@ -42,6 +43,7 @@ from selfsup.evaluate.budgets import (  # moved there; re-exported here
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
+from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
@@ -219,13 +221,16 @@ def _baseline_method(baseline: bool, pretrain_config: dict[str, Any], spec: dict
 
 
 def sweep_plan(budgets: int, seeds: int, *, minutes: float | None, steps: int | None,
-               finetune_minutes: float | None) -> Plan:
-    """What :func:`sweep` will run: features once, then per budget and seed the probes, the
-    fine-tuning and the baseline (``minutes`` and ``steps`` None: no baseline)."""
+               finetune_minutes: float | None, minirocket: bool = False) -> Plan:
+    """What :func:`sweep` will run: features once, then per budget and seed the probes,
+    MiniRocket (series), the fine-tuning and the baseline (``minutes`` and ``steps`` None: no
+    baseline)."""
     plan = Plan(budgets, seeds)
     plan.add("features")
     for _ in range(budgets * seeds):
         plan.add("probes")
+        if minirocket:
+            plan.add("MiniRocket reference")
         if finetune_minutes is not None:
             plan.add("fine-tuning", finetune_minutes)
         if minutes is not None or steps is not None:
@@ -287,7 +292,7 @@ def sweep(
         minutes = summary["train_seconds"] / 60
     plan = sweep_plan(len(budgets), int(seeds), minutes=minutes if baseline else None,
                       steps=baseline_steps if baseline else None,
-                      finetune_minutes=finetune_minutes)
+                      finetune_minutes=finetune_minutes, minirocket=modality == "series")
     plan.announce()
 
     labelled = load_labelled(data, modality, reader)
@@ -329,6 +334,11 @@ def sweep(
                                    val_fraction),
                 }
                 bar.done()
+                if modality == "series":  # the cheap reference, on the same label subset
+                    bar.start(f"MiniRocket reference, {where}")
+                    entry["minirocket"] = minirocket_reference(
+                        train.subset(rows, train.source), test_data, seed=seed)
+                    bar.done()
                 if finetune_minutes is not None:
                     bar.start(f"fine-tuning, {where}")
                     entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),

@@ -6,6 +6,13 @@ channel is NaN count as padding), so ``encoder(inputs)`` works on the NaN-padded
 series reader hands out. Both normalise each channel with statistics stored in the encoder, so
 an exported encoder needs no separate preprocessing recipe.
 
+Pooled pre-training (series of many sources, data/series.py) builds them with two switches that
+MOMENT (Goswami et al. 2024) uses for the same reason: ``channel_independent`` (a one-channel
+encoder that embeds each channel of a C-channel series on its own and concatenates the C
+embeddings, so sets of any channel count share one encoder) and ``instance_norm`` (each series'
+channel z-normalised over its own valid steps, RevIN-style, Kim et al. 2022, so sources of
+different scales meet on one scale).
+
 ``forward`` returns one embedding per series (B, embed_dim); ``features`` returns per-token
 features (B, N, feature_dim) with a validity mask, where a token is one step (CNN) or one patch of
 ``token_size`` steps (transformer). The embedding is the max over each piece of a temporal
@@ -50,10 +57,19 @@ class SeriesEncoder(nn.Module):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         pyramid: int = 1,
+        channel_independent: bool = False,
+        instance_norm: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1:
             raise SelfsupError(f"a series encoder needs at least one channel, not {in_channels}")
+        if channel_independent and in_channels != 1:
+            raise SelfsupError(
+                "a channel-independent series encoder reads one channel at a time: in_channels "
+                f"must be 1, not {in_channels}"
+            )
+        self.channel_independent = bool(channel_independent)
+        self.instance_norm = bool(instance_norm)
         if not isinstance(pyramid, int) or isinstance(pyramid, bool) or not 1 <= pyramid <= 8:
             raise SelfsupError(
                 f"pyramid must be a whole number of levels from 1 to 8, not {pyramid!r}"
@@ -75,7 +91,7 @@ class SeriesEncoder(nn.Module):
             x = x[:, None, :]
         if x.ndim != 3:
             raise SelfsupError(f"a series batch must be (batch, channels, length), not {x.shape}")
-        if x.shape[1] != self.in_channels:
+        if x.shape[1] != self.in_channels:  # forward() splits channels first when independent
             raise SelfsupError(
                 f"the encoder was built for {self.in_channels} channel(s) but the series have "
                 f"{x.shape[1]}; train and evaluation data must have the same channels"
@@ -92,7 +108,14 @@ class SeriesEncoder(nn.Module):
             )
         valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
         x = (torch.nan_to_num(x.float()) - self.mean) / self.std
-        return x * valid[:, None, :], lengths
+        x = x * valid[:, None, :]
+        if self.instance_norm:
+            keep = valid[:, None, :].to(x.dtype)
+            count = lengths.clamp(min=1)[:, None, None].to(x.dtype)
+            mean = x.sum(dim=2, keepdim=True) / count
+            std = (((x - mean) * keep) ** 2).sum(dim=2, keepdim=True).div(count).sqrt()
+            x = (x - mean) / std.clamp(min=1e-5) * keep
+        return x, lengths
 
     def length_reason(self) -> str:
         return "its first convolution's kernel"
@@ -118,6 +141,15 @@ class SeriesEncoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, embed_dim); a channel-independent encoder given C channels returns (B, C *
+        embed_dim): each channel embedded as its own series, the C embeddings concatenated."""
+        if self.channel_independent and x.ndim == 3 and x.shape[1] > 1:
+            batch, channels, length = x.shape
+            if lengths is None:
+                lengths = lengths_from_nan(x)
+            flat = x.reshape(batch * channels, 1, length)
+            embedded = self.pool(*self.features(flat, lengths.repeat_interleave(channels)))
+            return embedded.reshape(batch, -1)
         return self.pool(*self.features(x, lengths))
 
     @property
@@ -189,8 +221,10 @@ class DilatedCNN(SeriesEncoder):
         embed_dim: int = 128,
         kernel_size: int = 3,
         pyramid: int = 1,
+        channel_independent: bool = False,
+        instance_norm: bool = False,
     ) -> None:
-        super().__init__(in_channels, mean, std, pyramid)
+        super().__init__(in_channels, mean, std, pyramid, channel_independent, instance_norm)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise SelfsupError(f"kernel_size must be odd and positive, not {kernel_size}")
         if depth < 1 or hidden < 1 or embed_dim < 1:
@@ -249,8 +283,10 @@ class PatchTransformer(SeriesEncoder):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         pyramid: int = 1,
+        channel_independent: bool = False,
+        instance_norm: bool = False,
     ) -> None:
-        super().__init__(in_channels, mean, std, pyramid)
+        super().__init__(in_channels, mean, std, pyramid, channel_independent, instance_norm)
         if patch_size < 1:
             raise SelfsupError(f"patch_size must be positive, not {patch_size}")
         if embed_dim % heads:

@@ -255,6 +255,9 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
             f"held-out test examples ({sweep.get('test_data', '')}), chance "
             f"{_pct(sweep.get('chance_accuracy', 0.0))}"
         )
+        reference = sweep_minirocket_sentence(points)
+        if reference:
+            sentences.append(reference)
         if any(_stat(p["summary"], "supervised", "accuracy") for p in points):
             sentences.append(budget_sentence(sweep.get("pretrain_seconds"),
                                              _sweep_baseline_seconds(points),
@@ -287,12 +290,46 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
     else:
         sentences.append("No evaluation yet: run `selfsup evaluate RUN --data LABELLED "
                          "--fractions 0.01,0.1,1` to measure whether self-supervision helped")
+    if not points and evaluation and evaluation.get("minirocket"):
+        sentences.append(minirocket_sentence(evaluation["linear"]["accuracy"],
+                                             evaluation["minirocket"]))
     if quality and quality.get("collapsed"):
         sentences.append(
             "Warning: the label-free metrics flag a collapsed representation "
             f"(std ratio {quality.get('std_ratio', float('nan')):.3f}, effective rank "
             f"{quality.get('effective_rank', float('nan')):.1f})")
     return ". ".join(s.rstrip(".") for s in sentences) + "."
+
+
+def sweep_minirocket_sentence(points: list[dict[str, Any]]) -> str | None:
+    """The sweep's paired gap to MiniRocket (series) at each budget, or None without it."""
+    parts = []
+    for p in points:
+        gap = _stat(p["summary"], "linear_minus_minirocket")
+        ref = _stat(p["summary"], "minirocket", "accuracy")
+        if gap is None or ref is None:
+            continue
+        how = ("matches" if abs(gap["mean"]) < TIE else
+               "beats" if gap["mean"] > 0 else "trails")
+        parts.append(f"{how} it by {_points(gap['mean'])} ± {_points(gap['std'])} points with "
+                     f"{_budget_words(p)} (MiniRocket {_pct(ref['mean'])})")
+    if not parts:
+        return None
+    return ("Against MiniRocket (random convolutions + ridge, the cheap reference for series, "
+            "fitted on the same label subsets), SSL + linear probe " + "; ".join(parts))
+
+
+def minirocket_sentence(linear: float, minirocket: dict[str, Any]) -> str:
+    """Whether SSL beat the series reference a practitioner fits first (same labels, same
+    test split), and what that reference cost."""
+    reference = minirocket["accuracy"]
+    gap = linear - reference
+    how = ("matches it" if abs(gap) < TIE else
+           f"beats it by {_points(gap)} points" if gap > 0 else
+           f"trails it by {_points(gap)} points, so MiniRocket is the better model here")
+    return (f"MiniRocket (random convolutions + ridge, the cheap reference for series) reaches "
+            f"{_pct(reference)} after a {minirocket['fit_seconds']:.1f} s fit on the same labels: "
+            f"SSL + linear probe ({_pct(linear)}) {how}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +430,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
                ("fine-tune acc %", ("finetune", "accuracy")),
                ("supervised acc %", ("supervised", "accuracy")),
                ("supervised F1 %", ("supervised", "macro_f1")),
+               ("MiniRocket acc %", ("minirocket", "accuracy")),
                ("linear − supervised (points)", ("linear_minus_supervised",))]
     points = sweep["points"]
     columns = [(name, keys) for name, keys in columns
@@ -407,6 +445,7 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
     results and READMEs: every protocol run, the paired gap and the ratio to supervised."""
     columns = [("linear probe", ("linear", "accuracy")), ("kNN", ("knn", "accuracy")),
                ("fine-tune", ("finetune", "accuracy")), ("supervised", ("supervised", "accuracy")),
+               ("MiniRocket", ("minirocket", "accuracy")),
                ("linear − supervised (points)", ("linear_minus_supervised",)),
                ("linear / supervised", ("linear_over_supervised",))]
     points = sweep["points"]
@@ -560,6 +599,8 @@ def build_report(run_path: str | Path, *, embedding_map: bool = True) -> Path:
     elif evaluation and not swept:
         rows = [["linear probe", evaluation["linear"]["accuracy"]],
                 ["kNN", evaluation["knn"]["accuracy"]]]
+        if evaluation.get("minirocket"):
+            rows.append(["MiniRocket (reference)", evaluation["minirocket"]["accuracy"]])
         if evaluation.get("supervised"):
             rows.append(["supervised baseline", evaluation["supervised"]["accuracy"]])
         body.append("<h2>Evaluation</h2>" + table(["protocol", "test accuracy"], rows))
