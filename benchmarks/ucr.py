@@ -44,7 +44,6 @@ sys.path[:0] = [str(REPO)]
 
 from selfsup import atomic  # noqa: E402
 from selfsup.api import pretrain  # noqa: E402
-from selfsup.cli import key_value_pairs  # noqa: E402
 from selfsup.config import build_config  # noqa: E402
 from selfsup.data.series import SeriesData, load_series  # noqa: E402
 from selfsup.engine import fit  # noqa: E402
@@ -58,6 +57,7 @@ from selfsup.evaluate.probes import (  # noqa: E402
     svm_probe,
 )
 from selfsup.models import build_encoder  # noqa: E402
+from selfsup.options import key_value_pairs  # noqa: E402
 from selfsup.run import RunDir, load_encoder  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "timeseries"

@@ -181,3 +181,14 @@ def test_bad_pooled_input_is_one_message_naming_the_file_and_exit_2(
     assert code == 2, err
     assert message in err and odd in err and "Traceback" not in err
     assert not out.exists()  # nothing half-written
+
+
+def test_prepared_pooled_shards_keep_how_the_encoder_is_built(three_files, tmp_path):
+    from selfsup.data.prepare import prepare
+
+    prepare(",".join(map(str, three_files)), tmp_path / "shards", progress=False)
+    data = load_series(tmp_path / "shards")
+    direct = load_series(",".join(map(str, three_files)))
+    assert data.channel_independent and data.pooled_from == direct.pooled_from
+    assert np.array_equal(np.asarray(data.values[:]), direct.values)
+    assert data.encoder_inputs() == direct.encoder_inputs()

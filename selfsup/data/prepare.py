@@ -72,12 +72,18 @@ def detect_modality(path: str | Path, data_options: dict[str, Any] | None = None
     """
     if str(path) == "digits":
         return "image"
+    if "," in str(path) and not Path(path).exists():  # pooled series files (data/series.py)
+        series.series_files(path)  # each part exists, else the message names it
+        return "series"
     p = Path(path).expanduser()
     if not p.exists():
         raise SelfsupError(f"{path}: no such file or folder")
     if shards.is_prepared(p):
         raise SelfsupError(f"{path} is already a prepared shards folder")
     if p.is_dir():
+        top = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
+        if top and all(f.suffix.lower() == ".npz" for f in top):
+            return "series"  # a folder of series files, pooled
         for _, _, files in os.walk(p):
             if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files if not f.startswith(".")):
                 return "image"

@@ -658,7 +658,9 @@ def load_series_shards(path: str | Path) -> SeriesData:
         raise SelfsupError(f"{folder} holds {manifest['modality']} shards, not series")
     values, labels = shards.read_arrays(folder, manifest)
     lengths = np.load(folder / "lengths.npy")
-    return ShardSeriesData(values, lengths, labels, str(folder), manifest["class_names"], [])  # type: ignore[arg-type]
+    return ShardSeriesData(values, lengths, labels, str(folder), manifest["class_names"], [],  # type: ignore[arg-type]
+                           pooled_from=manifest.get("pooled_from"),
+                           channel_independent=bool(manifest.get("channel_independent")))
 
 
 @dataclass
@@ -702,9 +704,11 @@ def prepare_source(path: str, options: dict[str, Any]) -> shards.Source:
     shape = tuple(int(s) for s in values.shape[1:])
     samples = shards.array_samples(lambda rows: values[rows], len(data), shape, "float32",
                                    data.labels)
+    pooled = ({"pooled_from": data.pooled_from, "channel_independent": data.channel_independent}
+              if data.pooled_from else {})  # how the encoder is built, kept for the shards
     return shards.Source("series", samples,
                          {"key": "npy", "shape": list(shape), "dtype": "float32"},
-                         data.labels, data.class_names, {}, data.lengths.astype(np.int64))
+                         data.labels, data.class_names, pooled, data.lengths.astype(np.int64))
 
 
 if "series" not in READERS:

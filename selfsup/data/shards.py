@@ -247,6 +247,10 @@ def fingerprint(path: str | Path) -> str:
 
         h.update(f"digits sklearn {sklearn.__version__}".encode())
         return h.hexdigest()
+    if "," in str(path) and not Path(path).exists():  # pooled series files: each of them
+        for part in str(path).split(","):
+            h.update(fingerprint(part.strip()).encode())
+        return h.hexdigest()
     p = Path(path).expanduser().resolve()
     if p.is_dir():
         for root, dirs, files in os.walk(p):
