@@ -16,9 +16,11 @@ from helpers import run_cli
 
 import selfsup
 from selfsup.api import pretrain
+from selfsup.data.prepare import prepare
 from selfsup.data.series import load_series
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.minirocket import minirocket_reference
+from selfsup.evaluate.scores import summarise_point
 from selfsup.models import build_encoder
 from selfsup.report import verdict
 from selfsup.run import load_encoder
@@ -184,11 +186,22 @@ def test_bad_pooled_input_is_one_message_naming_the_file_and_exit_2(
 
 
 def test_prepared_pooled_shards_keep_how_the_encoder_is_built(three_files, tmp_path):
-    from selfsup.data.prepare import prepare
-
     prepare(",".join(map(str, three_files)), tmp_path / "shards", progress=False)
     data = load_series(tmp_path / "shards")
     direct = load_series(",".join(map(str, three_files)))
     assert data.channel_independent and data.pooled_from == direct.pooled_from
     assert np.array_equal(np.asarray(data.values[:]), direct.values)
     assert data.encoder_inputs() == direct.encoder_inputs()
+
+
+def test_the_sweep_summary_pairs_ssl_with_minirocket_and_the_verdict_says_so():
+    runs = [{"linear": {"accuracy": a, "macro_f1": a}, "knn": {"accuracy": a, "macro_f1": a},
+             "minirocket": {"accuracy": m, "macro_f1": m}} for a, m in ((0.8, 0.9), (0.9, 0.9))]
+    summary = summarise_point(runs)
+    assert summary["minirocket"]["accuracy"]["mean"] == pytest.approx(0.9)
+    assert summary["linear_minus_minirocket"]["mean"] == pytest.approx(-0.05)
+    sweep = {"points": [{"budget": "5/class", "labels_per_class": 5, "fraction": None,
+                         "num_labels": 10, "summary": summary}],
+             "seeds": 2, "chance_accuracy": 0.5, "num_test": 100, "test_data": "t"}
+    assert "SSL + linear probe trails it by 5.0 ± 7.1 points with 5 labels per class" in (
+        verdict(sweep))
