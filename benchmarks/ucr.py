@@ -7,9 +7,10 @@ SVM (TS2Vec's own read-out) whose hyper-parameters are chosen by 5-fold stratifi
 cross-validation on the train split (``selfsup.evaluate.probes``), scored once on the test
 split. The supervised baseline is the registered ``supervised-series`` method: the same encoder
 from scratch on the train labels, by the same engine, with the same step budget, batch and
-learning rate. Published 1-NN Euclidean and DTW accuracies come from
-ucr_bakeoff_baseline_accuracies.csv (Bagnall et al. 2017) where listed; MNIST-1D's from
-Greydanus 2020 (MLP 68%, CNN 94%).
+learning rate. MiniRocket (aeon; selfsup/evaluate/minirocket.py) is fitted on the same train
+split, as ``selfsup evaluate`` does for series runs. Published 1-NN Euclidean and DTW
+accuracies come from ucr_bakeoff_baseline_accuracies.csv (Bagnall et al. 2017) where listed;
+MNIST-1D's from Greydanus 2020 (MLP 68%, CNN 94%).
 
 Anomaly. One class of a UCR set is "normal": pre-train on that class's train examples only,
 score the whole test split, ROC-AUC of normal vs every other class. Scores: kNN cosine distance
@@ -50,6 +51,7 @@ from selfsup.engine import fit  # noqa: E402
 from selfsup.errors import SelfsupError  # noqa: E402
 from selfsup.evaluate.anomaly import batched_scores, knn_scores, roc_auc  # noqa: E402
 from selfsup.evaluate.features import extract_features  # noqa: E402
+from selfsup.evaluate.minirocket import minirocket_reference  # noqa: E402
 from selfsup.evaluate.probes import (  # noqa: E402
     knn_probe,
     linear_probe,
@@ -206,6 +208,8 @@ def classify(name: str, setting: Setting, seed: int, work: Path, refs: dict) -> 
     started = time.monotonic()
     sup = supervised(setting, train, test, steps, batch, seed, work / f"{name}-supervised-{seed}")
     supervised_seconds = time.monotonic() - started
+    # The reference a practitioner fits first (selfsup evaluate's row for series runs too).
+    minirocket = minirocket_reference(train, test, seed=seed)
     ref = refs.get(name, {})
     return {
         "dataset": name,
@@ -224,6 +228,7 @@ def classify(name: str, setting: Setting, seed: int, work: Path, refs: dict) -> 
         "svm": svm.as_dict(),
         "supervised": sup,
         "random_init_linear": random_linear.as_dict(),
+        "minirocket": minirocket,
         "published_1nn_euclidean": ref.get("Euclidean_1NN"),
         "published_1nn_dtw_full": ref.get("DTW_R1_1NN"),
         "published_1nn_dtw_window": ref.get("DTW_Rn_1NN"),
@@ -300,9 +305,10 @@ def markdown(result: dict[str, Any]) -> str:
         + (" — QUICK smoke setting, not the benchmark." if result["quick"] else "."),
         "",
         "| data set | seed | train / test | ch × len | steps × batch | SSL linear | SSL kNN "
-        "| SSL SVM | supervised | random-init linear | 1-NN ED | 1-NN DTW (full / window) "
-        "| linear > ED? | SVM > ED? |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| SSL SVM | supervised | random-init linear | MiniRocket | 1-NN ED | 1-NN DTW (full / "
+        "window) | linear > ED? | SVM > ED? |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
     for r in result["classification"]:
         ed = r["published_1nn_euclidean"]
@@ -322,7 +328,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['channels']} × "
             f"{length} | {r['steps']} × {r['batch_size']} | {pct(r['linear']['accuracy'])} | "
             f"{pct(r['knn']['accuracy'])} | {pct(svm)} | {pct(r['supervised'])} | "
-            f"{pct(r['random_init_linear']['accuracy'])} | {pct(ed)} | {dtw} | "
+            f"{pct(r['random_init_linear']['accuracy'])} | "
+            f"{pct((r.get('minirocket') or {}).get('accuracy'))} | {pct(ed)} | {dtw} | "
             f"{beats['linear']} | {beats['svm']} |"
         )
     lines += [
