@@ -2,6 +2,10 @@
 
 A reader (or a resumed run) therefore sees either the previous complete file or the new complete
 file, never a half-written one, even if the process is killed mid-write or the disk fills up.
+
+Only the standard library: embeddings, indexes and reports write through here without loading
+torch or Lightning. Lightning's checkpoint writer built on :func:`atomic_path` is in
+selfsup/checkpoint_io.py.
 """
 
 from __future__ import annotations
@@ -16,9 +20,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from selfsup.errors import DiskFull, SelfsupError
 
@@ -114,26 +115,3 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O whose writes go through :func:`atomic_path`."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
-        with atomic_path(path) as tmp:
-            try:
-                torch.save(checkpoint, tmp)
-            except RuntimeError as error:  # torch's zip writer reports a full disk this way
-                raise _write_error(Path(path), error) from None
-
-
-def _write_error(target: Path, error: RuntimeError) -> OSError:
-    """torch.save's RuntimeError as the OSError it stands for: ENOSPC when the disk is (all
-    but) full, so that callers handle one kind of failure; else an EIO naming the cause."""
-    usage = shutil.disk_usage(target.parent)
-    if usage.free < max(64 * 2**20, usage.total // 100):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
-    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: {str(error).splitlines()[0]}",
-                   str(target))

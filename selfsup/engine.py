@@ -34,7 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from selfsup import atomic
+from selfsup import atomic, checkpoint_io
 from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
@@ -421,7 +421,7 @@ def build_trainer(
         enable_checkpointing=checkpoints,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        plugins=[atomic.AtomicCheckpointIO()] if checkpoints else None,
+        plugins=[checkpoint_io.AtomicCheckpointIO()] if checkpoints else None,
     )
 
 

@@ -27,12 +27,19 @@ from selfsup.augment import to_float_images
 from selfsup.config import inference_precision
 from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
-from selfsup.methods import clip
-from selfsup.methods.clip import HEADS_WEIGHTS
 from selfsup.models import build_encoder
 from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers, tokenize
 from selfsup.registry import Registry
-from selfsup.run import RunDir, as_run, load_encoder
+from selfsup.run import (
+    HEADS_SPEC,
+    HEADS_WEIGHTS,
+    TEXT_SPEC,
+    TEXT_WEIGHTS,
+    TOKENIZER,
+    RunDir,
+    as_run,
+    load_encoder,
+)
 from selfsup.text_models import TextModel, run_tokenizer, text_features, tokenize_texts
 
 EMBEDDERS: Registry = Registry("encoder modality")
@@ -237,8 +244,8 @@ class CLIPEmbedder(ImageEmbedder):
         from safetensors.torch import load_file
 
 
-        needed = [clip.TEXT_WEIGHTS, clip.TEXT_SPEC, clip.TOKENIZER, clip.HEADS_WEIGHTS,
-                  clip.HEADS_SPEC]
+        needed = [TEXT_WEIGHTS, TEXT_SPEC, TOKENIZER, HEADS_WEIGHTS,
+                  HEADS_SPEC]
         missing = [name for name in needed if not (run.path / name).is_file()]
         if missing:
             raise SelfsupError(
@@ -246,13 +253,13 @@ class CLIPEmbedder(ImageEmbedder):
                 "finish?"
             )
         quiet_transformers()
-        text_spec = json.loads((run.path / clip.TEXT_SPEC).read_text(encoding="utf-8"))
+        text_spec = json.loads((run.path / TEXT_SPEC).read_text(encoding="utf-8"))
         self.text_encoder = build_encoder(text_spec["name"], config=text_spec["config"])
-        self.text_encoder.load_state_dict(load_file(str(run.path / clip.TEXT_WEIGHTS)))
+        self.text_encoder.load_state_dict(load_file(str(run.path / TEXT_WEIGHTS)))
         self.text_encoder.eval()
-        self.tokenizer = load_hf_tokenizer(run.path / clip.TOKENIZER)
-        self.clip_spec = json.loads((run.path / clip.HEADS_SPEC).read_text(encoding="utf-8"))
-        heads = load_file(str(run.path / clip.HEADS_WEIGHTS))
+        self.tokenizer = load_hf_tokenizer(run.path / TOKENIZER)
+        self.clip_spec = json.loads((run.path / HEADS_SPEC).read_text(encoding="utf-8"))
+        heads = load_file(str(run.path / HEADS_WEIGHTS))
         self.image_projection = heads["image_projection"]
         self.text_projection = heads["text_projection"]
         self.logit_scale = float(heads["logit_scale"][0])

@@ -28,6 +28,14 @@ from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.models import build_encoder
 
+#: Files a CLIP run writes beside the image tower (selfsup/methods/clip.py writes them,
+#: selfsup/loading.py reads them back): its text tower, tokenizer and projection heads.
+TEXT_WEIGHTS = "text_encoder.safetensors"
+TEXT_SPEC = "text_encoder.json"
+TOKENIZER = "tokenizer.json"
+HEADS_WEIGHTS = "clip.safetensors"
+HEADS_SPEC = "clip.json"
+
 
 @dataclass(frozen=True)
 class RunDir:

@@ -5,7 +5,7 @@ import errno
 import pytest
 import torch
 
-from selfsup import atomic
+from selfsup import atomic, checkpoint_io
 from selfsup.errors import SelfsupError
 
 
@@ -27,7 +27,7 @@ def test_full_disk_is_a_clear_error_and_no_partial_file(tmp_path):
 
 
 def test_checkpoint_io_failure_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    io = atomic.AtomicCheckpointIO()
+    io = checkpoint_io.AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
 

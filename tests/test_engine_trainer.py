@@ -12,7 +12,7 @@ from torch import nn
 
 import selfsup
 import selfsup.evaluate.finetune
-from selfsup import atomic, engine
+from selfsup import checkpoint_io, engine
 from selfsup.data.images import ImageData
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.text import TextSplit, Tokenized, finetune_text, text_finetune_config
@@ -42,11 +42,11 @@ def test_build_trainer_owns_the_shared_settings() -> None:
     assert trainer.precision == "bf16-mixed"
     assert trainer.max_epochs == -1 and trainer.max_steps == -1
     assert trainer.num_sanity_val_steps == 0 and trainer.checkpoint_callback is None
-    assert not isinstance(trainer.strategy.checkpoint_io, atomic.AtomicCheckpointIO)
+    assert not isinstance(trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
 
     trainer = engine.build_trainer(precision="32", max_steps=7, checkpoints=True)
     assert trainer.precision == "32-true" and trainer.max_steps == 7
-    assert isinstance(trainer.strategy.checkpoint_io, atomic.AtomicCheckpointIO)
+    assert isinstance(trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
 
 
 class _Built(Exception):

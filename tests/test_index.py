@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import run_cli
+from helpers import run_cli, run_in_fresh_interpreter
 
 import selfsup
 from selfsup.data import load_digits
@@ -204,6 +204,20 @@ def test_wrong_modality_and_mismatched_indexes_are_clear_errors(digits_setup, tm
     with pytest.raises(SelfsupError, match="not a selfsup index"):
         search(run, tmp_path, image=np.zeros((8, 8), np.uint8))
 
+
+
+def test_search_loads_no_training_machinery(digits_setup, tmp_path):
+    """`selfsup search` on an existing index loads the encoder (torch), not Lightning (issue
+    25): its body, selfsup/commands/search.py, reaches neither the engine nor the methods."""
+    root, run, data, *_ = digits_setup
+    from PIL import Image
+
+    Image.fromarray(data.images[3, :, :, 0]).save(tmp_path / "q.png")
+    [report] = run_in_fresh_interpreter(["search", str(run), "--index", str(root / "index"),
+                                         "--image", str(tmp_path / "q.png"), "--json"])
+    assert report["code"] == 0
+    assert "torch" in report["loaded"] and "lightning" not in report["loaded"]
+    assert "pytorch_lightning" not in report["loaded"]
 
 
 def test_cli_index_and_search(digits_setup, monkeypatch, capsys, tmp_path):

@@ -25,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import selfsup
 import selfsup.atomic
+import selfsup.checkpoint_io
 import selfsup.engine
 import selfsup.run
 from selfsup import api
@@ -203,7 +204,7 @@ def test_disk_full_before_the_first_checkpoint_keeps_nothing(monkeypatch, capsys
         Path(path).write_bytes(b"PK\x03\x04 half a zip")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
 
-    monkeypatch.setattr(selfsup.atomic.torch, "save", torch_cannot_write)
+    monkeypatch.setattr(selfsup.checkpoint_io.torch, "save", torch_cannot_write)
     monkeypatch.setattr(selfsup.atomic.shutil, "disk_usage",
                         lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
     out = tmp_path / "run"

@@ -61,6 +61,9 @@ class Method(nn.Module):
     """
 
     Options: ClassVar[type] = NoOptions
+    # A registered method's modality, config_defaults and init_config_defaults come from its
+    # card in selfsup/catalog.py (set on registration, so --help reads them without torch);
+    # the values here are the defaults of a method without a card.
     modality: ClassVar[str] = "image"
     default_encoder: ClassVar[str] = "resnet_small"
     baseline_method: ClassVar[str | None] = "supervised"

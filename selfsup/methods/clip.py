@@ -56,17 +56,11 @@ from selfsup.models.hf_text import (
     tokenize,
     wordpiece_tokenizer,
 )
+from selfsup.run import HEADS_SPEC, HEADS_WEIGHTS, TEXT_SPEC, TEXT_WEIGHTS, TOKENIZER, RunDir
 
 if TYPE_CHECKING:
     from selfsup.config import PretrainConfig
-    from selfsup.run import RunDir
 
-#: Files a CLIP run writes beside the image tower (read back by selfsup/loading.py).
-TEXT_WEIGHTS = "text_encoder.safetensors"
-TEXT_SPEC = "text_encoder.json"
-TOKENIZER = "tokenizer.json"
-HEADS_WEIGHTS = "clip.safetensors"
-HEADS_SPEC = "clip.json"
 
 
 @dataclass
@@ -111,13 +105,12 @@ class CLIP(ImageMethod):
     """Two towers, linear projections, symmetric InfoNCE with a clamped learnable temperature."""
 
     Options: ClassVar[type] = CLIPOptions
-    modality: ClassVar[str] = "image_text"
+    # modality and config defaults: selfsup/catalog.py (what --help shows without torch)
     # Light augmentation: a caption may name colours and positions, so no colour jitter, no
     # grayscale, and crops that keep most of the image (CLIP itself used a random square crop).
     augment_defaults: ClassVar[dict[str, Any]] = {
         "crop_scale": (0.6, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0,
     }
-    config_defaults: ClassVar[dict[str, Any]] = {"batch_size": 256, "lr": 1e-3}
 
     def __init__(self, encoder, info, options=None, augment_options=None, channels_last=False):
         super().__init__(encoder, info, options, augment_options, channels_last)

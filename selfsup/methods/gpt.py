@@ -63,18 +63,9 @@ class GPTMethod(Method):
     """Next-token cross-entropy on windows of ``block_size + 1`` tokens."""
 
     Options: ClassVar[type] = GPTOptions
-    modality: ClassVar[str] = "text"
+    # modality and config defaults: selfsup/catalog.py (what --help shows without torch)
     default_encoder: ClassVar[str] = "gpt_small"
     baseline_method: ClassVar[str | None] = None  # a language model: no supervised baseline
-    # Engine defaults that suit this method; the user's options win. In minutes on a CPU the
-    # number of steps is what counts: a small model only leaves the loss plateau where it
-    # predicts from the last character or two after a few hundred updates, so small batches
-    # (8 windows, 1k tokens) beat large ones at equal tokens per second. AdamW's beta2, the
-    # clipping and the weight decay are nanoGPT's for Shakespeare. Chosen on the tuning split
-    # of Tiny Shakespeare (benchmarks/shakespeare_char.py --tuning).
-    config_defaults: ClassVar[dict] = {
-        "batch_size": 8, "lr": 3e-3, "adam_beta2": 0.99, "grad_clip": 1.0, "weight_decay": 0.1,
-    }
 
     def __init__(self, encoder, info, options=None, augment_options=None, channels_last=False):
         super().__init__(encoder, info, options, augment_options, channels_last)

@@ -195,17 +195,9 @@ class MLMMethod(Method):
     """Masked-token cross-entropy on the selected positions of ``[CLS] ... [SEP]`` sequences."""
 
     Options: ClassVar[type] = MLMOptions
-    modality: ClassVar[str] = "text"
+    # modality and config defaults: selfsup/catalog.py (what --help shows without torch)
     default_encoder: ClassVar[str] = "hf_text"
     baseline_method: ClassVar[str | None] = None  # text evaluation trains from scratch
-    # BERT-style schedule: AdamW, weight decay 0.01, warm-up (Devlin et al. 2019, appendix A.2;
-    # RoBERTa 6%). lr 5e-4 suits a small model from scratch; a pretrained one (--init) takes
-    # the smaller lr of init_config_defaults, as in continued pre-training (Gururangan et al.).
-    config_defaults: ClassVar[dict] = {
-        "batch_size": 32, "lr": 5e-4, "weight_decay": 0.01, "warmup_fraction": 0.06,
-        "grad_clip": 1.0,
-    }
-    init_config_defaults: ClassVar[dict] = {"lr": 1e-4}
     # What the document reader (selfsup/data/documents.py) asks of this method.
     framing: ClassVar[str] = "cls_sep"
     extra_special_tokens: ClassVar[tuple[str, ...]] = ()

@@ -20,7 +20,7 @@ class SeriesMethod(Method):
     user's ``augment_options`` win over both.
     """
 
-    modality: ClassVar[str] = "series"
+    # modality (series): each method's card in selfsup/catalog.py
     default_encoder: ClassVar[str] = "dilated_cnn"
     baseline_method: ClassVar[str] = "supervised-series"
     augment_defaults: ClassVar[dict[str, Any]] = {}

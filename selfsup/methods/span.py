@@ -129,14 +129,9 @@ class SpanMethod(Method):
     """T5 span corruption: encoder reads the corrupted text, decoder writes the spans."""
 
     Options: ClassVar[type] = SpanOptions
-    modality: ClassVar[str] = "text"
+    # modality and config defaults: selfsup/catalog.py (what --help shows without torch)
     default_encoder: ClassVar[str] = "hf_text"
     baseline_method: ClassVar[str | None] = None  # text evaluation trains from scratch
-    # T5 pre-trained with Adafactor at 1e-2; AdamW at 1e-3 suits a small model here.
-    config_defaults: ClassVar[dict] = {
-        "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup_fraction": 0.06,
-        "grad_clip": 1.0,
-    }
     # What the document reader (selfsup/data/documents.py) asks of this method.
     framing: ClassVar[str] = "eos"  # tokens ... </s> ([SEP] serves as </s>)
     extra_special_tokens: ClassVar[tuple[str, ...]] = SENTINEL_TOKENS

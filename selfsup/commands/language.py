@@ -1,0 +1,30 @@
+"""`selfsup generate`'s and `selfsup export`'s bodies (their options: selfsup/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from selfsup.commands import console
+from selfsup.export import export_hf
+from selfsup.generate import generate as run_generate
+
+
+def generate(run: Path, prompt: str, max_new_tokens: int, temperature: float,
+             top_k: int | None, top_p: float | None, seed: int) -> None:
+    """`selfsup generate`: the sampled text, printed as it comes."""
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    run_generate(run, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                 top_p=top_p, seed=seed, stream=stream, echo=True)
+    stream("\n")
+
+
+def export(run: Path, out: Path) -> None:
+    """`selfsup export`: the Hugging Face folder, and how to load it."""
+    path = export_hf(run, out)
+    console.print(f"exported to {path}; load it with "
+                  f"transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})")
