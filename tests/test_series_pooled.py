@@ -205,3 +205,17 @@ def test_the_sweep_summary_pairs_ssl_with_minirocket_and_the_verdict_says_so():
              "seeds": 2, "chance_accuracy": 0.5, "num_test": 100, "test_data": "t"}
     assert "SSL + linear probe trails it by 5.0 ± 7.1 points with 5 labels per class" in (
         verdict(sweep))
+
+
+def test_the_cli_prints_the_minirocket_row_and_the_verdict_names_it(
+    three_files, tmp_path, monkeypatch, capsys
+):
+    run = pretrain("ts-contrast", data=str(three_files[0]), out=str(tmp_path / "r"), steps=2,
+                   batch_size=8, encoder_options=TINY_CNN, progress=False, monitor_size=0,
+                   precision="32", data_options={"split": "train"})
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(run.path), "--data",
+                             str(three_files[0]), "--test", str(three_files[0]),
+                             "--test-option", "split=test", "--no-baseline", "--no-progress")
+    assert code == 0, err
+    assert "MiniRocket (reference)" in out
+    assert "Verdict: " in out and "MiniRocket (random convolutions" in " ".join(out.split())

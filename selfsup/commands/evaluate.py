@@ -177,6 +177,10 @@ def print_eval(result: dict[str, Any]) -> None:
     table.add_row("linear probe", f"{result['linear']['accuracy']:.4f}",
                   _chosen(result["linear"]["chosen"]))
     table.add_row("kNN", f"{result['knn']['accuracy']:.4f}", _chosen(result["knn"]["chosen"]))
+    if "minirocket" in result:  # series: the reference a practitioner fits first
+        ref = result["minirocket"]
+        table.add_row("MiniRocket (reference)", f"{ref['accuracy']:.4f}",
+                      f"alpha {ref['alpha']:.3g} (LOO-CV), {ref['fit_seconds']:.1f} s")
     if "supervised" in result:
         sup = result["supervised"]
         table.add_row("supervised baseline", f"{sup['accuracy']:.4f}",
@@ -191,7 +195,7 @@ def print_eval(result: dict[str, Any]) -> None:
                               f"best epoch {cell['chosen_epoch']}, {cell['seconds'] / 60:.1f} min")
     table.add_row("chance (majority class)", f"{result['chance_accuracy']:.4f}", "")
     console.print(table)
-    if "supervised" in result:  # worded where the report words it: one verdict, one function
+    if "supervised" in result or "minirocket" in result:  # one verdict, worded in one place
         console.print(f"Verdict: {verdict(None, result)}")
     console.print(f"written to {Path(result['run']) / 'eval.json'}")
 
@@ -200,7 +204,9 @@ def print_sweep(result: dict[str, Any]) -> None:
     table = Table(title=f"{result['method']} / {result['encoder']}: label efficiency on "
                         f"{result['test_data']} (mean ± std over {result['seeds']} seeds)")
     tuned = any("finetune" in p["summary"] for p in result["points"])
-    protocols = ("linear", "knn", *(("finetune",) if tuned else ()), "supervised")
+    reference = any("minirocket" in p["summary"] for p in result["points"])  # series
+    protocols = ("linear", "knn", *(("finetune",) if tuned else ()), "supervised",
+                 *(("minirocket",) if reference else ()))
     for column in ("labels", "count", *protocols, "linear − supervised"):
         table.add_column(column, justify="left" if column == "labels" else "right")
 
