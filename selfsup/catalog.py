@@ -74,6 +74,15 @@ METHOD_CARDS: dict[str, MethodCard] = {
     # takes a smaller lr, as in continued pre-training (Gururangan et al.).
     "mlm": MethodCard("text", {"batch_size": 32, "lr": 5e-4, "weight_decay": 0.01,
                                "warmup_fraction": 0.06, "grad_clip": 1.0}, {"lr": 1e-4}),
+    # simcse, tsdae: sentence encoders (a sentence-transformers folder such as MiniLM, or a
+    # model without a masked-LM head) are adapted with these; mlm is for models trained with
+    # it. A pretrained start takes the papers' lr (3e-5) and batch (SimCSE 64, appendix A;
+    # TSDAE 8); from scratch a small BERT, mlm's schedule. TSDAE's batch is small because its
+    # decoder scores every token against the whole vocabulary.
+    "simcse": MethodCard("text", {"batch_size": 64, "lr": 5e-4, "weight_decay": 0.01,
+                                  "warmup_fraction": 0.06, "grad_clip": 1.0}, {"lr": 3e-5}),
+    "tsdae": MethodCard("text", {"batch_size": 8, "lr": 5e-4, "weight_decay": 0.01,
+                                 "warmup_fraction": 0.06, "grad_clip": 1.0}, {"lr": 3e-5}),
     # span: T5 pre-trained with Adafactor at 1e-2; AdamW at 1e-3 suits a small model here.
     "span": MethodCard("text", {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.01,
                                 "warmup_fraction": 0.06, "grad_clip": 1.0}),

@@ -54,8 +54,11 @@ class PretrainConfig:
     encoder_options: dict[str, Any] = mapping("Encoder option KEY=VALUE, e.g. width=64.")
     # Continued pre-training: a local Hugging Face model folder whose weights and tokenizer
     # the run starts from (text methods that support it, e.g. mlm).
-    init: str | None = option(None, "Text (mlm, span): continue pre-training a local Hugging "
-                              "Face model folder; its tokenizer is used.")
+    init: str | None = option(None, "Text (mlm, span, simcse, tsdae): continue pre-training "
+                              "a local Hugging Face model folder; its tokenizer is used. A "
+                              "sentence encoder (a sentence-transformers folder such as "
+                              "MiniLM): simcse or tsdae; a masked-LM model (BERT with its "
+                              "head): mlm.")
     # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
     data_options: dict[str, Any] = mapping("Reader option KEY=VALUE of the method's data "
                                            "(text, series, pairs), e.g. split=train.")

@@ -28,7 +28,12 @@ from selfsup.config import inference_precision
 from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
 from selfsup.models import build_encoder
-from selfsup.models.hf_text import load_hf_tokenizer, quiet_transformers, tokenize
+from selfsup.models.hf_text import (
+    EMBED_MAX_LENGTH,
+    load_hf_tokenizer,
+    quiet_transformers,
+    tokenize,
+)
 from selfsup.registry import Registry
 from selfsup.run import (
     HEADS_SPEC,
@@ -337,10 +342,12 @@ def _open_image(path: Path) -> Image.Image:
 @EMBEDDERS.register("text")
 class TextEmbedder(Embedder):
     """Texts in (str or a list of str): tokenised with the run's tokenizer, cut to the model's
-    positions (``max_length``; the number cut is logged), mean-pooled over the real tokens.
+    positions (``max_length``; the number cut is logged), pooled as the encoder says (mean over
+    the real tokens, or its starting model's sentence-transformers pooling + normalisation).
 
-    Serves runs whose encoder is ``hf_text`` (masked-LM, span corruption, continued
-    pre-training); the tokenizer is the run's ``hf/tokenizer.json`` (or its init folder's).
+    Serves runs whose encoder is ``hf_text`` (masked-LM, span corruption, SimCSE, TSDAE,
+    continued pre-training); the tokenizer is the run's ``hf/tokenizer.json`` (or its init
+    folder's).
     """
 
     modality: ClassVar[str] = "text"
@@ -352,12 +359,12 @@ class TextEmbedder(Embedder):
 
         if spec.get("name") != "hf_text":
             raise SelfsupError(
-                f"{run.path}: embedding text needs an hf_text encoder (methods mlm, span); this"
-                f" run's encoder is {spec.get('name')!r}"
+                f"{run.path}: embedding text needs an hf_text encoder (mlm, span, simcse, "
+                f"tsdae); this run's encoder is {spec.get('name')!r}"
             )
         self.model = TextModel(self.encoder, run_tokenizer(run.path, run.read_config()),
                                str(run.path))
-        self.max_length = min(self.model.max_length, 512)
+        self.max_length = min(self.model.max_length, EMBED_MAX_LENGTH)
 
     def as_list(self, inputs: Any) -> list[Any]:
         items = [inputs] if isinstance(inputs, str) else list(inputs)

@@ -18,7 +18,11 @@ two ways (``packing``):
 
 T5-style methods frame a sequence as ``tokens ... </s>`` instead (``[SEP]`` serves as ``</s>``).
 A method chooses through class attributes read here: ``framing``, ``extra_special_tokens``,
-``required_roles``, ``supports_init`` and ``scratch_config``.
+``required_roles``, ``supports_init`` and ``scratch_config``, and where it has them
+``document_defaults`` (reader options it prefers: sentence methods read one document a
+sequence) and ``needs_distinct_texts`` (SimCSE: a corpus of one repeated text is refused).
+With ``--init`` the encoder pools as the folder's sentence-transformers config says
+(selfsup/models/sentence.py).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from selfsup.models.hf_text import (
     load_hf_tokenizer,
     wordpiece_tokenizer,
 )
+from selfsup.models.sentence import sentence_pooling
 
 log = logging.getLogger("selfsup")
 
@@ -391,6 +396,8 @@ class DocumentData(CorpusData):
     ) -> None:
         self.source, self.shards, self.options = source, shards, options
         self.model_config, self.framing, self.init = model_config, framing, init
+        # How the starting model makes one vector of its tokens (MiniLM: mean + normalise).
+        self.pooling = (sentence_pooling(init) if init else None) or {}
         self.labels: np.ndarray | None = None
         self.skipped: list = []
         tokenizer = Tokenizer.from_file(str(shards.tokenizer_file))
@@ -428,7 +435,7 @@ class DocumentData(CorpusData):
                         extra=self.extra())
 
     def encoder_inputs(self) -> dict[str, Any]:
-        return {"config": self.model_config.to_dict()}
+        return {"config": self.model_config.to_dict(), **self.pooling}
 
     def encoder_spec(self) -> dict[str, Any]:
         return {"tokenizer": "tokenizer.json", "tokenizer_kind": "wordpiece" if self.init is None
@@ -452,6 +459,21 @@ class DocumentData(CorpusData):
         return data
 
 
+def check_distinct(shards: DocumentShards, source: str) -> None:
+    """Refuse a corpus whose documents are all one text; warn when many are repeats (for
+    in-batch contrast a repeat in the same batch is a false negative)."""
+    tokens, docs = shards.tokens(), np.asarray(shards.documents())
+    seen = {hashlib.blake2b(tokens[a:b].tobytes(), digest_size=16).digest() for a, b in docs}
+    if len(docs) > 1 and len(seen) < 2:
+        raise SelfsupError(f"{source}: all {len(docs)} texts are identical; a contrastive method "
+                           "learns by telling texts apart: give a corpus of different texts")
+    repeats = len(docs) - len(seen)
+    if repeats > 0.1 * len(docs):
+        log.warning("%s: %d of %d texts repeat another; a repeat in the same batch is a false "
+                    "negative for in-batch contrast (deduplicate the corpus)", source, repeats,
+                    len(docs))
+
+
 def load_documents(path: str, options: dict[str, Any], config: Any, method: Any) -> DocumentData:
     """The reader of the masked-LM / span methods: tokenizer, model config and sequences.
 
@@ -459,7 +481,10 @@ def load_documents(path: str, options: dict[str, Any], config: Any, method: Any)
     its ``framing``, ``extra_special_tokens``, ``required_roles``, ``supports_init`` and
     ``scratch_config`` say how the sequences are built.
     """
-    doc_options = options_dataclass(DocumentOptions, options or {}, "text data options")
+    # Methods without reader preferences (mlm, span) declare none.
+    preferred = getattr(method, "document_defaults", {})
+    doc_options = options_dataclass(DocumentOptions, {**preferred, **(options or {})},
+                                    "text data options")
     doc_options.validate()
     sources = doc_options.sources(path)
     init = getattr(config, "init", None)
@@ -497,6 +522,8 @@ def load_documents(path: str, options: dict[str, Any], config: Any, method: Any)
                     doc_options.block_size, positions, positions)
         doc_options.block_size = positions
     shards = build_document_shards(sources, tokenizer, doc_options, config)
+    if getattr(method, "needs_distinct_texts", False):
+        check_distinct(shards, path)
     return DocumentData(path, shards, doc_options, model_config, framing, init)
 
 
@@ -527,6 +554,7 @@ __all__ = [
     "DocumentOptions",
     "SequenceDataset",
     "all_special_ids",
+    "check_distinct",
     "load_documents",
     "read_text_data",
     "special_ids",

@@ -11,12 +11,14 @@ from selfsup.methods import (  # noqa: F401  (registration on import)
     mocov2,
     mocov3,
     simclr,
+    simcse,
     simsiam,
     span,
     supervised,
     supervised_series,
     ts_contrast,
     ts_mask,
+    tsdae,
     vicreg,
 )
 from selfsup.methods.base import DataInfo, ImageMethod, Method, StepOutput

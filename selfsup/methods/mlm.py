@@ -15,7 +15,15 @@ masked-LM head when it has one, are loaded (continued, "domain-adaptive" pre-tra
 Gururangan et al. 2020). The loss is computed on the selected positions only, so the
 vocabulary-sized output layer costs 15% of what a full-sequence head would. After training the
 run holds, beside the selfsup encoder, ``tokenizer.json`` and ``hf/``: the whole masked-LM model
-and its tokenizer as ``transformers.AutoModelForMaskedLM.from_pretrained`` reads them.
+and its tokenizer as ``transformers.AutoModelForMaskedLM.from_pretrained`` reads them (from a
+sentence-transformers start, also a sentence-transformers folder that pools as the start did).
+
+A sentence-embedding model (a sentence-transformers folder, or weights without a masked-LM
+head, such as MiniLM) is trained on with a warning rather than refused: mlm must fit a random
+head to it, which on MiniLM/IMDB cost 2.6 points fine-tuned at 100 labels per class and crowded
+its embeddings together (benchmarks/results/imdb_finetune_diagnosis.md); the warning names
+``simcse`` and ``tsdae``, the objectives made for such models (selfsup/methods/simcse.py,
+tsdae.py). A warning, not a refusal, because mlm on such a model is a legitimate experiment.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -145,6 +154,11 @@ def mask_tokens(
     return inputs.to(device), labels.to(device)
 
 
+def is_sentence_encoder(init: str | None) -> bool:
+    """Whether ``init`` is a sentence-transformers folder (it has a ``modules.json``)."""
+    return bool(init) and (Path(str(init)) / "modules.json").is_file()
+
+
 def masked_lm_model(encoder: Any, init: str | None) -> Any:
     """A ``transformers`` masked-LM model whose base model *is* ``encoder.model`` (shared).
 
@@ -181,6 +195,15 @@ def masked_lm_model(encoder: Any, init: str | None) -> Any:
                      init, len(head_missing))
         else:
             log.info("%s: encoder and masked-LM head loaded", init)
+        if head_missing or is_sentence_encoder(init):
+            why = ("a sentence-transformers model" if is_sentence_encoder(init)
+                   else "its weights have no masked-LM head")
+            log.warning(
+                "%s looks like a sentence-embedding model (%s): mlm trains a new random "
+                "masked-LM head and tends to crowd its sentence embeddings together; simcse or "
+                "tsdae are the objectives made for sentence encoders (selfsup pretrain simcse "
+                "--init ...). mlm suits models pre-trained with it (a BERT with its head)",
+                init, why)
         encoder.model.load_state_dict(getattr(model, prefix).state_dict())
     else:
         model = AutoModelForMaskedLM.from_config(config)
@@ -300,16 +323,20 @@ class MLMMethod(Method):
         )
 
     def on_fit_end(self, run: RunDir) -> None:
-        """``tokenizer.json`` and ``hf/`` (the masked-LM model + tokenizer) in the run."""
-        write_hf_export(run, self.info.extra["tokenizer_file"], self.mlm)
+        """``tokenizer.json`` and ``hf/`` (the masked-LM model + tokenizer) in the run; from a
+        sentence-transformers start ``hf/`` is also one, pooling as the start did."""
+        sentence = self.encoder.sentence_config() if is_sentence_encoder(self.init) else None
+        write_hf_export(run, self.info.extra["tokenizer_file"], self.mlm, sentence)
 
 
-def write_hf_export(run: RunDir, tokenizer_file: str, model: Any) -> None:
-
+def write_hf_export(run: RunDir, tokenizer_file: str, model: Any,
+                    sentence: dict[str, Any] | None = None) -> None:
+    """``tokenizer.json`` and ``hf/`` in the run; with ``sentence`` (how the encoder pools)
+    ``hf/`` is also a sentence-transformers folder."""
     with atomic.atomic_path(run.path / "tokenizer.json") as tmp:
         shutil.copyfile(tokenizer_file, tmp)
     tokenizer = load_hf_tokenizer(tokenizer_file)
     was_training = model.training
-    save_hf_folder(model.eval(), tokenizer, run.path / "hf")
+    save_hf_folder(model.eval(), tokenizer, run.path / "hf", sentence)
     model.train(was_training)
     log.info("Hugging Face model written to %s", run.path / "hf")

