@@ -6,9 +6,9 @@ For each of the six UCR/UEA sets in ../shared/data/timeseries and MNIST-1D, and 
   benchmarks/ucr.py (its ``Setting``: steps, batch, lr, encoder), labels unused;
 - **pooled SSL**: one ``ts-contrast`` encoder pre-trained on *all seven* train splits pooled
   (``selfsup pretrain ts-contrast --data A.npz,B.npz,...``: channel counts differ, so every
-  channel is a one-channel series, the encoder embeds a C-channel series channel by channel and
-  concatenates, and each series is z-normalised on its own), for about the per-set runs' total
-  number of samples drawn (``POOLED_STEPS`` x ``POOLED_BATCH``);
+  channel is a one-channel series and the encoder embeds a C-channel series channel by channel
+  and concatenates), for about the per-set runs' total number of samples drawn
+  (``POOLED_STEPS`` x ``POOLED_BATCH``);
 - both read out by the same linear probe, its C chosen by 5-fold stratified cross-validation
   on the train split (benchmarks/ucr.py's grid), scored once on the test split;
 - **MiniRocket** (aeon's ``MiniRocketClassifier``, selfsup/evaluate/minirocket.py) on the same
@@ -226,8 +226,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{', '.join(map(str, result['seeds']))}. SSL = ts-contrast + linear probe (C by 5-fold "
         "CV on the train split). **Per-set**: pre-trained on that set's train split "
         "(benchmarks/ucr.py's recipe). **Pooled**: one encoder pre-trained on all seven train "
-        f"splits together ({result['pooled_steps']} steps × {POOLED_BATCH}; channels one by one, "
-        "each series z-normalised on its own). MiniRocket: aeon, 10,000 kernels + ridge (alpha "
+        f"splits together ({result['pooled_steps']} steps × {POOLED_BATCH}; channels one by one). "
+        "MiniRocket: aeon, 10,000 kernels + ridge (alpha "
         "by LOO-CV on train). 1-NN ED: raw series, zero-padded. Supervised: the same encoder from "
         "scratch on the train labels, per-set SSL's steps, batch and lr.",
         "",

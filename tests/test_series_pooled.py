@@ -71,7 +71,7 @@ def test_pooled_files_become_one_unlabelled_set_channel_by_channel(three_files):
     assert np.array_equal(data.lengths[start:start + 48], np.repeat(b.lengths, 3))
     assert np.array_equal(data.values[start + 4, 0, :24], b.values[1, 1])
     inputs = data.encoder_inputs()
-    assert inputs["channel_independent"] and inputs["instance_norm"]
+    assert inputs["channel_independent"] and "instance_norm" not in inputs  # levels kept
     assert inputs["in_channels"] == 1
     spec = data.encoder_spec()
     assert "length" not in spec and "channels" not in spec  # reads any of either

@@ -19,8 +19,7 @@ padded to the longest series; labels are never read. Files must all carry labels
 none (a mix usually means a file was named by mistake). Files of different channel counts are
 pooled channel by channel: every channel becomes a one-channel series and the encoder is built
 channel-independent (it embeds each channel of a C-channel series on its own and concatenates),
-as MOMENT does; pooled series are z-normalised one by one (``instance_norm``) because sources
-differ in scale. See :func:`pool_series`.
+as MOMENT does. See :func:`pool_series`.
 
 Variable lengths: steps after a series' length may be NaN (the "NaN padding" of the UCR copies);
 without explicit lengths, trailing steps where every channel is NaN are taken as padding. A NaN
@@ -111,8 +110,6 @@ class SeriesData:
         std = np.sqrt(var / count)
         std = np.where(std > 1e-6, std, 1.0)
         inputs = {"in_channels": self.channels, "mean": mean.tolist(), "std": std.tolist()}
-        if self.pooled_from:
-            inputs["instance_norm"] = True
         if self.channel_independent:
             inputs["channel_independent"] = True
         return inputs
@@ -571,7 +568,7 @@ def pool_series(parts: list[SeriesData]) -> SeriesData:
                        for p in parts)
     if independent:
         parts = [split_channels(p) for p in parts]
-    log.info("pooled %d files (%s)%s; each series z-normalised on its own", len(parts), counts,
+    log.info("pooled %d files (%s)%s", len(parts), counts,
              ": channel counts differ, so every channel is a one-channel series and the "
              "encoder embeds channels one by one" if independent else "")
     width = max(p.values.shape[2] for p in parts)

@@ -9,9 +9,12 @@ an exported encoder needs no separate preprocessing recipe.
 Pooled pre-training (series of many sources, data/series.py) builds them with two switches that
 MOMENT (Goswami et al. 2024) uses for the same reason: ``channel_independent`` (a one-channel
 encoder that embeds each channel of a C-channel series on its own and concatenates the C
-embeddings, so sets of any channel count share one encoder) and ``instance_norm`` (each series'
-channel z-normalised over its own valid steps, RevIN-style, Kim et al. 2022, so sources of
-different scales meet on one scale).
+embeddings, so sets of any channel count share one encoder; set by the pooled data) and
+``instance_norm`` (each series' channel z-normalised over its own valid steps, RevIN-style,
+Kim et al. 2022; opt-in, ``--encoder-option instance_norm=true``). Pooled runs leave
+``instance_norm`` off: it discards each series' level and scale, and on JapaneseVowels, whose
+12 coefficients' levels tell the speakers apart, the train-split cross-validation accuracy of
+a linear probe fell from 0.98 to 0.80 with it (benchmarks/README.md, pooled series).
 
 ``forward`` returns one embedding per series (B, embed_dim); ``features`` returns per-token
 features (B, N, feature_dim) with a validity mask, where a token is one step (CNN) or one patch of
