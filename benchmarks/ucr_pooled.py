@@ -162,8 +162,12 @@ def measure(seeds: list[int], setting: Setting, work: Path, pooled_steps: int,
             entry["minirocket"] = cache.get(
                 f"minirocket-{name}-{seed}",
                 lambda n=name, s=seed: minirocket_reference(*split(n), seed=s))
-            entry["per_set"] = cache.get(f"per-set-{name}-{seed}",
-                                         lambda n=name, s=seed: per_set(n, s, setting, work))
+            trained = cache.get(f"per-set-{name}-{seed}",
+                                lambda n=name, s=seed: per_set(n, s, setting, work))
+            # Probed again here, by the same code as the pooled encoder in the same process
+            # (the per-set runs may have been trained by an earlier process: --only per-set).
+            per_set_encoder, _ = load_encoder(RunDir(work / "runs" / f"{name}-{seed}"))
+            entry["per_set"] = {**trained, **probe(per_set_encoder, name, seed, setting)}
             entry["supervised"] = cache.get(
                 f"supervised-{name}-{seed}",
                 lambda n=name, s=seed: supervised(
