@@ -133,8 +133,10 @@ def evaluate() -> None:
     stratified label subsets, several seeds), written to RUN/sweep.json.
 
     Text (a run with an hf_text encoder, or a Hugging Face model folder as RUN): probes and,
-    with --protocol finetune, fine-tuning at each of --labels-per-class 10,100,all or
-    --fractions, against the same architecture from scratch and the run's starting model;
+    with --protocol finetune, fine-tuning (with --protocol setfit, SetFit-style contrastive
+    fine-tuning on label pairs + a logistic head; finetune,setfit: both) at each of
+    --labels-per-class 10,100,all or --fractions, against the same architecture from scratch
+    and the run's starting model;
     with --fractions or --labels-per-class each budget is run for --seeds label subsets, and
     RUN/sweep.json holds the curve in the image sweep's form.
     """

@@ -161,8 +161,12 @@ class EvaluateOptions:
     baseline_steps: int | None = option(None, "Sweep: each baseline's budget in steps (with "
                                         "--baseline-minutes, whichever ends first).")
     protocol: str = option("probes", "probes (linear, kNN) or finetune (probes + fine-tuning "
-                           "the whole encoder, against the same encoder from scratch).")
-    finetune_minutes: float = option(5.0, "Finetune: budget of each fine-tuning run.")
+                           "the whole encoder, against the same encoder from scratch); text "
+                           "also setfit (probes + SetFit-style contrastive fine-tuning on "
+                           "same/different-label pairs, then a logistic head) or "
+                           "finetune,setfit.")
+    finetune_minutes: float = option(5.0, "Finetune: budget of each fine-tuning run (text: "
+                                     "and of each SetFit-style one).")
     finetune_fractions: str = option("1", "Finetune: label fractions to fine-tune with, e.g. "
                                      "0.1,1.")
     pairs: str | None = option(None, "CLIP: held-out image-caption pairs for retrieval R@K.")
@@ -181,7 +185,13 @@ class EvaluateOptions:
     finetune_epochs: int | None = option(None, "Text: also end each fine-tuning after this many "
                                          "epochs.")
     finetune_head: str = option("random", "Text: the fine-tuning head starts 'random' (near "
-                                "zero) or as a linear 'probe' of the frozen features (LP-FT).")
+                                "zero) or as a linear 'probe' of the frozen features (LP-FT; "
+                                "kept unless fine-tuning beats it on the validation carve).")
+    setfit_iterations: int | None = option(None, "Text, setfit: rounds of pair generation, each "
+                                           "one same-label and one other-label pair per text "
+                                           "(default 20, SetFit's R).")
+    setfit_max_pairs: int | None = option(None, "Text, setfit: at most this many pairs, half "
+                                          "of each kind (default 1920: R=20 up to 48 texts).")
     test_size: int | None = option(None, "Text: score on a fixed seeded random subset of the "
                                    "test.")
     out: Path | None = option(None, "Text, evaluating a Hugging Face folder: where eval.json "

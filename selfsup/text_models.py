@@ -1,6 +1,8 @@
 """Text models as selfsup reads them: a run's ``hf_text`` encoder or a Hugging Face folder, with
 its tokenizer; tokenisation that cuts to the model's positions (and counts what it cut); and
-mean-pooled sentence features.
+sentence features as the model's own pipeline makes them (the encoder pools and normalises as
+its starting folder's sentence-transformers modules say: selfsup/models/sentence.py; MiniLM is
+mean pooling + L2 normalisation; mean pooling where nothing is declared).
 
 Below ``selfsup.evaluate`` and ``selfsup.loading``, which both use it: the evaluation's probes
 and fine-tuning, and ``selfsup.load(...).embed(texts)``, read features the same way.
@@ -25,9 +27,11 @@ from selfsup.models.hf_text import (
     HFTextEncoder,
     check_tokenizer,
     hf_text,
+    load_hf_config,
     load_hf_tokenizer,
     tokenize,
 )
+from selfsup.models.sentence import sentence_pooling
 from selfsup.run import as_run, load_encoder
 
 log = logging.getLogger("selfsup")
@@ -53,11 +57,18 @@ class TextModel:
     def pad_id(self) -> int:
         return int(self.encoder.pad_id)
 
+    @property
+    def pooling(self) -> dict[str, Any]:
+        """How the encoder makes one vector of a text (``{"pooling", "normalize"}``)."""
+        return {"pooling": getattr(self.encoder, "pooling", "mean"),
+                "normalize": bool(getattr(self.encoder, "normalize", False))}
+
     def fresh(self, seed: int = 0) -> TextModel:
-        """The same architecture and tokenizer, randomly initialised (the from-scratch one)."""
+        """The same architecture, pooling and tokenizer, randomly initialised (the from-scratch
+        one)."""
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            encoder = hf_text(config=self.encoder.config.to_dict())
+            encoder = hf_text(config=self.encoder.config.to_dict(), **self.pooling)
         return TextModel(encoder, self.tokenizer, f"{self.source} architecture, random init")
 
 
@@ -84,8 +95,11 @@ def is_text_target(path: str | Path) -> bool:
 
 
 def load_folder_model(path: str | Path) -> TextModel:
-    """A Hugging Face encoder folder (e.g. MiniLM) with its pretrained weights and tokenizer."""
-    encoder = HFTextEncoder.from_folder(path)
+    """A Hugging Face encoder folder (e.g. MiniLM) with its pretrained weights and tokenizer,
+    pooling as the folder's sentence-transformers modules declare (``modules.json``), so that
+    probes read the vectors the model's own users get."""
+    encoder = HFTextEncoder(load_hf_config(path), **(sentence_pooling(path) or {}))
+    encoder.load_weights(path)
     tokenizer = load_hf_tokenizer(path)
     check_tokenizer(tokenizer, encoder.config)
     return TextModel(encoder.eval(), tokenizer, str(path))
@@ -191,8 +205,9 @@ def text_features(
     encoder: nn.Module, tokens: Tokenized, pad_id: int, *, batch_size: int = 64,
     precision: str = "32",
 ) -> np.ndarray:
-    """Mean-pooled embeddings (N, D) float32, in eval mode, batches of similar length (sorted by
-    token count, so short texts are not padded to long ones; padding never changes a vector)."""
+    """Sentence embeddings (N, D) float32 as the encoder makes them (pooled, normalised where
+    its pipeline says), in eval mode, batches of similar length (sorted by token count, so
+    short texts are not padded to long ones; padding never changes a vector)."""
     precision = inference_precision(precision)
     order = np.argsort([len(x) for x in tokens.ids], kind="stable")
     out = np.zeros((len(tokens), int(encoder.embed_dim)), dtype=np.float32)

@@ -21,11 +21,14 @@ from selfsup.report import verdict
 def evaluate(**values: Any) -> None:
     """`selfsup evaluate`: the text, sweep or single-run protocol, as the run and options ask."""
     o = EvaluateOptions(**collect(values, EvaluateOptions))  # mappings parsed, None: default
-    if o.protocol not in ("probes", "finetune"):
-        raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {o.protocol!r}")
     run = values["run"]
-    if is_text_target(run):
+    if is_text_target(run):  # its own protocols (text.parse_protocol), checked before any work
         print_text_eval(_evaluate_text(run, o))
+    elif o.protocol not in ("probes", "finetune"):
+        raise SelfsupError(f"--protocol must be 'probes' or 'finetune', not {o.protocol!r}"
+                           + (" (setfit is for text models)" if "setfit" in o.protocol else ""))
+    elif o.setfit_iterations is not None or o.setfit_max_pairs is not None:
+        raise SelfsupError("--setfit-iterations and --setfit-max-pairs are for text models")
     elif o.finetune_head != "random":
         raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
                            "random head")
@@ -45,12 +48,14 @@ def evaluate(**values: Any) -> None:
 def _evaluate_text(run: Path, o: EvaluateOptions) -> dict[str, Any]:
     """The text protocols of a text run or a Hugging Face folder."""
     fields = {"text_field": o.text_field, "label_field": o.label_field}
+    setfit = {"iterations": o.setfit_iterations, "max_pairs": o.setfit_max_pairs}
     swept = o.fractions is not None or o.labels_per_class is not None
     return evaluate_text(
         run, o.data, o.test, out=o.out, fractions=o.fractions,
         labels_per_class=o.labels_per_class, protocol=o.protocol, baseline=o.baseline,
         finetune_minutes=o.finetune_minutes, finetune_epochs=o.finetune_epochs,
         finetune_head=o.finetune_head, max_length=o.max_length, seed=o.seed,
+        setfit_options={k: v for k, v in setfit.items() if v is not None} or None,
         seeds=o.seeds if swept else 1, test_size=o.test_size, progress=o.progress,
         data_options={**o.data_options, **{k: v for k, v in fields.items() if v is not None}},
         test_options=o.test_options or None,
@@ -138,8 +143,9 @@ def print_text_eval(result: dict[str, Any]) -> None:
     over = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
     table = Table(title=f"{result.get('method')} / {result['model']} on {result['test_data']} "
                         f"(test accuracy, %{over})")
-    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
-             ("start", "linear"), ("start", "finetune"), ("scratch", "finetune")]
+    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"), ("model", "setfit"),
+             ("start", "linear"), ("start", "finetune"), ("start", "setfit"),
+             ("scratch", "finetune")]
     rows = result["budgets"]
     shown = [k for k in kinds if any(k[1] in (r.get(k[0]) or {}) for r in rows)]
     table.add_column("labels")
@@ -161,7 +167,7 @@ def print_text_eval(result: dict[str, Any]) -> None:
     console.print(f"chance {100 * result['chance_accuracy']:.1f}%; texts cut to "
                   f"{result['max_length']} tokens: {cut.get('train', 0)} train, "
                   f"{cut.get('test', 0)} test")
-    if result.get("supervised") is not None:  # the report's verdict, from the same numbers
+    if result.get("supervised") is not None or "setfit" in result:  # the report's verdict
         console.print(f"Verdict: {verdict(text_sweep(result), quality=result.get('quality'))}")
     if result.get("run"):
         console.print(f"written to {Path(result['run']) / 'eval.json'}"

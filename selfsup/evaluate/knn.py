@@ -159,7 +159,8 @@ def knn_probe(
     (duplicates dropped), so the reported k is the one actually used. Ties go to the first
     setting in (ks, temperatures) order.
     """
-    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y,
+                                                 cv_folds)
     if not ks or not temperatures:
         raise SelfsupError("knn probe: ks and temperatures must not be empty")
     for k, t in itertools.product(ks, temperatures):

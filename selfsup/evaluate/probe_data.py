@@ -67,13 +67,24 @@ def _labels(y: Any, n: int, name: str) -> np.ndarray:
 
 
 def _splits(
-    train_x: Any, train_y: Any, val_x: Any, val_y: Any, test_x: Any, test_y: Any
+    train_x: Any, train_y: Any, val_x: Any, val_y: Any, test_x: Any, test_y: Any,
+    cv_folds: int | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Validate the three (features, labels) pairs; all must share the feature dimension."""
+    """Validate the three (features, labels) pairs; all must share the feature dimension.
+
+    With ``cv_folds`` the validation pair may be None (empty arrays are returned for it): the
+    settings are then chosen by cross-validation over the training rows alone, in their order.
+    """
     out = []
     dims = set()
+    no_val = val_x is None and val_y is None
+    if no_val and cv_folds is None:
+        raise SelfsupError("a probe needs validation features unless cv_folds is given")
     for split, x, y in (("train", train_x, train_y), ("val", val_x, val_y),
                         ("test", test_x, test_y)):
+        if split == "val" and no_val:
+            out += [np.zeros((0, out[0].shape[1]), np.float32), out[1][:0]]
+            continue
         fx = _features(x, f"{split} features")
         out += [fx, _labels(y, len(fx), f"{split} labels")]
         dims.add(fx.shape[1])

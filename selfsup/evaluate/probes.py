@@ -141,8 +141,11 @@ def linear_probe(
     max_iter: int = 1000,
     seed: int = 0,
     cv_folds: int | None = None,
+    standardise: bool = True,
 ) -> ProbeResult:
-    """Multinomial logistic regression (lbfgs) on standardised frozen features.
+    """Multinomial logistic regression (lbfgs) on standardised frozen features (``standardise``
+    false: on the features as given, e.g. a sentence encoder's normalised embeddings, the
+    recipe its users apply).
 
     C (inverse L2 strength) is chosen by validation accuracy with the probe fit on train, or with
     `cv_folds` by the mean accuracy of stratified k-fold cross-validation over train and val
@@ -150,30 +153,32 @@ def linear_probe(
     with that C and scored on test, which never influences a choice. `chosen` also records
     whether the final fit converged within `max_iter`.
     """
-    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y,
+                                                 cv_folds)
     grid = _c_grid(Cs, tr_y, "linear probe")
     all_x = np.concatenate([tr_x, va_x])
     all_y = np.concatenate([tr_y, va_y])
 
     chosen: dict[str, Any] = {}
     if cv_folds is None:
-        accuracies, best_model = _c_path(tr_x, tr_y, va_x, va_y, grid, max_iter, seed)
+        accuracies, best_model = _c_path(tr_x, tr_y, va_x, va_y, grid, max_iter, seed,
+                                         standardise)
         best = _best(accuracies)
         # Warm start the final fit from the chosen model where the classes (so shapes) agree.
         same_classes = np.array_equal(np.unique(all_y), best_model.classes_)
         final = best_model if same_classes else None
     else:
         accuracies, chosen["cv_folds"] = _cross_validated(
-            lambda *fold: _c_path(*fold, grid, max_iter, seed)[0],
+            lambda *fold: _c_path(*fold, grid, max_iter, seed, standardise)[0],
             all_x, all_y, cv_folds, seed, "linear probe",
         )
         best = _best(accuracies)
         final = None
     if final is None:
         final = LogisticRegression(C=grid[best], max_iter=max_iter, random_state=seed)
-    scaler = StandardScaler().fit(all_x)
-    converged = _fit_logreg(final, scaler.transform(all_x), all_y)
-    predicted = final.predict(scaler.transform(te_x))
+    scale = StandardScaler(with_mean=standardise, with_std=standardise).fit(all_x).transform
+    converged = _fit_logreg(final, scale(all_x), all_y)
+    predicted = final.predict(scale(te_x))
     return ProbeResult(
         accuracy=_accuracy(predicted, te_y),
         val_accuracy=float(accuracies[best]),
@@ -258,7 +263,8 @@ def svm_probe(
     cross-validation over train and val with `cv_folds`; ties to the smaller C), the SVM is
     refit on train+val and scored once on test.
     """
-    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y)
+    tr_x, tr_y, va_x, va_y, te_x, te_y = _splits(train_x, train_y, val_x, val_y, test_x, test_y,
+                                                 cv_folds)
     grid = _c_grid(Cs, tr_y, "svm probe")
     all_x = np.concatenate([tr_x, va_x])
     all_y = np.concatenate([tr_y, va_y])

@@ -3,6 +3,7 @@ label subset, and one point's summary over its seeds; shared by the image and te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn.metrics import f1_score
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 
 #: The protocols a sweep point may score.
-PROTOCOLS = ("linear", "knn", "finetune", "supervised", "minirocket")
+PROTOCOLS = ("linear", "knn", "finetune", "setfit", "supervised", "minirocket")
 
 # ---------------------------------------------------------------------------------------------
 # Scores and summaries
@@ -40,15 +41,33 @@ def probe_subset(
     test_y: np.ndarray,
     seed: int,
     val_fraction: float,
+    *,
+    cv_below: int = 0,
+    cv_folds: int = 5,
+    standardise: bool = True,
+    Cs: Sequence[float] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Linear and kNN probes on one label subset; choices on a validation carve of that subset."""
-    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
-    split = (train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx],
-             test_x, test_y)
+    """Linear and kNN probes on one label subset; choices on a validation carve of that subset,
+    or, for a subset of fewer than ``cv_below`` examples, by stratified ``cv_folds``-fold
+    cross-validation over all of it, in its order (a carve of a few texts chooses by noise).
+    ``standardise`` and ``Cs`` are the linear probe's (:func:`linear_probe`)."""
+    grid = {"Cs": tuple(Cs)} if Cs is not None else {}
+    if len(train_y) < cv_below:
+        split: tuple[Any, ...] = (train_x, train_y, None, None, test_x, test_y)
+        folds: dict[str, Any] = {"cv_folds": cv_folds}
+        num_fit, num_val = len(train_y), 0
+    else:
+        fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
+        split = (train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx],
+                 test_x, test_y)
+        folds, num_fit, num_val = {}, len(fit_idx), len(val_idx)
     out = {}
-    for name, result in (("linear", linear_probe(*split, seed=seed)), ("knn", knn_probe(*split))):
+    for name, result in (
+        ("linear", linear_probe(*split, seed=seed, standardise=standardise, **grid, **folds)),
+        ("knn", knn_probe(*split, seed=seed, **folds)),
+    ):
         out[name] = {**result.as_dict(), "macro_f1": macro_f1(test_y, result.predictions)}
-    out["linear"]["num_fit"], out["linear"]["num_val"] = len(fit_idx), len(val_idx)
+    out["linear"]["num_fit"], out["linear"]["num_val"] = num_fit, num_val
     return out
 
 
@@ -64,6 +83,9 @@ def summarise_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "minirocket" in summary:  # the paired gap to the series reference (same labels)
         gaps = [r["linear"]["accuracy"] - r["minirocket"]["accuracy"] for r in runs]
         summary["linear_minus_minirocket"] = spread(gaps)
+    if "setfit" in summary:  # text: the SetFit-style protocol against the probe (same labels)
+        gaps = [r["setfit"]["accuracy"] - r["linear"]["accuracy"] for r in runs]
+        summary["setfit_minus_linear"] = spread(gaps)
     if "supervised" in summary:
         for probe in ("linear", "knn"):
             gaps = [r[probe]["accuracy"] - r["supervised"]["accuracy"] for r in runs]

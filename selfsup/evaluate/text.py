@@ -5,15 +5,22 @@ and a labelled training and test set (selfsup/data/labelled_text.py), at each la
 (``--labels-per-class 10,100,all`` or ``--fractions``; one stratified subset per budget, drawn
 from the training data only):
 
-- **sentence embeddings**: mean-pooled token states (Reimers & Gurevych 2019), texts cut to the
-  model's positions (``max_length``) with the number cut logged and recorded, never a crash;
-- **linear probe and kNN** on those cached features, hyper-parameters chosen on a validation
-  carve of the subset (selfsup/evaluate/probes.py);
+- **sentence embeddings** as the model's own pipeline makes them (a sentence-transformers
+  folder's pooling and normalisation; else mean-pooled token states, Reimers & Gurevych 2019),
+  texts cut to the model's positions (``max_length``) with the number cut logged and recorded,
+  never a crash;
+- **linear probe and kNN** on those cached features, hyper-parameters chosen by
+  cross-validation over a small subset, else on a validation carve of it
+  (text_protocol.TEXT_PROBES, selfsup/evaluate/probes.py);
 - **fine-tuning** of the whole encoder plus a linear head (``protocol="finetune"``; the recipe of
   Devlin et al. 2019 at CPU scale: AdamW, lr 5e-5, weight decay 0.01, linear warm-up then
-  cosine decay, batch 16), keeping the epoch with the best accuracy on a validation carve;
-  the head starts near zero, or (``finetune_head="probe"``) as a linear probe of the frozen
-  features (LP-FT, Kumar et al. 2022);
+  cosine decay, batch 16), keeping the epoch with the best accuracy on a validation carve and
+  stopping early without progress on it; the head starts near zero, or
+  (``finetune_head="probe"``) as a linear probe of the frozen features (LP-FT, Kumar et al.
+  2022), a start that is kept unless fine-tuning beats it on the carve;
+- **SetFit-style** (``protocol="setfit"``; Tunstall et al. 2022, selfsup/evaluate/setfit.py):
+  contrastive fine-tuning on same-label / different-label pairs of the labelled subset, then a
+  logistic head on the fine-tuned embeddings; ``protocol="finetune,setfit"`` runs both;
 
 against (a) **the same architecture from scratch**, fine-tuned on the same labels with the same
 budget (it needs a larger learning rate, 5e-4, having nothing pre-trained to protect), and (b)
@@ -68,6 +75,19 @@ from selfsup.text_models import (  # re-exported: the evaluation's public names
 
 log = logging.getLogger("selfsup")
 
+#: What ``protocol`` may name for a text model: the probes always run, the others add to them.
+TEXT_PROTOCOLS = ("probes", "finetune", "setfit")
+
+
+def parse_protocol(protocol: str) -> tuple[bool, bool]:
+    """(fine-tune?, SetFit-style?) from ``probes``, ``finetune``, ``setfit`` or a comma list
+    such as ``finetune,setfit``."""
+    parts = {p.strip() for p in str(protocol).split(",") if p.strip()}
+    if not parts or parts - set(TEXT_PROTOCOLS):
+        raise SelfsupError(f"--protocol must be probes, finetune, setfit or finetune,setfit "
+                           f"for a text model, not {protocol!r}")
+    return "finetune" in parts, "setfit" in parts
+
 
 def read_splits(
     data: str, test: str | None, *, data_options: dict[str, Any] | None = None,
@@ -107,6 +127,7 @@ def evaluate_text_model(
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
     finetune_head: str = "random",
+    setfit_options: dict[str, Any] | None = None,
     max_length: int | None = 128,
     seed: int = 0,
     seeds: int = 1,
@@ -119,9 +140,9 @@ def evaluate_text_model(
 ) -> dict[str, Any]:
     """Evaluate a text model (a Hugging Face folder, an hf_text run, or a loaded TextModel)
     without reading any run state: e.g. MiniLM as the starting model. Writes ``out/eval.json``
-    when ``out`` is given."""
-    if protocol not in ("probes", "finetune"):
-        raise SelfsupError(f"protocol must be 'probes' or 'finetune', not {protocol!r}")
+    when ``out`` is given. ``setfit_options``: fields of setfit.SetFitConfig (e.g.
+    ``iterations``, ``max_pairs``)."""
+    finetune, setfit = parse_protocol(protocol)
     if out is not None:
         check_writable(out, "eval.json", hint="choose another --out")
     loaded = model if isinstance(model, TextModel) else load_text_model(model)
@@ -131,11 +152,11 @@ def evaluate_text_model(
                               seed=seed, test_size=test_size, train_size=train_size)
     result = evaluate_models(
         loaded, train, held, start=start_model,
-        budgets=parse_text_budgets(fractions, labels_per_class), finetune=protocol == "finetune",
-        baseline=baseline, finetune_minutes=finetune_minutes, finetune_epochs=finetune_epochs,
+        budgets=parse_text_budgets(fractions, labels_per_class), finetune=finetune,
+        setfit=setfit, setfit_options=setfit_options, baseline=baseline,
+        finetune_minutes=finetune_minutes, finetune_epochs=finetune_epochs,
         finetune_head=finetune_head, max_length=max_length, seed=seed, seeds=seeds,
-        progress=progress,
-        embeddings_out=embeddings_out,
+        progress=progress, embeddings_out=embeddings_out,
     )
     result["run"] = str(out) if out is not None else loaded.source
     result["method"] = "hf-folder" if is_hf_folder(loaded.source) else result["method"]
@@ -196,6 +217,7 @@ def evaluate_text(target: str | Path, data: str, test: str | None = None,
 
 
 __all__ = [
+    "TEXT_PROTOCOLS",
     "TextClassifier",
     "TextSplit",
     "budget_accuracy",
@@ -212,6 +234,7 @@ __all__ = [
     "finetune_text",
     "is_text_target",
     "load_text_model",
+    "parse_protocol",
     "parse_text_budgets",
     "read_splits",
     "text_features",

@@ -40,6 +40,8 @@ TEXT_FINETUNE = {"batch_size": 16, "lr": 5e-5, "weight_decay": 0.01, "layer_deca
 SCRATCH_LR = 5e-4
 #: Validation carves larger than this only cost time: the carve is capped at this many texts.
 MAX_VAL = 500
+#: Early stopping: epochs past the warm-up without a better validation accuracy.
+PATIENCE = 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +49,9 @@ MAX_VAL = 500
 
 
 class TextClassifier(nn.Module):
-    """Text encoder + linear head on the mean-pooled embedding (head starts near zero)."""
+    """Text encoder + linear head on the sentence embedding the encoder makes (pooled and
+    normalised as its pipeline says: the features the probes read); the head starts near
+    zero."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -96,7 +100,25 @@ def classifier_predictions(
 
 class TextFinetuneModule(FinetuneModule):
     """The image fine-tuning module's schedule, budget and best-epoch keeping, for token batches
-    (no augmentation: text has no cheap label-preserving one)."""
+    (no augmentation: text has no cheap label-preserving one).
+
+    ``keep_start``: the weights fine-tuning starts from (an LP-FT probe head) are scored on the
+    validation carve first, as epoch -1, and kept unless an epoch beats them, so the result
+    never falls below its start on that carve. ``patience``: stop after this many epochs past
+    the warm-up without a better validation accuracy (early stopping; None: never).
+    """
+
+    def __init__(self, *args: Any, keep_start: bool = False, patience: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_start = keep_start
+        self.patience = patience
+        self.stopped_early_at: int | None = None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.keep_start:
+            self.keep_if_best(-1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
@@ -114,6 +136,10 @@ class TextFinetuneModule(FinetuneModule):
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
+        elif (self.patience is not None and epoch - self.best_epoch >= self.patience
+              and self.progress() >= self.config.warmup_fraction):
+            self.stopped_early_at = epoch
+            self.trainer.should_stop = True
 
 
 def text_finetune_config(**changes: Any) -> FinetuneConfig:
@@ -136,14 +162,18 @@ def probe_head(model: TextClassifier, fit: TextSplit, config: FinetuneConfig) ->
 
 def finetune_text(
     encoder: nn.Module, train: TextSplit, test: TextSplit, num_classes: int,
-    config: FinetuneConfig,
+    config: FinetuneConfig, *, patience: int | None = PATIENCE,
 ) -> dict[str, Any]:
-    """Fine-tune ``encoder`` (changed in place) + a new linear head on ``train``; score test.
+    """Fine-tune ``encoder`` (changed in place) + a new linear head on its sentence embeddings
+    on ``train``; score test.
 
     A stratified validation carve (``val_fraction``, at most MAX_VAL texts) of ``train`` picks
-    the epoch whose weights are kept; the budget is ``minutes`` and/or ``epochs``. With
+    the epoch whose weights are kept; the budget is ``minutes`` and/or ``epochs``, and training
+    stops early after ``patience`` epochs past the warm-up without a better carve score. With
     ``config.head_init == "probe"`` the head starts as a linear probe of the frozen encoder's
-    features of the fine-tuning part (:func:`probe_head`), the validation carve unseen.
+    features of the fine-tuning part (:func:`probe_head`, LP-FT), the validation carve unseen,
+    and that start is itself a candidate (epoch -1): fine-tuning keeps it unless an epoch
+    beats it on the carve.
     """
 
     if len(train.labels) < 4:
@@ -165,7 +195,8 @@ def finetune_text(
     pl.seed_everything(config.seed, verbose=False)
     model = TextClassifier(encoder.train(), num_classes)
     head = probe_head(model, fit, config) if config.head_init == "probe" else None
-    module = TextFinetuneModule(model, config, val, len(loader))
+    module = TextFinetuneModule(model, config, val, len(loader), keep_start=head is not None,
+                                patience=patience)
     trainer = finetune_trainer(config, gradient_clip_val=1.0)
     seconds = fit_keeping_best(trainer, module, model, loader)
     predicted = classifier_predictions(model, test, config.precision)
@@ -178,6 +209,9 @@ def finetune_text(
         "num_val": len(val_idx),
         "num_test": len(test.labels),
         "head": {"init": config.head_init, **(head or {})},
+        "start_kept": module.best_epoch == -1,
+        "stopped_early_at_epoch": module.stopped_early_at,
+        "patience": patience,
         "config": {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in ("progress", "augment_options")},
     }

@@ -1,6 +1,14 @@
-"""The text protocol per label budget and seed: probes and (optionally) fine-tuning of the model,
-the same architecture from scratch and the starting model, on cached features; and the sweep
-summary (paired gains, the image sweep's form) made from its rows."""
+"""The text protocol per label budget and seed: probes and (optionally) fine-tuning and the
+SetFit-style protocol (evaluate/setfit.py) of the model, the same architecture from scratch and
+the starting model, on cached features; and the sweep summary (paired gains, the image sweep's
+form) made from its rows.
+
+The probes read the sentence embeddings the model's own pipeline makes (the encoder pools and
+normalises as its sentence-transformers modules say: MiniLM's are mean-pooled, L2-normalised)
+and apply the plain recipe to them (TEXT_PROBES): logistic regression on those features as they
+are, C from scikit-learn's LogisticRegressionCV grid, chosen by stratified 5-fold
+cross-validation over the whole labelled subset when it holds fewer than 500 texts
+(benchmarks/text_probe_recipe.py checks the match on MiniLM)."""
 
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from selfsup.evaluate.finetune import (
 )
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.quality import quality_metrics
+from selfsup.evaluate.setfit import SetFitConfig, setfit_text
 from selfsup.evaluate.sweep import (
     LabelBudget,
     label_subset,
@@ -44,16 +53,24 @@ from selfsup.text_models import (  # re-exported: the evaluation's public names
 
 log = logging.getLogger("selfsup")
 
+#: The text probes' recipe (see the module docstring). Under ``cv_below`` labelled texts a
+#: validation carve would be a handful of them (4 at 10 per class on two classes) and would
+#: choose by noise; at 500 and more a 20% carve holds 100 texts, and 5-fold cross-validation
+#: would cost five fits per setting for little.
+TEXT_PROBES: dict[str, Any] = {"cv_below": 500, "cv_folds": 5, "standardise": False,
+                               "Cs": tuple(float(c) for c in np.logspace(-4, 4, 10))}
+
 
 # ---------------------------------------------------------------------------------------------
 # The protocol
 
 
 def text_plan(budgets: int, seeds: int, *, contenders: int, finetune: bool, baseline: bool,
-              minutes: float | None, epochs: int | None) -> Plan:
+              minutes: float | None, epochs: int | None, setfit: bool = False) -> Plan:
     """What :func:`evaluate_models` will run: the features of each contender (the model, the
-    starting model), then per budget and seed the probes, the fine-tunings and the
-    from-scratch baseline, each fine-tuning bounded by ``minutes`` and/or ``epochs``."""
+    starting model), then per budget and seed the probes, the fine-tunings, the SetFit-style
+    runs and the from-scratch baseline, each fine-tuning bounded by ``minutes`` and/or
+    ``epochs`` (a SetFit-style run by ``minutes`` and its pairs)."""
     plan = Plan(budgets, seeds)
     plan.add("features", times=contenders)
     limit = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else None
@@ -63,6 +80,10 @@ def text_plan(budgets: int, seeds: int, *, contenders: int, finetune: bool, base
             plan.add("fine-tuning", minutes, limit)
             if contenders > 1:
                 plan.add("starting-model fine-tuning", minutes, limit)
+        if setfit:
+            plan.add("SetFit-style fine-tuning", minutes, "its pairs")
+            if contenders > 1:
+                plan.add("starting-model SetFit-style fine-tuning", minutes, "its pairs")
         if baseline:
             plan.add("from-scratch baseline", minutes, limit)
     return plan
@@ -70,7 +91,8 @@ def text_plan(budgets: int, seeds: int, *, contenders: int, finetune: bool, base
 
 def _probe(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
            test_y: np.ndarray, seed: int, val_fraction: float) -> dict[str, Any]:
-    return probe_subset(features[rows], labels[rows], test_x, test_y, seed, val_fraction)
+    return probe_subset(features[rows], labels[rows], test_x, test_y, seed, val_fraction,
+                        **TEXT_PROBES)
 
 
 def evaluate_models(
@@ -81,6 +103,8 @@ def evaluate_models(
     start: TextModel | None = None,
     budgets: list[LabelBudget] | None = None,
     finetune: bool = False,
+    setfit: bool = False,
+    setfit_options: dict[str, Any] | None = None,
     baseline: bool = True,
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
@@ -100,7 +124,10 @@ def evaluate_models(
     budget's row holds the first seed's full detail, and under ``runs`` / ``summary`` every
     seed's scores and their mean and spread, in the form of the image sweep (sweep.py), so that
     :func:`text_sweep` turns the record into a ``sweep.json``. Texts are embedded once for all.
-    The label-free metrics of the model's test embeddings go to ``quality``; with
+    With ``setfit``, every contender also runs the SetFit-style protocol on each subset
+    (:func:`setfit_text`; ``setfit_options``: :class:`SetFitConfig` fields, its budget in
+    minutes ``finetune_minutes``). The label-free metrics of the model's test embeddings go to
+    ``quality``; with
     ``embeddings_out``, a sample of those embeddings (for the report's map) is written there.
     Returns the eval.json record (see the module docstring); writes nothing else.
     """
@@ -110,6 +137,9 @@ def evaluate_models(
     num_classes = max(train.num_classes, test.num_classes)
     if len(np.unique(train_y)) < 2:
         raise SelfsupError(f"{train.source}: the labels hold a single class")
+    if len(set(train.texts)) < 2:
+        raise SelfsupError(f"{train.source}: all {len(train.texts)} labelled texts are "
+                           "identical: nothing tells the classes apart")
     if int(seeds) < 1:
         raise SelfsupError(f"--seeds must be at least 1, got {seeds}")
     if finetune_head not in HEAD_INITS:
@@ -126,7 +156,8 @@ def evaluate_models(
     if start is not None:
         contenders["start"] = start
     plan = text_plan(len(budgets), len(draws), contenders=len(contenders), finetune=finetune,
-                     baseline=baseline, minutes=finetune_minutes, epochs=finetune_epochs)
+                     baseline=baseline, minutes=finetune_minutes, epochs=finetune_epochs,
+                     setfit=setfit)
     plan.announce()
     with PlanBar(plan, progress) as bar:  # its units run without bars of their own
         embeddings: dict[str, dict[str, Any]] = {}
@@ -166,6 +197,9 @@ def evaluate_models(
                                            seed=seed, progress=False, head_init=finetune_head)
         # From scratch the features are random: a probe of them is no head start.
         scratch_config = dataclasses.replace(base_config, lr=scratch_lr, head_init="random")
+        setfit_config = SetFitConfig(**{"minutes": finetune_minutes, "seed": seed,
+                                        "precision": base_config.precision,
+                                        **(setfit_options or {})})
         rows_out = []
         for budget in budgets:
             name = budget_name(budget)
@@ -193,14 +227,25 @@ def evaluate_models(
                             copy.deepcopy(contender.encoder), tr, te, num_classes,
                             dataclasses.replace(base_config, seed=s))
                         bar.done()
+                if setfit:
+                    for kind, contender in contenders.items():
+                        tr, te = splits(kind, contender.pad_id, local)
+                        log.info("SetFit-style fine-tuning of %s on %s", contender.source, where)
+                        bar.start(f"SetFit-style {kind}, {where}")
+                        row[kind]["setfit"] = setfit_text(
+                            copy.deepcopy(contender.encoder), tr, te,
+                            dataclasses.replace(setfit_config, seed=s))
+                        bar.done()
                 if baseline:
                     fresh = model.fresh(s)
                     tr, te = splits("model", fresh.pad_id, local)  # the same tokenizer
                     log.info("training the same architecture from scratch on %s", where)
                     bar.start(f"from scratch, {where}")
+                    # Its whole budget: a random start may sit at chance for a while, and
+                    # stopping it early would make the reference weaker than it is.
                     row["scratch"] = {"finetune": finetune_text(
                         fresh.encoder, tr, te, num_classes,
-                        dataclasses.replace(scratch_config, seed=s))}
+                        dataclasses.replace(scratch_config, seed=s), patience=None)}
                     bar.done()
                 row["gains"] = _gains(row)
                 runs.append(_seed_scores(row, s))
@@ -234,14 +279,19 @@ def evaluate_models(
         "seed": seed,
         "seeds": int(seeds),
         "val_fraction": val_fraction,
-        "protocol": "finetune" if finetune else "probes",
+        "protocol": ",".join([*(["finetune"] if finetune else []),
+                              *(["setfit"] if setfit else [])]) or "probes",
+        "pooling": {k: c.pooling for k, c in contenders.items()},
+        "probe_config": {**TEXT_PROBES, "Cs": list(TEXT_PROBES["Cs"])},
         "finetune_config": {**dataclasses.asdict(base_config), "scratch_lr": scratch_lr},
+        **({"setfit_config": dataclasses.asdict(setfit_config)} if setfit else {}),
         "budgets": rows_out,
         "quality": {k: v for k, v in quality_metrics(test_x).items() if k != "per_dimension_std"},
         # The largest budget's scores, where image evaluations keep theirs (for the report).
         "budget": last["budget"],
         "linear": last["model"]["linear"],
         "knn": last["model"]["knn"],
+        **({"setfit": last["model"]["setfit"]} if setfit else {}),
     }
     if baseline:
         result["supervised"] = {**last["scratch"]["finetune"],
@@ -260,8 +310,9 @@ def _seed_scores(row: dict[str, Any], seed: int) -> dict[str, Any]:
     scores: dict[str, Any] = {"seed": seed, "num_labels": row["num_labels"],
                               "linear": model["linear"], "knn": model["knn"]}
     keep = ("accuracy", "macro_f1", "steps", "seconds", "val_accuracy")
-    if "finetune" in model:
-        scores["finetune"] = {k: model["finetune"].get(k) for k in keep}
+    for protocol in ("finetune", "setfit"):
+        if protocol in model:
+            scores[protocol] = {k: model[protocol].get(k) for k in keep}
     if "scratch" in row:
         scores["supervised"] = {k: row["scratch"]["finetune"].get(k) for k in keep}
     if "start" in row:
@@ -272,7 +323,8 @@ def _seed_scores(row: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def budget_accuracy(row: dict[str, Any], kind: str, protocol: str) -> dict[str, Any] | None:
     """Mean and spread over seeds of one contender's test accuracy in a budget's row (kind
-    'model', 'start' or 'scratch'; protocol 'linear', 'knn' or 'finetune'); None if not run."""
+    'model', 'start' or 'scratch'; protocol 'linear', 'knn', 'finetune' or 'setfit'); None if
+    not run."""
     runs = row.get("runs") or [_seed_scores(row, row.get("seed", 0))]
     values = []
     for scores in runs:
@@ -326,9 +378,12 @@ def _gains(row: dict[str, Any]) -> dict[str, float]:
     if "start" in row:
         gains["linear_over_start"] = (model["linear"]["accuracy"]
                                       - row["start"]["linear"]["accuracy"])
-        if "finetune" in model and "finetune" in row["start"]:
-            gains["finetune_over_start"] = (model["finetune"]["accuracy"]
-                                            - row["start"]["finetune"]["accuracy"])
+        for protocol in ("finetune", "setfit"):
+            if protocol in model and protocol in row["start"]:
+                gains[f"{protocol}_over_start"] = (model[protocol]["accuracy"]
+                                                   - row["start"][protocol]["accuracy"])
+    if "setfit" in model:
+        gains["setfit_over_linear"] = model["setfit"]["accuracy"] - model["linear"]["accuracy"]
     if "scratch" in row:
         scratch = row["scratch"]["finetune"]["accuracy"]
         gains["linear_over_scratch"] = model["linear"]["accuracy"] - scratch

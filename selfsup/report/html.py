@@ -258,6 +258,9 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
         reference = sweep_minirocket_sentence(points)
         if reference:
             sentences.append(reference)
+        few_label = sweep_setfit_sentence(points)
+        if few_label:
+            sentences.append(few_label)
         if any(_stat(p["summary"], "supervised", "accuracy") for p in points):
             sentences.append(budget_sentence(sweep.get("pretrain_seconds"),
                                              _sweep_baseline_seconds(points),
@@ -299,6 +302,28 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
             f"(std ratio {quality.get('std_ratio', float('nan')):.3f}, effective rank "
             f"{quality.get('effective_rank', float('nan')):.1f})")
     return ". ".join(s.rstrip(".") for s in sentences) + "."
+
+
+def sweep_setfit_sentence(points: list[dict[str, Any]]) -> str | None:
+    """Text: the SetFit-style protocol against the linear probe of the same encoder, paired over
+    the same label subsets, at each budget; None where it was not run."""
+    parts = []
+    for p in points:
+        gap = _stat(p["summary"], "setfit_minus_linear")
+        ours = _stat(p["summary"], "setfit", "accuracy")
+        lin = _stat(p["summary"], "linear", "accuracy")
+        if gap is None or ours is None or lin is None:
+            continue
+        how = ("matches" if abs(gap["mean"]) < TIE else
+               "beats" if gap["mean"] > 0 else "trails")
+        by = ("" if how == "matches" else
+              f" by {_points(gap['mean'])} ± {_points(gap['std'])} points")
+        parts.append(f"{how} the linear probe{by} with {_budget_words(p)}: "
+                     f"{_pct(ours['mean'])} vs {_pct(lin['mean'])}")
+    if not parts:
+        return None
+    return ("SetFit-style fine-tuning (contrastive pairs from the labels, then a logistic head) "
+            + "; ".join(parts))
 
 
 def sweep_minirocket_sentence(points: list[dict[str, Any]]) -> str | None:
@@ -428,6 +453,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     columns = [("linear acc %", ("linear", "accuracy")), ("linear F1 %", ("linear", "macro_f1")),
                ("kNN acc %", ("knn", "accuracy")), ("kNN F1 %", ("knn", "macro_f1")),
                ("fine-tune acc %", ("finetune", "accuracy")),
+               ("SetFit-style acc %", ("setfit", "accuracy")),
                ("supervised acc %", ("supervised", "accuracy")),
                ("supervised F1 %", ("supervised", "macro_f1")),
                ("MiniRocket acc %", ("minirocket", "accuracy")),
@@ -444,7 +470,8 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
     """The sweep as a Markdown table (accuracy in %, mean ± std over seeds), for benchmark
     results and READMEs: every protocol run, the paired gap and the ratio to supervised."""
     columns = [("linear probe", ("linear", "accuracy")), ("kNN", ("knn", "accuracy")),
-               ("fine-tune", ("finetune", "accuracy")), ("supervised", ("supervised", "accuracy")),
+               ("fine-tune", ("finetune", "accuracy")), ("SetFit-style", ("setfit", "accuracy")),
+               ("supervised", ("supervised", "accuracy")),
                ("MiniRocket", ("minirocket", "accuracy")),
                ("linear − supervised (points)", ("linear_minus_supervised",)),
                ("linear / supervised", ("linear_over_supervised",))]
@@ -471,8 +498,8 @@ def text_eval_table(evaluation: dict[str, Any]) -> str:
     """A text evaluation's budgets: the model's probes and fine-tuning against the starting
     model and the same architecture from scratch (test accuracy)."""
 
-    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"),
-             ("start", "linear"), ("start", "knn"), ("start", "finetune"),
+    kinds = [("model", "linear"), ("model", "knn"), ("model", "finetune"), ("model", "setfit"),
+             ("start", "linear"), ("start", "knn"), ("start", "finetune"), ("start", "setfit"),
              ("scratch", "finetune")]
     names = {"model": "model", "start": "starting model", "scratch": "from scratch"}
     budgets = evaluation["budgets"]
