@@ -285,12 +285,20 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/selfsup-ucr-pooled",
                         help="runs and per-result files (resumable)")
     parser.add_argument("--quick", action="store_true", help="smoke run: two sets, few steps")
+    parser.add_argument("--sets", default=None,
+                        help="comma-separated data sets (with --only per-set: a share of them)")
     parser.add_argument("--only", choices=("pooled-runs", "per-set"), default=None,
                         help="one part of the work, to run two processes side by side")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     setting, steps, names = Setting(), POOLED_STEPS, list(DATASETS)
     work = Path(args.work)
+    if args.sets:
+        names = [n.strip() for n in args.sets.split(",")]
+        unknown = sorted(set(names) - set(DATASETS))
+        if unknown:
+            raise SystemExit(f"unknown data set(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(DATASETS)}")
     if args.quick:
         setting = Setting(steps=5, big_steps=5)
         steps, names, work = 5, ["GunPoint", "BasicMotions"], work / "quick"
