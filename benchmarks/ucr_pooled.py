@@ -271,8 +271,10 @@ def markdown(result: dict[str, Any]) -> str:
                                for n, r in result["summary"]["table"].items())
         + " (the first fit in a process includes numba's compilation).",
         "",
-        f"Machine: {result['machine']}; load average {result['load']}. Total "
-        f"{result['seconds'] / 60:.0f} min of this process.",
+        f"Machine: {result['machine']}; load average {result['load']}. This process took "
+        f"{result['seconds'] / 60:.0f} min; results already under --work (runs trained by "
+        "earlier `--only` processes, side by side) are read, not remade, so the pre-training "
+        "times above are what those runs measured.",
         "",
         f"Reproduce: `{result['reproduce']}`",
     ]
