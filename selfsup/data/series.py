@@ -594,11 +594,8 @@ def load_series(path: str | Path, options: dict[str, Any] | None = None) -> Seri
     """Read a series file, or pool several (a comma-separated list, a folder: see
     :func:`pool_series`); ``options`` are the data options of the module docstring."""
     files = series_files(path)
-    if files is not None:
-        data = pool_series([load_series(f, options) for f in files])
-        if len(data) == 0:
-            raise SelfsupError(f"{path}: the pooled files hold no series")
-        return data
+    if files is not None:  # each file refuses having no series itself, naming the file
+        return pool_series([load_series(f, options) for f in files])
     options = dict(options or {})
     if shards.is_prepared(path):  # `selfsup prepare` output: read from its shards
         if options:
