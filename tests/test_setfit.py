@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_cli
-from test_text_eval import make_run, toy_texts, write_jsonl
+from test_text_eval import labelled_files, make_run, tiny_text_model, toy_texts, write_jsonl
 
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import setfit as setfit_module
@@ -27,10 +27,7 @@ from selfsup.evaluate.setfit import (
 from selfsup.evaluate.text import TextModel, TextSplit, text_features, tokenize_texts
 from selfsup.evaluate.text_protocol import TEXT_PROBES
 from selfsup.models.hf_text import (
-    HFTextEncoder,
     save_hf_folder,
-    small_bert_config,
-    wordpiece_tokenizer,
 )
 from selfsup.report import verdict
 from selfsup.text_models import load_folder_model
@@ -47,12 +44,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model() -> TextModel:
-    texts, _ = toy_texts(200, 0)
-    tokenizer = wordpiece_tokenizer(texts + ["x y z", "held out words only"], vocab_size=120)
-    config = small_bert_config(tokenizer.get_vocab_size(), dim=32, layers=1, heads=2,
-                               max_length=32, dropout=0.1)
-    torch.manual_seed(0)
-    return TextModel(HFTextEncoder(config).eval(), tokenizer, "tiny")
+    return tiny_text_model(["x y z", "held out words only"], dropout=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +56,7 @@ def hf_folder(tiny_model: TextModel, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("labelled")
-    names = {0: "pos", 1: "neg"}
-    texts, labels = toy_texts(40, 1)
-    train = write_jsonl(root / "train.jsonl", texts, [names[y] for y in labels])
-    texts, labels = toy_texts(20, 2)
-    test = write_jsonl(root / "test.jsonl", texts, [names[y] for y in labels])
-    return train, test
+    return labelled_files(tmp_path_factory.mktemp("labelled"), 40, 20)
 
 
 def split_of(model: TextModel, texts: list[str], labels: list[int]) -> TextSplit:

@@ -62,6 +62,26 @@ def write_jsonl(path: Path, texts: list[str], labels: list, text_key: str = "tex
     return path
 
 
+def tiny_text_model(extra_texts: list[str], dropout: float) -> TextModel:
+    """A one-layer random BERT with a WordPiece vocabulary of the toy task (seed 0)."""
+    texts, _ = toy_texts(200, 0)
+    tokenizer = wordpiece_tokenizer(texts + extra_texts, vocab_size=120)
+    config = small_bert_config(tokenizer.get_vocab_size(), dim=32, layers=1, heads=2,
+                               max_length=32, dropout=dropout)
+    torch.manual_seed(0)
+    return TextModel(HFTextEncoder(config).eval(), tokenizer, "tiny")
+
+
+def labelled_files(root: Path, num_train: int, num_test: int) -> tuple[Path, Path]:
+    """train.jsonl and test.jsonl of the toy task, labels named pos/neg."""
+    names = {0: "pos", 1: "neg"}
+    texts, labels = toy_texts(num_train, 1)
+    train = write_jsonl(root / "train.jsonl", texts, [names[y] for y in labels])
+    texts, labels = toy_texts(num_test, 2)
+    test = write_jsonl(root / "test.jsonl", texts, [names[y] for y in labels])
+    return train, test
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention."""
@@ -73,12 +93,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model() -> TextModel:
-    texts, _ = toy_texts(200, 0)
-    tokenizer = wordpiece_tokenizer(texts + ["x y z"], vocab_size=120)
-    config = small_bert_config(tokenizer.get_vocab_size(), dim=32, layers=1, heads=2,
-                               max_length=32, dropout=0.0)
-    torch.manual_seed(0)
-    return TextModel(HFTextEncoder(config).eval(), tokenizer, "tiny")
+    return tiny_text_model(["x y z"], dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +105,7 @@ def hf_folder(tiny_model: TextModel, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("labelled")
-    names = {0: "pos", 1: "neg"}
-    texts, labels = toy_texts(80, 1)
-    train = write_jsonl(root / "train.jsonl", texts, [names[y] for y in labels])
-    texts, labels = toy_texts(40, 2)
-    test = write_jsonl(root / "test.jsonl", texts, [names[y] for y in labels])
-    return train, test
+    return labelled_files(tmp_path_factory.mktemp("labelled"), 80, 40)
 
 
 def make_run(root: Path, model: TextModel, init: Path | None) -> Path:
