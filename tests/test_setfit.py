@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_cli
-from test_text_eval import labelled_files, make_run, tiny_text_model, toy_texts, write_jsonl
+from test_text_eval import (  # one_thread: the same autouse fixture, one thread per module
+    labelled_files,
+    make_run,
+    one_thread,  # noqa: F401
+    tiny_text_model,
+    toy_texts,
+    write_jsonl,
+)
 
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import setfit as setfit_module
@@ -31,15 +38,6 @@ from selfsup.models.hf_text import (
 )
 from selfsup.report import verdict
 from selfsup.text_models import load_folder_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
