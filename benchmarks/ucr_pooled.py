@@ -48,6 +48,7 @@ from selfsup.data.series import SeriesData, load_series
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.probes import linear_probe, stratified_split
+from selfsup.models import build_encoder
 from selfsup.run import RunDir, load_encoder
 
 POOLED_STEPS = 800
@@ -113,6 +114,26 @@ def per_set(name: str, seed: int, setting: Setting, work: Path) -> dict[str, Any
             "steps": steps, "batch_size": batch}
 
 
+def supervised_run(name: str, seed: int, setting: Setting, work: Path) -> float:
+    """benchmarks/ucr.py's supervised baseline with per-set SSL's steps and batch."""
+    train, test = split(name)
+    return supervised(setting, train, test, *budget(setting, len(train)), seed,
+                      work / "runs" / f"{name}-supervised-{seed}")
+
+
+def instance_norm_check(setting: Setting) -> dict[str, Any]:
+    """Train-split CV accuracy of the linear probe on a randomly initialised channel-independent
+    encoder, with and without ``instance_norm``, on JapaneseVowels (seed 0): the recipe choice
+    of the pooled runs (whether pooled series are z-normalised one by one)."""
+    out = {}
+    for on in (True, False):
+        torch.manual_seed(0)
+        encoder = build_encoder(setting.encoder, in_channels=1, channel_independent=True,
+                                instance_norm=on, **setting.encoder_options).eval()
+        out[f"instance_norm={on}"] = probe(encoder, "JapaneseVowels", 0, setting)
+    return out
+
+
 def pooled_run(seed: int, setting: Setting, work: Path, steps: int) -> dict[str, Any]:
     data = ",".join(str(DATA / f) for f in DATASETS.values())
     values = {**common(setting, steps, POOLED_BATCH, seed)}
@@ -129,9 +150,8 @@ def per_set_part(seeds: list[int], setting: Setting, work: Path, names: list[str
     for seed in seeds:
         for name in names:
             cache.get(f"per-set-{name}-{seed}", lambda n=name, s=seed: per_set(n, s, setting, work))
-            cache.get(f"supervised-{name}-{seed}", lambda n=name, s=seed: supervised(
-                setting, *split(n), *budget(setting, len(split(n)[0])), s,
-                work / "runs" / f"{n}-supervised-{s}"))
+            cache.get(f"supervised-{name}-{seed}",
+                      lambda n=name, s=seed: supervised_run(n, s, setting, work))
             print(f"{name} seed {seed}: per-set and supervised done", flush=True)
 
 
@@ -170,9 +190,7 @@ def measure(seeds: list[int], setting: Setting, work: Path, pooled_steps: int,
             entry["per_set"] = {**trained, **probe(per_set_encoder, name, seed, setting)}
             entry["supervised"] = cache.get(
                 f"supervised-{name}-{seed}",
-                lambda n=name, s=seed: supervised(
-                    setting, *split(n), *budget(setting, len(split(n)[0])), s,
-                    work / "runs" / f"{n}-supervised-{s}"))
+                lambda n=name, s=seed: supervised_run(n, s, setting, work))
             print(f"{name} seed {seed}: pooled {entry['pooled']['accuracy']:.3f}, per-set "
                   f"{entry['per_set']['accuracy']:.3f}, MiniRocket "
                   f"{entry['minirocket']['accuracy']:.3f}, supervised "
@@ -289,6 +307,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: two sets, few steps")
     parser.add_argument("--sets", default=None,
                         help="comma-separated data sets (with --only per-set: a share of them)")
+    parser.add_argument("--instance-norm-check", action="store_true",
+                        help="only the recipe check: instance_norm on/off on JapaneseVowels")
     parser.add_argument("--only", choices=("pooled-runs", "per-set"), default=None,
                         help="one part of the work, to run two processes side by side")
     args = parser.parse_args()
@@ -305,6 +325,13 @@ def main() -> None:
         setting = Setting(steps=5, big_steps=5)
         steps, names, work = 5, ["GunPoint", "BasicMotions"], work / "quick"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.instance_norm_check:
+        check = instance_norm_check(setting)
+        atomic.write_json(RESULTS / "ucr_pooled_instance_norm.json", check)
+        for key, row in check.items():
+            print(f"JapaneseVowels, random channel-independent encoder, {key}: train-split CV "
+                  f"{row['val_accuracy']:.3f}, test {row['accuracy']:.3f}")
+        return
     load = os.getloadavg()
     started = time.monotonic()
     out = measure(seeds, setting, work, steps, names, args.only)

@@ -140,9 +140,8 @@ def test_minirocket_separates_an_easy_task_and_pads_unequal_train_and_test_lengt
     assert train.values.shape[2] != test.values.shape[2]
     result = minirocket_reference(train, test, seed=0, n_kernels=840)
     assert result["accuracy"] >= 0.9  # sine vs square waves: MiniRocket's features tell them
-    shuffled = minirocket_reference(train, test.subset(np.arange(len(test)), "t"), seed=0,
-                                    n_kernels=840)
-    assert shuffled["accuracy"] == result["accuracy"]  # deterministic under its seed
+    again = minirocket_reference(train, test, seed=0, n_kernels=840)
+    assert again["accuracy"] == result["accuracy"]  # deterministic under its seed
 
 
 def test_verdict_says_whether_ssl_beat_minirocket():

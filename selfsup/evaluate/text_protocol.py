@@ -200,6 +200,13 @@ def evaluate_models(
         setfit_config = SetFitConfig(**{"minutes": finetune_minutes, "seed": seed,
                                         "precision": base_config.precision,
                                         **(setfit_options or {})})
+        # The protocols that train a copy of each contender's encoder: (key, label, run).
+        tuners = [t for t, wanted in (
+            (("finetune", "fine-tuning", lambda enc, tr, te, s: finetune_text(
+                enc, tr, te, num_classes, dataclasses.replace(base_config, seed=s))), finetune),
+            (("setfit", "SetFit-style fine-tuning", lambda enc, tr, te, s: setfit_text(
+                enc, tr, te, dataclasses.replace(setfit_config, seed=s))), setfit),
+        ) if wanted]
         rows_out = []
         for budget in budgets:
             name = budget_name(budget)
@@ -218,23 +225,12 @@ def evaluate_models(
                     row[kind] = _probe(train_x, train_y[needed], local, test_x, test_y, s,
                                        val_fraction)
                 bar.done()
-                if finetune:
+                for protocol, label, tune in tuners:  # each contender, a copy of its encoder
                     for kind, contender in contenders.items():
                         tr, te = splits(kind, contender.pad_id, local)
-                        log.info("fine-tuning %s on %s", contender.source, where)
-                        bar.start(f"fine-tuning {kind}, {where}")
-                        row[kind]["finetune"] = finetune_text(
-                            copy.deepcopy(contender.encoder), tr, te, num_classes,
-                            dataclasses.replace(base_config, seed=s))
-                        bar.done()
-                if setfit:
-                    for kind, contender in contenders.items():
-                        tr, te = splits(kind, contender.pad_id, local)
-                        log.info("SetFit-style fine-tuning of %s on %s", contender.source, where)
-                        bar.start(f"SetFit-style {kind}, {where}")
-                        row[kind]["setfit"] = setfit_text(
-                            copy.deepcopy(contender.encoder), tr, te,
-                            dataclasses.replace(setfit_config, seed=s))
+                        log.info("%s %s on %s", label, contender.source, where)
+                        bar.start(f"{label} {kind}, {where}")
+                        row[kind][protocol] = tune(copy.deepcopy(contender.encoder), tr, te, s)
                         bar.done()
                 if baseline:
                     fresh = model.fresh(s)

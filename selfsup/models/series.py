@@ -14,7 +14,8 @@ embeddings, so sets of any channel count share one encoder; set by the pooled da
 Kim et al. 2022; opt-in, ``--encoder-option instance_norm=true``). Pooled runs leave
 ``instance_norm`` off: it discards each series' level and scale, and on JapaneseVowels, whose
 12 coefficients' levels tell the speakers apart, the train-split cross-validation accuracy of
-a linear probe fell from 0.98 to 0.80 with it (benchmarks/README.md, pooled series).
+a linear probe fell from 0.985 to 0.796 with it (benchmarks/ucr_pooled.py
+--instance-norm-check).
 
 ``forward`` returns one embedding per series (B, embed_dim); ``features`` returns per-token
 features (B, N, feature_dim) with a validity mask, where a token is one step (CNN) or one patch of
