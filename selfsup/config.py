@@ -68,6 +68,10 @@ class PretrainConfig:
     # faster than fp32 there), else fp32 (emulated bf16 is many times slower than fp32).
     precision: str = option("auto", "auto (bf16 autocast where the CPU or GPU has native bf16, "
                             "else 32), bf16 or 32.")
+    # "auto": compile the training step where the budget wins the compilation time back (at
+    # least 3 minutes or 500 steps) and a C++ compiler is present; config.yaml records on/off.
+    compile: str = option("auto", "torch.compile the training step: auto (on for runs of 3+ "
+                          "minutes or 500+ steps, where a C++ compiler is present), on or off.")
     seed: int = option(0, "Random seed.")
     # Optimiser: AdamW with linear warm-up then cosine decay over the budget's progress.
     lr: float = option(2e-3, "Peak AdamW learning rate, used as given: with k times the global "
@@ -112,6 +116,8 @@ class PretrainConfig:
         if self.precision == "auto":  # the run's config.yaml records what was chosen
             on_gpu = self.accelerator in ("gpu", "auto") and _cuda_available()
             self.precision = "bf16" if native_bf16("cuda" if on_gpu else "cpu") else "32"
+        if self.compile not in ("auto", "on", "off"):
+            raise SelfsupError(f"compile must be 'auto', 'on' or 'off', not {self.compile!r}")
         if self.skip_nonfinite and self.devices * self.num_nodes > 1:
             raise SelfsupError(
                 "--skip-nonfinite works in one process only: a step skipped on one rank and "

@@ -34,7 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from selfsup import atomic, checkpoint_io
+from selfsup import atomic, checkpoint_io, compiling
 from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
@@ -78,7 +78,8 @@ def warmup_cosine(progress: float, warmup: float) -> float:
 class PretrainModule(pl.LightningModule):
     """Adapts a :class:`Method` to Lightning: optimiser, schedule, logging, RNG state."""
 
-    def __init__(self, method: Method, config: PretrainConfig, budget: Budget) -> None:
+    def __init__(self, method: Method, config: PretrainConfig, budget: Budget, *,
+                 compile_strict: bool = False) -> None:
         super().__init__()
         self.method = method
         self.config = config
@@ -91,6 +92,13 @@ class PretrainModule(pl.LightningModule):
         # (killed while writing its final files) still reports it.
         self.last_loss: float | None = None
         self.steps_this_attempt = 0
+        # The method's step, compiled under --compile on (resolved from auto by fit).
+        self.step_fn = method.training_step
+        if config.compile == "on":
+            self.step_fn = compiling.CompiledStep(
+                method.training_step, f"{config.method}'s training step",
+                strict=compile_strict,
+            )
 
     def _elapsed(self) -> float:
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]
@@ -118,7 +126,7 @@ class PretrainModule(pl.LightningModule):
     ) -> torch.Tensor | None:
         if not self.method.needs_labels:  # labels never reach a pretext loss
             batch = {key: value for key, value in batch.items() if key != "labels"}
-        out = self.method.training_step(batch, self.generator)
+        out = self.step_fn(batch, self.generator)
         if not torch.isfinite(out.loss):
             if self.config.skip_nonfinite:
                 # Returning None makes Lightning skip backward and the optimiser step.
@@ -473,6 +481,7 @@ def fit(
         raise SelfsupError(f"method {config.method!r} needs labelled data; {data.source} has none")
     check_processes(config)
     config = fit_batch_to_data(config, len(data), data.source)
+    choice = config.compile  # "auto" is resolved once the budget in steps is known
 
     encoder_options = {**data.encoder_inputs(), **config.encoder_options}
     try:
@@ -498,9 +507,6 @@ def fit(
     )
     if config.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    # The run keeps the fully resolved config: the method's and augmentation's defaults included.
-    run.write_config({**config.to_dict(), **_plain(method.resolved_options())})
-
     dataset = data.batch_dataset(with_labels=method_class.needs_labels)
     processes = config.devices * config.num_nodes
     loader = ResumableLoader(  # shuffled by (seed, epoch); a resumed run continues the epoch
@@ -514,7 +520,16 @@ def fit(
         persistent_workers=config.num_workers > 0,
     )
     budget = Budget(config.minutes, config.epochs, config.steps, len(loader))
-    module = PretrainModule(method, config, budget)
+    step_limits = [config.steps] if config.steps else []
+    step_limits += [config.epochs * len(loader)] if config.epochs else []
+    config = dataclasses.replace(config, compile=compiling.resolve(
+        config.compile, minutes=config.minutes, steps=min(step_limits, default=None),
+        device="cuda" if _uses_gpus(config.accelerator) else "cpu",
+    ))
+    # The run keeps the fully resolved config: the method's and augmentation's defaults, and
+    # whether it compiled, included.
+    run.write_config({**config.to_dict(), **_plain(method.resolved_options())})
+    module = PretrainModule(method, config, budget, compile_strict=choice == "on")
 
     timer = Timer(duration=timedelta(minutes=config.minutes) if config.minutes else None)
     monitors: list[pl.Callback] = []
@@ -572,6 +587,9 @@ def fit(
     handler = signal.getsignal(signal.SIGINT)
     try:
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    except compiling.compile_errors() as error:  # the backward graph compiles at its first use
+        raise SelfsupError(compiling.failure_message(
+            f"{config.method}'s training step (backward)", error)) from None
     except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), saying nothing
         if not trainer.interrupted:
             raise

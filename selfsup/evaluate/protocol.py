@@ -247,6 +247,8 @@ def baseline_values(
         "data_options": pretrain_config.get("data_options", {}),
         "precision": pretrain_config.get("precision", "bf16"),
         "channels_last": pretrain_config.get("channels_last", True),
+        # The run's engine: a compiled run's baseline compiles too (auto for older runs).
+        "compile": pretrain_config.get("compile", "auto"),
         "lr": pretrain_config.get("lr", 2e-3),
         "seed": seed,
         "progress": progress,

@@ -1,0 +1,114 @@
+"""--compile: the compiled training step computes what the eager one does; failures are words."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from selfsup import compiling
+from selfsup.data.base import DataInfo
+from selfsup.errors import SelfsupError
+from selfsup.methods import METHODS
+from selfsup.models import build_encoder
+from tests.helpers import run_cli
+
+
+def _simclr() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    encoder = build_encoder("resnet_small", in_channels=3, width=4)
+    method = METHODS.get("simclr")(encoder, DataInfo(channels=3, image_size=16, num_images=64))
+    return method, {"images": torch.rand(16, 3, 16, 16)}
+
+
+def _gpt() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    encoder = build_encoder("gpt_small", vocab_size=40, block_size=32, n_layer=1, n_head=2,
+                            d_model=32)
+    method = METHODS.get("gpt")(encoder, DataInfo(vocab_size=40, length=32))
+    return method, {"tokens": torch.randint(0, 40, (4, 33))}
+
+
+def _loss_and_grads(method, step, batch, bf16: bool) -> tuple[float, torch.Tensor]:
+    method.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = step(batch, torch.Generator().manual_seed(3)).loss
+    loss.backward()
+    grads = [p.grad.flatten() for p in method.parameters() if p.grad is not None]
+    return float(loss.detach()), torch.cat(grads)
+
+
+@pytest.mark.parametrize("build", [_simclr, _gpt], ids=["simclr", "gpt"])
+def test_compiled_and_eager_steps_give_the_same_loss_and_gradients(build) -> None:
+    torch.manual_seed(0)
+    method, batch = build()
+    compiled = compiling.CompiledStep(method.training_step, "test step", strict=True)
+    # float32: the same computation, so the same numbers up to summation order.
+    eager_loss, eager_grads = _loss_and_grads(method, method.training_step, batch, bf16=False)
+    loss, grads = _loss_and_grads(method, compiled, batch, bf16=False)
+    assert compiled.first_call_seconds is not None and not compiled.failed  # it did compile
+    assert loss == pytest.approx(eager_loss, rel=1e-4)
+    assert torch.allclose(grads, eager_grads, rtol=1e-3, atol=1e-5 * eager_grads.abs().max())
+    # bf16 (8 bits of mantissa; fused kernels round at other places): the loss within bf16's
+    # tolerance, the gradient pointing the same way.
+    eager_loss, eager_grads = _loss_and_grads(method, method.training_step, batch, bf16=True)
+    loss, grads = _loss_and_grads(method, compiled, batch, bf16=True)
+    assert loss == pytest.approx(eager_loss, rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grads, eager_grads, dim=0) > 0.98
+
+
+def test_auto_compiles_only_runs_long_enough_to_win_the_time_back() -> None:
+    assert compiling.resolve("off", minutes=60, steps=None) == "off"
+    assert compiling.resolve("auto", minutes=1, steps=None) == "off"
+    assert compiling.resolve("auto", minutes=10, steps=None) == "on"
+    assert compiling.resolve("auto", minutes=None, steps=5) == "off"
+    assert compiling.resolve("auto", minutes=None, steps=2000) == "on"
+    assert compiling.resolve("auto", minutes=10, steps=20) == "off"  # 20 steps end it first
+    assert compiling.resolve("on", minutes=None, steps=5) == "on"
+    with pytest.raises(SelfsupError, match="compile must be one of"):
+        compiling.resolve("fast", minutes=1, steps=None)
+
+
+def test_no_compiler_is_an_error_under_on_and_a_warning_under_auto(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(SelfsupError, match="no C.. compiler .*--compile off"):
+        compiling.resolve("on", minutes=10, steps=None)
+    with caplog.at_level(logging.WARNING, logger="selfsup"):
+        assert compiling.resolve("auto", minutes=10, steps=None) == "off"
+    assert "trains eagerly" in caplog.text
+
+
+@pytest.fixture
+def broken_compiler(monkeypatch):
+    """A compiler that is on the PATH and fails every compilation (``false``)."""
+    monkeypatch.setenv("CXX", "false")
+    torch._dynamo.reset()
+    with torch._inductor.config.patch({"cpp.cxx": (None, "false")}):
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("broken_compiler")
+def test_a_failed_compilation_under_auto_warns_then_runs_eagerly(caplog) -> None:
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * 2 + 1).sum()
+
+    wrapped = compiling.CompiledStep(step, "the toy step", strict=False)
+    x = torch.randn(8)
+    with caplog.at_level(logging.WARNING, logger="selfsup"):
+        assert torch.equal(wrapped(x), step(x))
+    assert wrapped.failed and "could not compile the toy step" in caplog.text
+    assert torch.equal(wrapped(x), step(x))  # later calls go straight to eager
+
+
+@pytest.mark.usefixtures("broken_compiler")
+def test_compile_on_that_fails_is_one_message_exit_2_and_no_run(monkeypatch, capsys,
+                                                               tmp_path) -> None:
+    out = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "simclr", "--data", "digits",
+                           "--steps", "2", "--batch-size", "16", "--compile", "on",
+                           "--out", str(out), "--no-progress")
+    assert code == 2
+    assert "could not compile simclr's training step" in err and "--compile off" in err
+    assert "Traceback" not in err
+    assert not out.exists()
