@@ -120,6 +120,9 @@ class BatchedImageAugment(torch.nn.Module):
     def extra_repr(self) -> str:
         return repr(self.config)
 
+    # Under --compile the augmentation stays eager: which samples an op touches is drawn per
+    # batch, so every draw is a new shape and would recompile; the model is what compiles.
+    @torch.compiler.disable
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -213,6 +213,8 @@ class SeriesAugment:
     def __init__(self, config: SeriesAugmentConfig | None = None) -> None:
         self.config = config or SeriesAugmentConfig()
 
+    # Eager under --compile: crop sizes are drawn per batch, and each would be a recompile.
+    @torch.compiler.disable
     def __call__(
         self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
