@@ -1,22 +1,31 @@
-"""Eager against compiled training steps, side by side (issue 25, items 1, 3 and 6).
+"""Training steps side by side: the engine before issue 25, eager now, and compiled (issue 25,
+items 1, 3 and 6).
 
 Each workload is one method's real training step (``Method.training_step``: batched
 augmentation, encoder, head, loss) with the engine's optimiser (AdamW), bf16 autocast and
-channels-last, run eagerly and through ``selfsup.compiling.CompiledStep`` (what
-``--compile on`` wraps the step in). The two alternate in rounds, so both see the same machine
-load; the report gives each round's ratio, their median, and the load average before and after.
-Compilation (the first compiled step, forward and backward) is timed apart and left out of the
-throughput.
+channels-last, in three variants:
+
+- **before**: eager, glibc's default allocator (how the engine ran before issue 25);
+- **eager**: eager, with freed memory kept in the process (``selfsup.allocator``, which the
+  engine now turns on before every fit);
+- **compiled**: that, plus the step wrapped in ``selfsup.compiling.CompiledStep`` (what
+  ``--compile on`` does).
+
+The allocator is a property of the process, so each variant runs in a process of its own; the
+variants alternate in rounds (before, eager, compiled, before, ...), so all see the same machine
+load. The report gives the median of the rounds, each round's ratio to "before", and the load
+average before and after. Compilation (the first two compiled steps, forward and backward) is
+timed apart and left out of the throughput; the first round compiles from a cold inductor cache.
 
 - SimCLR, resnet_small and ResNet-18, batch 256 of 32x32 images: images/s, each image counted
   once with its two views.
 - MAE, vit_tiny, batch 256: images/s.
 - GPT, the Shakespeare recipe's model (3 layers, 4 heads, 128 wide, block 128, batch 8):
   tokens/s and GFLOP/s (6 per weight per token + causal attention), against the bf16 matmul
-  peak measured in this script (2048 x 2048 x 2048); also with fused AdamW.
+  peak measured in this script (2048 x 2048 x 2048); also compiled with fused AdamW.
 
-    .venv/bin/python benchmarks/compiled_steps.py            # ~10 min
-    .venv/bin/python benchmarks/compiled_steps.py --quick    # ~2 min: resnet_small and GPT only
+    .venv/bin/python benchmarks/compiled_steps.py            # ~15 min
+    .venv/bin/python benchmarks/compiled_steps.py --quick    # ~4 min: resnet_small and GPT only
 
 Writes benchmarks/results/compiled_steps.{json,md}.
 """
@@ -27,8 +36,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +49,29 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from selfsup import allocator  # noqa: E402
 from selfsup.compiling import CompiledStep  # noqa: E402
 from selfsup.data.base import DataInfo  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.models import build_encoder  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+
+#: case -> (method, encoder, batch size, timed steps per round)
+CASES = {
+    "simclr resnet_small": ("simclr", "resnet_small", 256, 4),
+    "simclr resnet18": ("simclr", "resnet18", 256, 2),
+    "mae vit_tiny": ("mae", "vit_tiny", 256, 3),
+    "gpt (Shakespeare recipe)": ("gpt", "gpt_small", 8, 150),
+}
+#: variant -> (keep freed memory, compiled, fused AdamW)
+VARIANTS = {
+    "before": (False, False, False),
+    "eager": (True, False, False),
+    "compiled": (True, True, False),
+    "compiled + fused AdamW": (True, True, True),
+}
+GPT_MODEL = {"n_layer": 3, "n_head": 4, "d_model": 128, "block_size": 128, "vocab_size": 66}
 
 
 def matmul_peak(size: int = 2048, seconds: float = 2.0) -> float:
@@ -61,19 +90,28 @@ def matmul_peak(size: int = 2048, seconds: float = 2.0) -> float:
 class Workload:
     """One method's training step and its optimiser, eager or compiled."""
 
-    def __init__(self, method: str, encoder: str, batch: dict[str, torch.Tensor],
-                 info: DataInfo, encoder_options: dict, *, compiled: bool, fused: bool = False,
-                 channels_last: bool = True) -> None:
+    def __init__(self, case: str, *, compiled: bool, fused: bool = False) -> None:
+        method, encoder, batch_size, _ = CASES[case]
         torch.manual_seed(0)
-        model = build_encoder(encoder, **encoder_options)
-        self.method = METHODS.get(method)(model, info, channels_last=channels_last)
-        if channels_last:
+        if method == "gpt":
+            block = GPT_MODEL["block_size"]
+            model = build_encoder(encoder, **GPT_MODEL)
+            info = DataInfo(vocab_size=GPT_MODEL["vocab_size"], length=block)
+            self.batch = {"tokens": torch.randint(0, GPT_MODEL["vocab_size"],
+                                                  (batch_size, block + 1))}
+            self.method = METHODS.get(method)(model, info)
+            self.flops = model.flops_per_token(block) * batch_size * block
+        else:
+            model = build_encoder(encoder, in_channels=3)
+            info = DataInfo(channels=3, image_size=32, num_images=50_000)
+            self.batch = {"images": torch.rand(batch_size, 3, 32, 32)}
+            self.method = METHODS.get(method)(model, info, channels_last=True)
             self.method = self.method.to(memory_format=torch.channels_last)
+            self.flops = None
         self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=1e-4,
                                            fused=True if fused else None)
         self.step_fn = (CompiledStep(self.method.training_step, method, strict=True)
                         if compiled else self.method.training_step)
-        self.batch = batch
         self.generator = torch.Generator().manual_seed(0)
 
     def step(self) -> float:
@@ -86,99 +124,89 @@ class Workload:
         return float(loss.detach())
 
 
-def side_by_side(variants: dict[str, Workload], steps: int, rounds: int) -> dict:
-    """Warm every variant (compiling the compiled ones), then alternate ``steps`` steps of each
-    for ``rounds`` rounds; seconds per step, per variant and round."""
-    warm = {}
-    for name, work in variants.items():
-        start = time.perf_counter()
+def worker(case: str, variant: str) -> dict:
+    """In this process: warm the workload (compiling it if compiled), then time its steps."""
+    retain, compiled, fused = VARIANTS[variant]
+    if retain and not allocator.retain_freed_memory():
+        raise SystemExit("this C library keeps no freed memory (glibc only)")
+    work = Workload(case, compiled=compiled, fused=fused)
+    start = time.perf_counter()
+    work.step()
+    work.step()  # the second step: the backward graph and the optimiser are warm too
+    warm = time.perf_counter() - start
+    steps = CASES[case][3]
+    start = time.perf_counter()
+    for _ in range(steps):
         work.step()
-        work.step()  # the second step: the backward graph and the optimiser are warm too
-        warm[name] = time.perf_counter() - start
+    return {"warm_up_seconds": warm, "seconds_per_step": (time.perf_counter() - start) / steps,
+            "flops_per_step": work.flops}
+
+
+def run_case(case: str, variants: list[str], rounds: int, env: dict[str, str]) -> dict:
+    """Alternate one process per variant for ``rounds`` rounds; each round's seconds per step."""
     per_round: dict[str, list[float]] = {name: [] for name in variants}
+    warm: dict[str, list[float]] = {name: [] for name in variants}
+    flops = None
     for _ in range(rounds):
-        for name, work in variants.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                work.step()
-            per_round[name].append((time.perf_counter() - start) / steps)
-    return {"warm_up_seconds": warm, "seconds_per_step": per_round}
-
-
-def image_case(method: str, encoder: str, batch_size: int, steps: int, rounds: int) -> dict:
-    images = torch.rand(batch_size, 3, 32, 32)
-    info = DataInfo(channels=3, image_size=32, num_images=50_000)
-    options = {"in_channels": 3}
-    variants = {
-        "eager": Workload(method, encoder, {"images": images}, info, options, compiled=False),
-        "compiled": Workload(method, encoder, {"images": images}, info, options, compiled=True),
-    }
-    timing = side_by_side(variants, steps, rounds)
-    rates = {name: [batch_size / s for s in values]
-             for name, values in timing["seconds_per_step"].items()}
-    ratios = [c / e for c, e in zip(rates["compiled"], rates["eager"], strict=True)]
-    return {
-        "case": f"{method} {encoder}", "unit": "images/s", "batch_size": batch_size,
-        "eager": statistics.median(rates["eager"]),
-        "compiled": statistics.median(rates["compiled"]),
-        "ratio_per_round": ratios, "ratio": statistics.median(ratios),
-        "compile_seconds": timing["warm_up_seconds"]["compiled"], **timing,
-    }
-
-
-def gpt_case(steps: int, rounds: int, peak: float) -> dict:
-    block, batch_size, vocab = 128, 8, 66
-    model = {"n_layer": 3, "n_head": 4, "d_model": 128, "block_size": block,
-             "vocab_size": vocab}
-    tokens = torch.randint(0, vocab, (batch_size, block + 1))
-    info = DataInfo(vocab_size=vocab, length=block)
-    make = lambda compiled, fused=False: Workload(  # noqa: E731
-        "gpt", "gpt_small", {"tokens": tokens}, info, model, compiled=compiled, fused=fused,
-        channels_last=False)
-    variants = {"eager": make(False), "compiled": make(True),
-                "compiled + fused AdamW": make(True, fused=True)}
-    flops = variants["eager"].method.encoder.flops_per_token(block) * batch_size * block
-    timing = side_by_side(variants, steps, rounds)
-    out = {"case": "gpt (Shakespeare recipe)", "unit": "tokens/s", "batch_size": batch_size,
-           "bf16_peak_gflops": peak, "compile_seconds": timing["warm_up_seconds"]["compiled"],
-           **timing}
-    for name, values in timing["seconds_per_step"].items():
-        seconds = statistics.median(values)
-        out[name] = batch_size * block / seconds
-        out[f"{name} GFLOP/s"] = flops / seconds / 1e9
-    ratios = [e / c for c, e in zip(timing["seconds_per_step"]["compiled"],
-                                    timing["seconds_per_step"]["eager"], strict=True)]
-    out["ratio_per_round"], out["ratio"] = ratios, statistics.median(ratios)
+        for variant in variants:
+            done = subprocess.run([sys.executable, __file__, "--worker", case, variant],
+                                  capture_output=True, text=True, env=env, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{case} / {variant} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            per_round[variant].append(result["seconds_per_step"])
+            warm[variant].append(result["warm_up_seconds"])
+            flops = result["flops_per_step"]
+    batch_size = CASES[case][2]
+    unit_per_step = batch_size * (GPT_MODEL["block_size"] if flops else 1)
+    out = {"case": case, "unit": "tokens/s" if flops else "images/s", "batch_size": batch_size,
+           "seconds_per_step": per_round, "warm_up_seconds": warm,
+           "compile_seconds_cold": warm["compiled"][0]}
+    for variant in variants:
+        seconds = statistics.median(per_round[variant])
+        out[variant] = unit_per_step / seconds
+        ratios = [b / s for b, s in zip(per_round["before"], per_round[variant], strict=True)]
+        out[f"{variant} ratio"] = statistics.median(ratios)
+        out[f"{variant} ratio per round"] = ratios
+        if flops:
+            out[f"{variant} GFLOP/s"] = flops / seconds / 1e9
     return out
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Eager against compiled training steps (`--compile`)", "",
+        "# Training steps: before issue 25, eager now, compiled (`--compile on`)", "",
         f"Machine: {result['machine']}; torch {result['torch']}; load average "
         f"{result['load_before']:.2f} before, {result['load_after']:.2f} after. bf16 matmul "
         f"peak measured here: {result['bf16_peak_gflops']:.0f} GFLOP/s (2048^3).", "",
-        "Each row: the method's training step with AdamW, bf16 autocast, eager and compiled "
-        "alternating in rounds (median of the rounds; the ratio is the median of the rounds' "
-        "ratios). Compilation is timed apart (the first two compiled steps).", "",
-        "| workload | batch | eager | compiled | ratio (rounds) | compile (s) |",
-        "| --- | ---: | ---: | ---: | --- | ---: |",
+        "Each row: the method's training step with AdamW, bf16 autocast, channels-last. "
+        "*before*: eager with glibc's default allocator (the engine before issue 25); *eager*: "
+        "freed memory kept in the process (`selfsup/allocator.py`, now on in the engine); "
+        "*compiled*: that plus `torch.compile`. One process per variant, alternating in "
+        f"{result['rounds']} rounds; throughput is the median of the rounds, each ratio the "
+        "median of the rounds' ratios to *before* (every round's in brackets). Compilation "
+        "(the first two compiled steps, from a cold inductor cache) is timed apart.", "",
+        "| workload | batch | before | eager | compiled | eager / before | "
+        "compiled / before | compile (s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for case in result["cases"]:
-        rounds = ", ".join(f"{r:.2f}" for r in case["ratio_per_round"])
+        ratios = {v: ", ".join(f"{r:.2f}" for r in case[f"{v} ratio per round"])
+                  for v in ("eager", "compiled")}
         lines.append(
-            f"| {case['case']} ({case['unit']}) | {case['batch_size']} | {case['eager']:.1f} | "
-            f"{case['compiled']:.1f} | **{case['ratio']:.2f}x** ({rounds}) | "
-            f"{case['compile_seconds']:.1f} |"
+            f"| {case['case']} ({case['unit']}) | {case['batch_size']} | {case['before']:,.1f} | "
+            f"{case['eager']:,.1f} | {case['compiled']:,.1f} | **{case['eager ratio']:.2f}x** "
+            f"({ratios['eager']}) | **{case['compiled ratio']:.2f}x** ({ratios['compiled']}) | "
+            f"{case['compile_seconds_cold']:.1f} |"
         )
-    gpt = next((c for c in result["cases"] if c["case"].startswith("gpt")), None)
+    gpt = next((c for c in result["cases"] if c["unit"] == "tokens/s"), None)
     if gpt:
-        peak = gpt["bf16_peak_gflops"]
+        peak = result["bf16_peak_gflops"]
         lines += ["", "GPT, whole training step (matmuls, everything between them and the "
                   "optimiser) against the measured bf16 peak:", "",
                   "| variant | tokens/s | GFLOP/s | share of the bf16 peak |",
                   "| --- | ---: | ---: | ---: |"]
-        for name in ("eager", "compiled", "compiled + fused AdamW"):
+        for name in VARIANTS:
             lines.append(f"| {name} | {gpt[name]:,.0f} | {gpt[f'{name} GFLOP/s']:.1f} | "
                          f"{gpt[f'{name} GFLOP/s'] / peak:.0%} |")
     lines += ["", f"Reproduce: `.venv/bin/python benchmarks/compiled_steps.py"
@@ -190,24 +218,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--cases", default=None, help="comma-separated names from CASES")
     parser.add_argument("--out", default=str(RESULTS / "compiled_steps"))
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.worker:
+        print(json.dumps(worker(*args.worker)))
+        return
     load_before = os.getloadavg()[0]
     peak = matmul_peak()
-    cases = [image_case("simclr", "resnet_small", 256, 4, args.rounds)]
-    print(json.dumps({k: v for k, v in cases[-1].items() if not isinstance(v, dict)}), flush=True)
-    if not args.quick:
-        for method, encoder, steps in (("simclr", "resnet18", 1), ("mae", "vit_tiny", 3)):
-            cases.append(image_case(method, encoder, 256, steps, args.rounds))
+    names = (args.cases.split(",") if args.cases else
+             ["simclr resnet_small", "gpt (Shakespeare recipe)"] if args.quick else list(CASES))
+    cache = tempfile.mkdtemp(prefix="inductor-")  # the first compilation starts cold
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    cases = []
+    try:
+        for name in names:
+            variants = list(VARIANTS) if CASES[name][0] == "gpt" else list(VARIANTS)[:3]
+            cases.append(run_case(name, variants, args.rounds, env))
             print(json.dumps({k: v for k, v in cases[-1].items() if not isinstance(v, dict)}),
                   flush=True)
-    cases.append(gpt_case(30, args.rounds, peak))
-    print(json.dumps({k: v for k, v in cases[-1].items() if not isinstance(v, dict)}), flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "quick": args.quick, "bf16_peak_gflops": peak,
-        "load_before": load_before, "load_after": os.getloadavg()[0], "cases": cases,
+        "torch": torch.__version__, "quick": args.quick, "rounds": args.rounds,
+        "bf16_peak_gflops": peak, "load_before": load_before,
+        "load_after": os.getloadavg()[0], "cases": cases,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from selfsup import atomic, checkpoint_io, compiling
+from selfsup import allocator, atomic, checkpoint_io, compiling
 from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
@@ -408,6 +408,7 @@ def build_trainer(
       (:func:`quiet_lightning`).
     """
     quiet_lightning()
+    allocator.retain_freed_memory()
     processes = devices * num_nodes
     return pl.Trainer(
         accelerator=accelerator,
@@ -464,6 +465,7 @@ def fit(
 ) -> tuple[Method, dict[str, Any]]:
     """Train ``config.method`` on ``data`` into ``run``; return the method and a summary."""
     quiet_lightning()
+    allocator.retain_freed_memory()  # before the first batch: every step reuses its pages
     config = with_default_encoder(config)
     if config.precision == "bf16" and not native_bf16():
         log.warning(

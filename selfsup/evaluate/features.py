@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfsup import allocator
 from selfsup.config import inference_precision
 from selfsup.data.base import TrainData
 from selfsup.data.images import ImageData
@@ -30,8 +31,8 @@ def extract_features(
     uint8 image array (N, H, W, C). bf16 is used only where the machine has it natively. The
     encoder's train/eval mode is restored afterwards, so monitors may call this mid-training.
     """
+    allocator.retain_freed_memory()  # each batch's activations reuse the last one's pages
     if isinstance(data, np.ndarray):
-
         data = ImageData(images=data, labels=None, class_names=None, source="array")
     rows = np.arange(len(data)) if indices is None else np.asarray(indices)
     precision = inference_precision(precision)
