@@ -31,8 +31,9 @@ needs_glibc = pytest.mark.skipif(allocator.glibc() is None, reason="glibc's mall
 
 
 def _probe(mode: str, **env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k != "SELFSUP_MALLOC"}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         check=True, env={**os.environ, **env}, timeout=120)
+                         check=True, env={**base, **env}, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
