@@ -5,9 +5,10 @@ Each workload is one method's real training step (``Method.training_step``: batc
 augmentation, encoder, head, loss) with the engine's optimiser (AdamW), bf16 autocast and
 channels-last, in three variants:
 
-- **before**: eager, glibc's default allocator (how the engine ran before issue 25);
+- **before**: eager, glibc's default allocator, AdamW's foreach kernels (how the engine ran
+  before issue 25);
 - **eager**: eager, with freed memory kept in the process (``selfsup.allocator``, which the
-  engine now turns on before every fit);
+  engine now turns on before every fit) and AdamW's fused kernel (``engine.fused_adamw``);
 - **compiled**: that, plus the step wrapped in ``selfsup.compiling.CompiledStep`` (what
   ``--compile on`` does).
 
@@ -22,7 +23,7 @@ timed apart and left out of the throughput; the first round compiles from a cold
 - MAE, vit_tiny, batch 256: images/s.
 - GPT, the Shakespeare recipe's model (3 layers, 4 heads, 128 wide, block 128, batch 8):
   tokens/s and GFLOP/s (6 per weight per token + causal attention), against the bf16 matmul
-  peak measured in this script (2048 x 2048 x 2048); also compiled with fused AdamW.
+  peak measured in this script (2048 x 2048 x 2048).
 
     .venv/bin/python benchmarks/compiled_steps.py            # ~15 min
     .venv/bin/python benchmarks/compiled_steps.py --quick    # ~4 min: resnet_small and GPT only
@@ -52,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from selfsup import allocator  # noqa: E402
 from selfsup.compiling import CompiledStep  # noqa: E402
 from selfsup.data.base import DataInfo  # noqa: E402
+from selfsup.engine import fused_adamw  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.models import build_encoder  # noqa: E402
 
@@ -64,13 +66,8 @@ CASES = {
     "mae vit_tiny": ("mae", "vit_tiny", 256, 3),
     "gpt (Shakespeare recipe)": ("gpt", "gpt_small", 8, 150),
 }
-#: variant -> (keep freed memory, compiled, fused AdamW)
-VARIANTS = {
-    "before": (False, False, False),
-    "eager": (True, False, False),
-    "compiled": (True, True, False),
-    "compiled + fused AdamW": (True, True, True),
-}
+#: variant -> (the engine's allocator and fused AdamW, compiled)
+VARIANTS = {"before": (False, False), "eager": (True, False), "compiled": (True, True)}
 GPT_MODEL = {"n_layer": 3, "n_head": 4, "d_model": 128, "block_size": 128, "vocab_size": 66}
 
 
@@ -90,7 +87,7 @@ def matmul_peak(size: int = 2048, seconds: float = 2.0) -> float:
 class Workload:
     """One method's training step and its optimiser, eager or compiled."""
 
-    def __init__(self, case: str, *, compiled: bool, fused: bool = False) -> None:
+    def __init__(self, case: str, *, compiled: bool, fused: bool) -> None:
         method, encoder, batch_size, _ = CASES[case]
         torch.manual_seed(0)
         if method == "gpt":
@@ -108,8 +105,9 @@ class Workload:
             self.method = METHODS.get(method)(model, info, channels_last=True)
             self.method = self.method.to(memory_format=torch.channels_last)
             self.flops = None
-        self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=1e-4,
-                                           fused=True if fused else None)
+        self.optimizer = torch.optim.AdamW(
+            self.method.parameters(), lr=1e-4,
+            fused=fused_adamw(self.method.parameters()) if fused else None)
         self.step_fn = (CompiledStep(self.method.training_step, method, strict=True)
                         if compiled else self.method.training_step)
         self.generator = torch.Generator().manual_seed(0)
@@ -126,10 +124,10 @@ class Workload:
 
 def worker(case: str, variant: str) -> dict:
     """In this process: warm the workload (compiling it if compiled), then time its steps."""
-    retain, compiled, fused = VARIANTS[variant]
-    if retain and not allocator.retain_freed_memory():
+    now, compiled = VARIANTS[variant]
+    if now and not allocator.retain_freed_memory():
         raise SystemExit("this C library keeps no freed memory (glibc only)")
-    work = Workload(case, compiled=compiled, fused=fused)
+    work = Workload(case, compiled=compiled, fused=now)
     start = time.perf_counter()
     work.step()
     work.step()  # the second step: the backward graph and the optimiser are warm too
@@ -180,9 +178,10 @@ def markdown(result: dict) -> str:
         f"{result['load_before']:.2f} before, {result['load_after']:.2f} after. bf16 matmul "
         f"peak measured here: {result['bf16_peak_gflops']:.0f} GFLOP/s (2048^3).", "",
         "Each row: the method's training step with AdamW, bf16 autocast, channels-last. "
-        "*before*: eager with glibc's default allocator (the engine before issue 25); *eager*: "
-        "freed memory kept in the process (`selfsup/allocator.py`, now on in the engine); "
-        "*compiled*: that plus `torch.compile`. One process per variant, alternating in "
+        "*before*: eager with glibc's default allocator and AdamW's foreach kernels (the engine "
+        "before issue 25); *eager*: freed memory kept in the process (`selfsup/allocator.py`) "
+        "and AdamW's fused kernel, as the engine now runs; *compiled*: that plus "
+        "`torch.compile`. One process per variant, alternating in "
         f"{result['rounds']} rounds; throughput is the median of the rounds, each ratio the "
         "median of the rounds' ratios to *before* (every round's in brackets). Compilation "
         "(the first two compiled steps, from a cold inductor cache) is timed apart.", "",
@@ -235,8 +234,7 @@ def main() -> None:
     cases = []
     try:
         for name in names:
-            variants = list(VARIANTS) if CASES[name][0] == "gpt" else list(VARIANTS)[:3]
-            cases.append(run_case(name, variants, args.rounds, env))
+            cases.append(run_case(name, list(VARIANTS), args.rounds, env))
             print(json.dumps({k: v for k, v in cases[-1].items() if not isinstance(v, dict)}),
                   flush=True)
     finally:

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from selfsup import compiling
+from selfsup.config import PretrainConfig
 from selfsup.data.base import DataInfo
+from selfsup.engine import Budget, PretrainModule, fused_adamw
 from selfsup.errors import SelfsupError
 from selfsup.methods import METHODS
 from selfsup.models import build_encoder
@@ -112,3 +114,28 @@ def test_compile_on_that_fails_is_one_message_exit_2_and_no_run(monkeypatch, cap
     assert "could not compile simclr's training step" in err and "--compile off" in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_engines_adamw_is_fused_on_a_cpu() -> None:
+    method, _ = _gpt()
+    config = PretrainConfig(method="gpt", data="x", precision="32")
+    optimiser = PretrainModule(method, config, Budget(None, None, 2, 1)).configure_optimizers()
+    assert [group["fused"] for group in optimiser.param_groups] == [True, True]
+    # An integer buffer-like parameter cannot go through the fused kernel: PyTorch's default.
+    assert fused_adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.int32),
+                                           requires_grad=False)]) is None
+
+
+def test_the_engine_clips_the_global_gradient_norm_itself_for_the_fused_optimiser() -> None:
+    method, _ = _gpt()
+    module = PretrainModule(method, PretrainConfig(method="gpt", data="x"),
+                            Budget(None, None, 2, 1))
+    optimiser = module.configure_optimizers()
+    for parameter in method.parameters():
+        parameter.grad = torch.full_like(parameter, 3.0)
+    module.configure_gradient_clipping(optimiser, gradient_clip_val=1.0)
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in method.parameters()]))
+    assert norm == pytest.approx(1.0, rel=1e-3)
+    module.configure_gradient_clipping(optimiser, gradient_clip_val=None)  # no clipping asked
+    assert torch.linalg.vector_norm(torch.cat(
+        [p.grad.flatten() for p in method.parameters()])) == pytest.approx(float(norm))
