@@ -27,6 +27,7 @@ timed apart and left out of the throughput; the first round compiles from a cold
 
     .venv/bin/python benchmarks/compiled_steps.py            # ~15 min
     .venv/bin/python benchmarks/compiled_steps.py --quick    # ~4 min: resnet_small and GPT only
+    .venv/bin/python benchmarks/compiled_steps.py --profile "gpt (Shakespeare recipe)"
 
 Writes benchmarks/results/compiled_steps.{json,md}.
 """
@@ -37,6 +38,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -133,17 +136,35 @@ def worker(case: str, variant: str) -> dict:
     work.step()  # the second step: the backward graph and the optimiser are warm too
     warm = time.perf_counter() - start
     steps = CASES[case][3]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(steps):
         work.step()
-    return {"warm_up_seconds": warm, "seconds_per_step": (time.perf_counter() - start) / steps,
-            "flops_per_step": work.flops}
+    seconds = (time.perf_counter() - start) / steps
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+    return {"warm_up_seconds": warm, "seconds_per_step": seconds,
+            "page_faults_per_step": faults, "flops_per_step": work.flops}
+
+
+def profile(case: str) -> str:
+    """The torch profiler's table of 10 compiled steps of ``case``, the engine's way (kept
+    memory, fused AdamW), inductor's kernels named: where the time between matmuls goes."""
+    torch._inductor.config.cpp.enable_kernel_profile = True
+    allocator.retain_freed_memory()
+    work = Workload(case, compiled=True, fused=True)
+    for _ in range(3):
+        work.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            work.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
 
 
 def run_case(case: str, variants: list[str], rounds: int, env: dict[str, str]) -> dict:
     """Alternate one process per variant for ``rounds`` rounds; each round's seconds per step."""
     per_round: dict[str, list[float]] = {name: [] for name in variants}
     warm: dict[str, list[float]] = {name: [] for name in variants}
+    faults: dict[str, list[float]] = {name: [] for name in variants}
     flops = None
     for _ in range(rounds):
         for variant in variants:
@@ -154,11 +175,13 @@ def run_case(case: str, variants: list[str], rounds: int, env: dict[str, str]) -
             result = json.loads(done.stdout.strip().splitlines()[-1])
             per_round[variant].append(result["seconds_per_step"])
             warm[variant].append(result["warm_up_seconds"])
+            faults[variant].append(result["page_faults_per_step"])
             flops = result["flops_per_step"]
     batch_size = CASES[case][2]
     unit_per_step = batch_size * (GPT_MODEL["block_size"] if flops else 1)
     out = {"case": case, "unit": "tokens/s" if flops else "images/s", "batch_size": batch_size,
            "seconds_per_step": per_round, "warm_up_seconds": warm,
+           "page_faults_per_step": faults,
            "compile_seconds_cold": warm["compiled"][0]}
     for variant in variants:
         seconds = statistics.median(per_round[variant])
@@ -169,6 +192,12 @@ def run_case(case: str, variants: list[str], rounds: int, env: dict[str, str]) -
         if flops:
             out[f"{variant} GFLOP/s"] = flops / seconds / 1e9
     return out
+
+
+def _count(values: list[float] | None) -> str:
+    """The median of ``values`` as a whole number, or a dash where none was measured."""
+    usable = [v for v in values or [] if v == v]  # NaN marks a run that did not count
+    return f"{statistics.median(usable):,.0f}" if usable else "-"
 
 
 def markdown(result: dict) -> str:
@@ -184,10 +213,11 @@ def markdown(result: dict) -> str:
         "`torch.compile`. One process per variant, alternating in "
         f"{result['rounds']} rounds; throughput is the median of the rounds, each ratio the "
         "median of the rounds' ratios to *before* (every round's in brackets). Compilation "
-        "(the first two compiled steps, from a cold inductor cache) is timed apart.", "",
+        "(the first two compiled steps, from a cold inductor cache) is timed apart. Page faults: "
+        "minor faults per timed step, median of the rounds, before / eager / compiled.", "",
         "| workload | batch | before | eager | compiled | eager / before | "
-        "compiled / before | compile (s) |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
+        "compiled / before | compile (s) | page faults per step |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for case in result["cases"]:
         ratios = {v: ", ".join(f"{r:.2f}" for r in case[f"{v} ratio per round"])
@@ -196,7 +226,9 @@ def markdown(result: dict) -> str:
             f"| {case['case']} ({case['unit']}) | {case['batch_size']} | {case['before']:,.1f} | "
             f"{case['eager']:,.1f} | {case['compiled']:,.1f} | **{case['eager ratio']:.2f}x** "
             f"({ratios['eager']}) | **{case['compiled ratio']:.2f}x** ({ratios['compiled']}) | "
-            f"{case['compile_seconds_cold']:.1f} |"
+            f"{case['compile_seconds_cold']:.1f} | "
+            + " / ".join(_count(case.get("page_faults_per_step", {}).get(v)) for v in VARIANTS)
+            + " |"
         )
     gpt = next((c for c in result["cases"] if c["unit"] == "tokens/s"), None)
     if gpt:
@@ -208,8 +240,7 @@ def markdown(result: dict) -> str:
         for name in VARIANTS:
             lines.append(f"| {name} | {gpt[name]:,.0f} | {gpt[f'{name} GFLOP/s']:.1f} | "
                          f"{gpt[f'{name} GFLOP/s'] / peak:.0%} |")
-    lines += ["", f"Reproduce: `.venv/bin/python benchmarks/compiled_steps.py"
-              f"{' --quick' if result['quick'] else ''}`", ""]
+    lines += ["", f"Reproduce: `{result['reproduce']}`", ""]
     return "\n".join(lines)
 
 
@@ -219,11 +250,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cases", default=None, help="comma-separated names from CASES")
     parser.add_argument("--out", default=str(RESULTS / "compiled_steps"))
+    parser.add_argument("--profile", metavar="CASE", choices=list(CASES),
+                        help="print the profile of the compiled step of CASE, and stop")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.worker:
         print(json.dumps(worker(*args.worker)))
+        return
+    if args.profile:
+        print(profile(args.profile))
         return
     load_before = os.getloadavg()[0]
     peak = matmul_peak()
@@ -242,6 +278,8 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "quick": args.quick, "rounds": args.rounds,
+        "reproduce": shlex.join([".venv/bin/python", "benchmarks/compiled_steps.py",
+                                 *sys.argv[1:]]),
         "bf16_peak_gflops": peak, "load_before": load_before,
         "load_after": os.getloadavg()[0], "cases": cases,
     }

@@ -202,8 +202,8 @@ class PretrainModule(pl.LightningModule):
 
 def fused_adamw(parameters: typing.Iterable[torch.nn.Parameter]) -> bool | None:
     """True where AdamW's fused kernel can update every parameter (floating point, on a CPU or
-    a CUDA GPU): one kernel per group instead of a dozen foreach passes, 1.08x the compiled GPT
-    step here (benchmarks/compiled_steps.py); None (PyTorch's default) elsewhere."""
+    a CUDA GPU): one pass over each parameter instead of a dozen foreach passes, which counts
+    for small models such as the Shakespeare GPT; None (PyTorch's default) elsewhere."""
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
                for p in parameters) or None
 
