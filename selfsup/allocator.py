@@ -5,9 +5,9 @@ glibc's malloc serves a block above its mmap threshold (128 KiB at first, rising
 allocates and frees the same large activations every time, so every step faults them all in
 again: a SimCLR step of resnet_small at batch 256 took about 160,000 page faults here, and
 ran at 0.5-0.7x the speed it reaches once freed pages are kept (``benchmarks/compiled_steps.py``:
-"before" against "eager"). PyTorch's CPU performance
-guide preloads jemalloc or tcmalloc for the same reason; :func:`retain_freed_memory` gets the
-effect from the glibc already loaded, with no preload and no re-exec:
+"before" against "eager"). PyTorch's CPU performance guide preloads jemalloc or tcmalloc for
+the same reason; :func:`retain_freed_memory` gets the effect from the glibc already loaded,
+with no preload and no re-exec:
 
 - ``M_MMAP_MAX = 0``: every block comes from the heap, none from its own mapping;
 - ``M_TRIM_THRESHOLD = 2 GiB``: freed memory at the heap's top stays mapped up to that much;
