@@ -1,5 +1,10 @@
 """Batched tensor augmentations with per-sample random parameters (no per-image PIL loop)."""
 
-from selfsup.augment.image import BatchedImageAugment, ImageAugmentConfig, to_float_images
+from selfsup.augment.image import (
+    BatchedImageAugment,
+    ImageAugmentConfig,
+    progressive_size,
+    to_float_images,
+)
 
-__all__ = ["BatchedImageAugment", "ImageAugmentConfig", "to_float_images"]
+__all__ = ["BatchedImageAugment", "ImageAugmentConfig", "progressive_size", "to_float_images"]

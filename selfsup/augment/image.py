@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
 
-__all__ = ["BatchedImageAugment", "ImageAugmentConfig", "to_float_images"]
+__all__ = ["BatchedImageAugment", "ImageAugmentConfig", "progressive_size", "to_float_images"]
 
 # ITU-R BT.601 luma weights, the ones PIL's convert("L") and torchvision's grayscale use.
 _LUMA = (0.299, 0.587, 0.114)
@@ -61,6 +61,11 @@ class ImageAugmentConfig:
     erase_scale: tuple[float, float] = (0.02, 0.33)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
     output_size: int | None = None  # None: keep the input's H (square output)
+    # Progressive resolution (Kocyigit et al. 2023, "Accelerating Self-Supervised Learning via
+    # Efficient Training Strategies"): the views start at this side and grow linearly to the
+    # full size by ``progressive_until`` of the budget, in steps of 8 pixels. None: off.
+    progressive_min_size: int | None = None
+    progressive_until: float = 0.5
 
     def validate(self) -> None:
         """Raise SelfsupError naming the first field that is out of range."""
@@ -82,11 +87,31 @@ class ImageAugmentConfig:
                 raise SelfsupError(f"augment config: {name}={getattr(self, name)!r} must be >= 0")
         if not 0.0 <= self.hue <= 0.5:
             raise SelfsupError(f"augment config: hue={self.hue!r} must be in [0, 0.5]")
+        if self.progressive_min_size is not None and self.progressive_min_size < 8:
+            raise SelfsupError(
+                f"augment config: progressive_min_size={self.progressive_min_size!r} must be "
+                "at least 8 (or null: off)"
+            )
+        if not 0.0 < self.progressive_until <= 1.0:
+            raise SelfsupError(
+                f"augment config: progressive_until={self.progressive_until!r} must be in (0, 1]"
+            )
         # The cap only stops absurd values (a typo, 2**32) before they become a tensor-size error.
         if self.output_size is not None and not 1 <= self.output_size <= 4096:
             raise SelfsupError(
                 f"augment config: output_size={self.output_size!r} must be in [1, 4096]"
             )
+
+
+def progressive_size(progress: float, min_size: int, full_size: int, until: float) -> int:
+    """The side of the views at ``progress`` (0 to 1) of the budget: ``min_size`` at the start,
+    growing linearly to ``full_size`` at ``until``, rounded down to a multiple of 8 (few
+    distinct sizes, so a compiled step recompiles a few times only), never below ``min_size``
+    nor above ``full_size``."""
+    if min_size >= full_size:
+        return full_size
+    size = min_size + (full_size - min_size) * min(1.0, progress / until)
+    return full_size if size >= full_size else max(min_size, int(size) // 8 * 8)
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -124,21 +149,22 @@ class BatchedImageAugment(torch.nn.Module):
     # batch, so every draw is a new shape and would recompile; the model is what compiles.
     @torch.compiler.disable
     def forward(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self, images: torch.Tensor, generator: torch.Generator | None = None,
+        output_size: int | None = None,
     ) -> torch.Tensor:
         """images: uint8 (B, H, W, C) channels-last-as-stored, or float (B, C, H, W) in [0, 1].
-        Returns float32 (B, C, S, S) in [0, 1] (S = output_size or H), one independent random
-        draw per sample."""
+        Returns float32 (B, C, S, S) in [0, 1] (S = ``output_size``, else the config's
+        output_size, else H), one independent random draw per sample."""
         x = to_float_images(images)
         # bfloat16 steps near 1 are 1/128, coarser than the uint8 input, and grid_sample /
         # matmul would run in it under autocast: switch off any autocast region the caller is
         # in and compute in float32.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._augment(x.float(), _Rng(generator, x.device))
+            return self._augment(x.float(), _Rng(generator, x.device), output_size)
 
-    def _augment(self, x: torch.Tensor, rng: _Rng) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, rng: _Rng, output_size: int | None) -> torch.Tensor:
         c = self.config
-        x = self._geometry(x, rng)
+        x = self._geometry(x, rng, output_size)
         batch, channels = x.shape[:2]
         if c.jitter_p > 0:
             x = self._jitter(x, rng)
@@ -162,7 +188,7 @@ class BatchedImageAugment(torch.nn.Module):
 
     # --- geometry -------------------------------------------------------------------------
 
-    def _geometry(self, x: torch.Tensor, rng: _Rng) -> torch.Tensor:
+    def _geometry(self, x: torch.Tensor, rng: _Rng, output_size: int | None) -> torch.Tensor:
         """Random resized crop + horizontal flip + rotation as ONE affine resample per sample.
 
         Fusing them means one bilinear interpolation (less blur than crop-then-rotate) and one
@@ -172,7 +198,7 @@ class BatchedImageAugment(torch.nn.Module):
         """
         c = self.config
         batch, _, height, width = x.shape
-        size = c.output_size or height
+        size = output_size or c.output_size or height
         rotate = c.rotation_p > 0 and c.rotation_degrees > 0
         whole_image = tuple(c.crop_scale) == (1.0, 1.0) and tuple(c.crop_ratio) == (1.0, 1.0)
         if whole_image and c.flip_p == 0 and not rotate and height == width == size:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
+from selfsup.augment import BatchedImageAugment, ImageAugmentConfig, progressive_size
 from selfsup.config import PretrainConfig, options_dataclass
 from selfsup.data.base import DataInfo  # defined with the readers, which fill it in
+from selfsup.errors import SelfsupError
 from selfsup.models import ImageEncoder
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ class ImageMethod(Method):
     # Asymmetric recipes (BYOL, Grill et al. 2020, table 6): further defaults for view 0, 1, ...
     # of ``views`` (cycled when there are more views). The user's augment_options still win.
     view_augment_defaults: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # Whether the method's views go through ``views`` (so progressive_min_size can size them).
+    progressive_resolution: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -158,6 +161,20 @@ class ImageMethod(Method):
             _build_augment({**self.augment_defaults, **overrides, **user})
             for overrides in self.view_augment_defaults
         ]
+        # Progressive resolution: the side of this step's views (None: the recipe's own).
+        self.view_size: int | None = None
+        if self.augment.config.progressive_min_size is not None and not (
+                self.progressive_resolution):
+            raise SelfsupError(f"{type(self).__name__} does not take progressive_min_size: "
+                               "its views are not sized by the shared view recipe")
+
+    def on_train_step_start(self, progress: float) -> None:
+        config = self.augment.config
+        if config.progressive_min_size is not None:
+            full = config.output_size or self.info.image_size
+            if full is not None:
+                self.view_size = progressive_size(progress, config.progressive_min_size, full,
+                                                  config.progressive_until)
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(),
@@ -181,7 +198,8 @@ class ImageMethod(Method):
         (``view_augment_defaults``), else the method's one recipe.
         """
         recipes = [augment] if augment is not None else self.view_augments or [self.augment]
-        return self._stack([recipes[i % len(recipes)](images, generator) for i in range(count)])
+        return self._stack([recipes[i % len(recipes)](images, generator, self.view_size)
+                            for i in range(count)])
 
     def augment_variant(self, **changes: Any) -> BatchedImageAugment:
         """The method's augmentation with some fields changed (e.g. multi-crop's local crops)."""

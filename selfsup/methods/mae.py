@@ -97,6 +97,7 @@ class MAE(ImageMethod):
 
     Options = MAEOptions
     default_encoder: ClassVar[str] = "vit_tiny"
+    progressive_resolution: ClassVar[bool] = False  # one view, augmented directly
     augment_defaults: ClassVar[dict[str, Any]] = {
         "crop_scale": (0.2, 1.0),
         "jitter_p": 0.0,
