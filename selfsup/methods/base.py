@@ -163,8 +163,8 @@ class ImageMethod(Method):
         ]
         # Progressive resolution: the side of this step's views (None: the recipe's own).
         self.view_size: int | None = None
-        if self.augment.config.progressive_min_size is not None and not (
-                self.progressive_resolution):
+        progressive = self.augment.config.progressive_min_size is not None
+        if progressive and not self.progressive_resolution:
             raise SelfsupError(f"{type(self).__name__} does not take progressive_min_size: "
                                "its views are not sized by the shared view recipe")
 
