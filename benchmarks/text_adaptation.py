@@ -132,7 +132,11 @@ def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name
             "embedding": few["embedding"], "seconds": few["seconds"] + full["seconds"]}
 
 
-def imdb_part(s: dict[str, Any], work: Path) -> dict[str, Any]:
+def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = OBJECTIVES,
+              reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every contender scored; with ``reuse`` (an earlier result of the same settings) only
+    ``objectives`` are run again and the other contenders, the starting MiniLM included, are
+    kept from it (the same label subsets, seeds and test reviews: the pairing holds)."""
     folder = minilm_folder()
     imdb_train = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
     test = read_labelled_text(IMDB / "imdb_test.jsonl.gz").sample(s["test_size"], 0,
@@ -144,10 +148,14 @@ def imdb_part(s: dict[str, Any], work: Path) -> dict[str, Any]:
         data_options["max_documents"] = s["max_documents"]
 
     contenders: dict[str, Any] = {}
-    log.info("scoring the starting MiniLM")
-    contenders["start"] = {"eval": score(load_folder_model(folder), train, test, s, work,
-                                         "start")}
-    for objective in OBJECTIVES:
+    if reuse is not None:
+        contenders = {k: v for k, v in reuse["imdb"]["contenders"].items()
+                      if k not in objectives}
+    else:
+        log.info("scoring the starting MiniLM")
+        contenders["start"] = {"eval": score(load_folder_model(folder), train, test, s, work,
+                                             "start")}
+    for objective in objectives:
         log.info("continuing MiniLM by %s for %.1f min", objective, s["minutes"])
         began = time.monotonic()
         run = pretrain(objective, corpus, out=str(work / objective), init=str(folder),
@@ -165,6 +173,7 @@ def imdb_part(s: dict[str, Any], work: Path) -> dict[str, Any]:
             "eval": score(model, train, test, s, work, objective)}
         del model
 
+    contenders = {k: contenders[k] for k in ("start", *OBJECTIVES) if k in contenders}
     start_rows = contenders["start"]["eval"]["budgets"]
     for objective in OBJECTIVES:
         rows = contenders[objective]["eval"]["budgets"]
@@ -173,6 +182,7 @@ def imdb_part(s: dict[str, Any], work: Path) -> dict[str, Any]:
             for row, base in zip(rows, start_rows, strict=True)]
     return {"contenders": contenders, "target": imdb_target(contenders),
             "finetune_target": finetune_target(contenders["start"]["eval"]["budgets"][0]),
+            "rerun": list(objectives) if reuse is not None else None,
             "test": f"random {s['test_size']} of IMDB test (seed 0)",
             "train": f"random {s['train_size']} of IMDB train (seed 0)"}
 
@@ -329,7 +339,10 @@ def imdb_markdown(r: dict[str, Any]) -> str:
                      f"{q['effective_rank']:.1f} |")
     lines += ["", "Mean cosine near 0 and uniformity low (more negative) mean spread-out "
               "embeddings; masked LM crowds them (imdb_finetune_diagnosis.md).", "",
-              f"Took {r['seconds'] / 60:.1f} min on {r['machine']}.", ""]
+              f"Took {r['seconds'] / 60:.1f} min on {r['machine']}"
+              + (f", re-running {', '.join(part['rerun'])} (`--objectives`), the other "
+                 "contenders kept from the earlier run (`--reuse`)" if part.get("rerun")
+                 else "") + ".", ""]
     return "\n".join(lines)
 
 
@@ -374,6 +387,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help=f"continued pre-training per objective [{FULL['minutes']}]")
     parser.add_argument("--work", default=None, help="folder for the runs [a temporary one]")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES),
+                        help="IMDB: the objectives to continue MiniLM with [all three]")
+    parser.add_argument("--reuse", default=None, help="IMDB: an earlier results file of the "
+                        "same settings; only --objectives run again, the other contenders "
+                        "(the starting MiniLM included) are kept from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not DATA.is_dir():
@@ -383,6 +401,16 @@ def main() -> None:
         settings["minutes"] = args.minutes
     work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-"))
     work.mkdir(parents=True, exist_ok=True)
+    objectives = tuple(o for o in args.objectives.split(",") if o)
+    if not set(objectives) <= set(OBJECTIVES):
+        sys.exit(f"--objectives: choose among {', '.join(OBJECTIVES)}")
+    reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None
+    if reuse is not None:
+        kept = {k: v for k, v in reuse["settings"].items() if not k.startswith("few")}
+        asked = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()
+                 if not k.startswith("few")}
+        if kept != asked:
+            sys.exit(f"--reuse {args.reuse}: its settings differ from these: {kept} vs {asked}")
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
                "threads")
     suffix = "_quick" if args.quick else ""
@@ -391,7 +419,7 @@ def main() -> None:
         if args.part not in (part, "both"):
             continue
         began = time.monotonic()
-        found = run(settings) if part == "few" else run(settings, work)
+        found = run(settings) if part == "few" else run(settings, work, objectives, reuse)
         result = {"benchmark": f"text_adaptation_{part}", "quick": args.quick,
                   "settings": {k: list(v) if isinstance(v, tuple) else v
                                for k, v in settings.items()},

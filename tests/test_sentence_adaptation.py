@@ -158,12 +158,24 @@ def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
         shift = shift - shift.sum(1, keepdim=True) / mask.sum(1)[:, None, None]
         method.encoder.tokens = lambda i, m: states + shift * m[..., None]
         same = method.reconstruct(method.encoder(ids, mask), ids, mask)[0]
-        other = method.reconstruct(sentence + 0.5, ids, mask)[0]
+        other = method.reconstruct(sentence + torch.tensor([[0.5], [0.0], [0.0]]), ids,
+                                   mask)[0]
+        # The memory is centred over the batch: a shift shared by every text changes nothing.
+        shared = method.reconstruct(sentence + 0.5, ids, mask)[0]
     hook.remove()
     assert memories[0] == (3, 1, 32)  # the cross-attention memory: one vector per text
     assert len(targets) == int(mask[:, 1:].sum())
     torch.testing.assert_close(same, logits, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(other, logits, atol=1e-3)
+    torch.testing.assert_close(shared, logits, atol=1e-5, rtol=1e-5)
+    # So no gradient pulls every text's vector the same way: over the batch they sum to zero.
+    sentence = sentence.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(*method.reconstruct(sentence, ids, mask))
+    loss.backward()
+    torch.testing.assert_close(sentence.grad.sum(0), torch.zeros(32), atol=1e-6, rtol=0)
+    method.options.center_memory = False  # the paper's form: a shared shift does change them
+    assert not torch.allclose(method.reconstruct(sentence.detach() + 0.5, ids, mask)[0],
+                              logits, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- runs + export
