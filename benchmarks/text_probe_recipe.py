@@ -7,8 +7,10 @@ values of C, stratified 5-fold cross-validation on the labelled subset, accuracy
 computed here independently of selfsup: the embeddings by ``transformers`` (AutoTokenizer +
 AutoModel, pooled and normalised by hand), the probe by scikit-learn alone.
 
-Against it, for each set, budget (8 and 64 labels per class) and seed (0, 1, 2: the same
-stratified subsets ``selfsup evaluate --labels-per-class 8,64 --seeds 3`` draws):
+Against it, for each set, budget (8, 16 and 64 labels per class on SST-2 and TREC; 100 per
+class and all 2,000 labels of a fixed seeded IMDB train subset, scored on 1,000 IMDB test
+reviews) and seed (0, 1, 2: the same stratified subsets ``selfsup evaluate --labels-per-class
+8,16,64 --seeds 3`` draws):
 
 - **selfsup**: ``selfsup.evaluate.text.evaluate_text_model`` as ``selfsup evaluate`` runs it
   (``--no-baseline``): features through the model's own pipeline (the pooling and Normalize
@@ -22,7 +24,8 @@ Also reported: the largest difference between selfsup's test embeddings and the 
 With ``--setfit``, also ``selfsup evaluate --protocol setfit`` at 8 labels per class (the same
 subsets; SetFit's defaults, evaluate/setfit.py): the few-label protocol against the same probe.
 Writes benchmarks/results/text_probe_recipe.{json,md} (without ``--setfit``, without that
-column). About 2 minutes on 2 busy CPU cores, 10 more with ``--setfit``.
+column). About 6 minutes on 2 CPU cores (IMDB's reviews most of it), 10 more with
+``--setfit``.
 
     .venv/bin/python benchmarks/text_probe_recipe.py [--threads 1] [--setfit]
 """
@@ -56,11 +59,18 @@ from selfsup.evaluate.text import (  # noqa: E402
     tokenize_texts,
 )
 
-DATA = REPO.parent / "shared" / "data" / "text_cls"
+DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
-SETS = {"SST-2": ("sst2_train.jsonl.gz", "sst2_test.jsonl.gz"),
-        "TREC": ("trec_train.jsonl.gz", "trec_test.jsonl.gz")}
-BUDGETS = (8, 64)
+SETS = {"SST-2": ("text_cls/sst2_train.jsonl.gz", "text_cls/sst2_test.jsonl.gz"),
+        "TREC": ("text_cls/trec_train.jsonl.gz", "text_cls/trec_test.jsonl.gz"),
+        "IMDB": ("imdb/imdb_train.jsonl.gz", "imdb/imdb_test.jsonl.gz")}
+#: Labels per class (None: every label of the training pool) of each set: the few-label
+#: budgets of issue 24 on SST-2 and TREC, IMDB's of benchmarks/text_adaptation.py.
+BUDGETS: dict[str, tuple[int | None, ...]] = {"SST-2": (8, 16, 64), "TREC": (8, 16, 64),
+                                              "IMDB": (100, None)}
+#: IMDB's reviews embed at tens per second here: a fixed seeded 2,000 of train as the pool
+#: and 1,000 of test (text_adaptation.py's), every review of the other two sets.
+SIZES = {"IMDB": (2000, 1000)}
 SETFIT_BUDGET = 8
 SEEDS = (0, 1, 2)
 MAX_LENGTH = 128
@@ -102,17 +112,20 @@ def plain_recipe(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.nd
 def run_set(name: str, folder: Path, setfit: bool = False) -> dict[str, Any]:
     train_file, test_file = SETS[name]
     train, test = read_splits(str(DATA / train_file), str(DATA / test_file))
+    if name in SIZES:
+        train = train.sample(SIZES[name][0], 0, "train pool")
+        test = test.sample(SIZES[name][1], 0, "test")
+    budgets = [LabelBudget(per_class=k) if k else LabelBudget(fraction=1.0)
+               for k in BUDGETS[name]]
     train_y, test_y = np.asarray(train.labels), np.asarray(test.labels)
     model = load_folder_model(folder)
     began = time.monotonic()
-    result = evaluate_models(model, train, test, budgets=[LabelBudget(per_class=k)
-                                                          for k in BUDGETS],
+    result = evaluate_models(model, train, test, budgets=budgets,
                              baseline=False, seeds=len(SEEDS), seed=SEEDS[0],
                              max_length=MAX_LENGTH)
     selfsup_seconds = time.monotonic() - began
     # The reference: its own embeddings of the same texts, its own probe on the same subsets.
-    rows = {(k, s): label_subset(train_y, LabelBudget(per_class=k), s)
-            for k in BUDGETS for s in SEEDS}
+    rows = {(b.per_class, s): label_subset(train_y, b, s) for b in budgets for s in SEEDS}
     needed = np.unique(np.concatenate(list(rows.values())))
     position = {int(r): i for i, r in enumerate(needed)}
     began = time.monotonic()
@@ -125,7 +138,7 @@ def run_set(name: str, folder: Path, setfit: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"num_train_pool": len(train_y), "num_test": len(test_y),
                            "max_feature_difference": float(np.abs(ours_test - ref_test).max()),
                            "pooling": model.pooling, "budgets": {}}
-    for k, row in zip(BUDGETS, result["budgets"], strict=True):
+    for k, row in zip(BUDGETS[name], result["budgets"], strict=True):
         per_seed = []
         for s, scores in zip(SEEDS, row["runs"], strict=True):
             local = np.array([position[int(r)] for r in rows[k, s]])
@@ -142,10 +155,10 @@ def run_set(name: str, folder: Path, setfit: bool = False) -> dict[str, Any]:
             [p["selfsup"]["accuracy"] - p["reference"]["accuracy"] for p in per_seed])
         summary["before_minus_reference"] = spread(
             [p["selfsup_before"]["accuracy"] - p["reference"]["accuracy"] for p in per_seed])
-        out["budgets"][f"{k}/class"] = {"seeds": per_seed, "summary": summary}
+        out["budgets"][row["budget"]] = {"seeds": per_seed, "summary": summary}
     out["seconds"] = {"selfsup_evaluate": selfsup_seconds,
                       "reference_and_before": time.monotonic() - began}
-    if setfit:
+    if setfit and SETFIT_BUDGET in BUDGETS[name]:
         began = time.monotonic()
         few = evaluate_models(model, train, test, budgets=[LabelBudget(per_class=SETFIT_BUDGET)],
                               setfit=True, baseline=False, seeds=len(SEEDS), seed=SEEDS[0],
@@ -170,14 +183,16 @@ def markdown(results: dict[str, Any]) -> str:
         return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
     lines = [
-        "# Text probe vs the plain recipe (MiniLM, SST-2 and TREC)",
+        "# Text probe vs the plain recipe (MiniLM: SST-2, TREC, IMDB)",
         "",
         "all-MiniLM-L6-v2; test accuracy (%), mean ± std over seeds 0, 1, 2 (each its own "
-        "stratified label subset, the ones `selfsup evaluate --labels-per-class 8,64 --seeds 3` "
-        "draws). **Plain recipe**: mean pooling + L2 normalisation computed with `transformers`, "
+        "stratified label subset, the ones `selfsup evaluate --labels-per-class 8,16,64 --seeds "
+        "3` draws; IMDB: 2,000 train reviews as the pool, 1,000 test reviews, texts cut to 128 "
+        "tokens). **Plain recipe**: mean pooling + L2 normalisation computed with `transformers`, "
         "scikit-learn `LogisticRegressionCV` (10 C values, stratified 5-fold CV on the subset). "
         "**selfsup**: `selfsup evaluate`'s linear probe and kNN (features through the model's "
-        "own sentence pipeline; C by 5-fold CV over the whole subset under 500 texts). "
+        "own sentence pipeline; C by 5-fold CV over the whole subset under 5,000 texts, else "
+        "on a 20% carve). "
         "**selfsup before**: the previous probe (standardised features, C in 0.01..10 on a 20% "
         "validation carve). Differences are paired by seed, in points. Generated by "
         "`benchmarks/text_probe_recipe.py`.",
