@@ -30,8 +30,8 @@ Budgets bounded by minutes (continued pre-training, each fine-tuning) depend on 
 load: run it on an otherwise idle machine. Writes benchmarks/results/text_adaptation_imdb and
 text_adaptation_few .{json,md}.
 
-    .venv/bin/python benchmarks/text_adaptation.py --part few     # ~30 min on 2 cores
-    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~90 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --part few     # ~20 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~95 min on 2 cores
     .venv/bin/python benchmarks/text_adaptation.py --quick        # both, tiny budgets (~5 min)
 """
 
