@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from imdb_continued import DATA, IMDB, RESULTS, minilm_folder  # noqa: E402  (the sibling)
+from imdb_finetune_diagnosis import geometry  # noqa: E402  (the sibling)
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
@@ -89,14 +90,6 @@ QUICK = {"minutes": 0.3, "test_size": 60, "train_size": 120, "labels_per_class":
 log = logging.getLogger("selfsup")
 
 
-def mean_cosine(path: Path) -> float:
-    """Mean cosine similarity of two different test texts' embeddings (the saved sample)."""
-    z = np.load(path)["features"].astype(np.float64)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    cos = z @ z.T
-    return float(cos[np.triu_indices(len(z), 1)].mean())
-
-
 def paired_gains(row: dict[str, Any], start_row: dict[str, Any], protocol: str
                  ) -> dict[str, Any] | None:
     """Continued minus starting accuracy (points), per label subset, and their spread."""
@@ -117,8 +110,8 @@ def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name
                           budgets=[LabelBudget(per_class=s["labels_per_class"])],
                           seeds=s["seeds"], embeddings_out=work / f"{name}_test.npz", **options)
     full = evaluate_models(model, train, test, budgets=[LabelBudget(fraction=1.0)], **options)
-    quality = {k: few["quality"][k] for k in ("effective_rank", "uniformity", "embedding_std")}
-    quality["mean_cosine"] = mean_cosine(work / f"{name}_test.npz")
+    # The test embeddings (all of them: the sample holds up to 2,000) as the diagnosis reads them.
+    quality = geometry(np.load(work / f"{name}_test.npz")["features"].astype(np.float64))
     return {"budgets": few["budgets"] + full["budgets"], "quality": quality,
             "setfit_config": few["setfit_config"], "finetune_config": few["finetune_config"],
             "embedding": few["embedding"], "seconds": few["seconds"] + full["seconds"]}
@@ -167,7 +160,7 @@ def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = OBJEC
 
     contenders = {k: contenders[k] for k in ("start", *OBJECTIVES) if k in contenders}
     start_rows = contenders["start"]["eval"]["budgets"]
-    for objective in OBJECTIVES:
+    for objective in (o for o in OBJECTIVES if o in contenders):
         rows = contenders[objective]["eval"]["budgets"]
         contenders[objective]["gains"] = [
             {"budget": row["budget"], **{p: paired_gains(row, base, p) for p in PROTOCOLS}}
@@ -184,7 +177,7 @@ def imdb_target(contenders: dict[str, Any]) -> dict[str, Any]:
     (the one of fine-tuned and SetFit-style that scores highest for that objective), paired
     mean gains; the best objective is the one whose smaller of the two gains is largest."""
     judged = {}
-    for objective in OBJECTIVES:
+    for objective in (o for o in OBJECTIVES if o in contenders):
         row = contenders[objective]["eval"]["budgets"][0]
         gains = contenders[objective]["gains"][0]
         best = max(("finetune", "setfit"),
@@ -306,7 +299,7 @@ def imdb_markdown(r: dict[str, Any]) -> str:
     lines += ["", "Paired gains over the starting MiniLM (points; mean ± std over the label "
               "subsets):", "", "| objective | labels | linear probe | kNN | fine-tuned | "
               "SetFit-style |", "|---|---|---:|---:|---:|---:|"]
-    for objective in OBJECTIVES:
+    for objective in (o for o in OBJECTIVES if o in c):
         for gains in c[objective]["gains"]:
             lines.append(f"| {objective} | {gains['budget']} | " + " | ".join(
                 pm(gains[p], 1.0, True) for p in PROTOCOLS) + " |")
