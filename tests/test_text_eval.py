@@ -343,6 +343,9 @@ def test_evaluate_hf_folder_with_finetune(hf_folder: Path, labelled: tuple[Path,
     saved = json.loads((out / "eval.json").read_text())
     row = saved["budgets"][0]
     assert row["model"]["finetune"]["steps"] > 0 and "finetune_over_scratch" in row["gains"]
+    # A pre-trained encoder's head starts as a probe (LP-FT) by default; scratch's at random.
+    assert row["model"]["finetune"]["head"]["init"] == "probe"
+    assert row["scratch"]["finetune"]["head"]["init"] == "random"
     assert saved["num_test"] == 30 and "random 30 of 40" in saved["test_data"]
     assert saved["method"] == "hf-folder" and result["max_length"] == 32
     assert isinstance(load_text_model(hf_folder).encoder, HFTextEncoder)

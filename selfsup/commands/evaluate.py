@@ -12,6 +12,7 @@ from selfsup.commands import console
 from selfsup.demo import run_demo
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.dispatch import evaluate as run_evaluate
+from selfsup.evaluate.finetune import TEXT_HEAD_INIT
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
 from selfsup.options import EvaluateOptions, collect
@@ -29,7 +30,7 @@ def evaluate(**values: Any) -> None:
                            + (" (setfit is for text models)" if "setfit" in o.protocol else ""))
     elif o.setfit_iterations is not None or o.setfit_max_pairs is not None:
         raise SelfsupError("--setfit-iterations and --setfit-max-pairs are for text models")
-    elif o.finetune_head != "random":
+    elif o.finetune_head is not None:
         raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
                            "random head")
     elif o.fractions is not None or o.labels_per_class is not None:
@@ -54,7 +55,7 @@ def _evaluate_text(run: Path, o: EvaluateOptions) -> dict[str, Any]:
         run, o.data, o.test, out=o.out, fractions=o.fractions,
         labels_per_class=o.labels_per_class, protocol=o.protocol, baseline=o.baseline,
         finetune_minutes=o.finetune_minutes, finetune_epochs=o.finetune_epochs,
-        finetune_head=o.finetune_head, max_length=o.max_length, seed=o.seed,
+        finetune_head=o.finetune_head or TEXT_HEAD_INIT, max_length=o.max_length, seed=o.seed,
         setfit_options={k: v for k, v in setfit.items() if v is not None} or None,
         seeds=o.seeds if swept else 1, test_size=o.test_size, progress=o.progress,
         data_options={**o.data_options, **{k: v for k, v in fields.items() if v is not None}},

@@ -15,9 +15,9 @@ from the training data only):
 - **fine-tuning** of the whole encoder plus a linear head (``protocol="finetune"``; the recipe of
   Devlin et al. 2019 at CPU scale: AdamW, lr 5e-5, weight decay 0.01, linear warm-up then
   cosine decay, batch 16), keeping the epoch with the best accuracy on a validation carve and
-  stopping early without progress on it; the head starts near zero, or
-  (``finetune_head="probe"``) as a linear probe of the frozen features (LP-FT, Kumar et al.
-  2022), a start that is kept unless fine-tuning beats it on the carve;
+  stopping early without progress on it; the head starts (by default, ``finetune_head="probe"``)
+  as a linear probe of the frozen features (LP-FT, Kumar et al. 2022), a start that is kept
+  unless fine-tuning beats it on the carve, or (``"random"``) near zero;
 - **SetFit-style** (``protocol="setfit"``; Tunstall et al. 2022, selfsup/evaluate/setfit.py):
   contrastive fine-tuning on same-label / different-label pairs of the labelled subset, then a
   logistic head on the fine-tuned embeddings; ``protocol="finetune,setfit"`` runs both;
@@ -41,6 +41,7 @@ from selfsup.data.labelled_text import LabelledText, read_with_options
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.budgets import parse_text_budgets
 from selfsup.evaluate.checks import check_csv_rows, check_writable
+from selfsup.evaluate.finetune import TEXT_HEAD_INIT
 from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.sweep import (
     EMBEDDINGS_FILE,
@@ -126,7 +127,7 @@ def evaluate_text_model(
     baseline: bool = True,
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
-    finetune_head: str = "random",
+    finetune_head: str = TEXT_HEAD_INIT,
     setfit_options: dict[str, Any] | None = None,
     max_length: int | None = 128,
     seed: int = 0,

@@ -27,6 +27,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate.budgets import budget_name
 from selfsup.evaluate.finetune import (
     HEAD_INITS,
+    TEXT_HEAD_INIT,
 )
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.quality import quality_metrics
@@ -109,7 +110,7 @@ def evaluate_models(
     baseline: bool = True,
     finetune_minutes: float | None = 5.0,
     finetune_epochs: int | None = None,
-    finetune_head: str = "random",
+    finetune_head: str = TEXT_HEAD_INIT,
     scratch_lr: float = SCRATCH_LR,
     max_length: int | None = 128,
     batch_size: int = 64,
