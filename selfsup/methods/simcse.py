@@ -14,6 +14,13 @@ Unlike masked LM it keeps a sentence encoder's geometry: the loss spreads unrela
 pooler + MLP and drops the MLP at test time; here the sentence vector is the one the starting
 model produces (its pooling; MiniLM: mean + L2 normalisation), trained and exported alike.
 
+``views=spans`` (an option, off by default) makes the pair harder, for corpora of long
+documents: each view is a random window of ``span`` tokens of the document as read (up to
+``--block-size``), both under dropout, so the encoder must find what two parts of one document
+share rather than a near-copy of itself (DeCLUTR's span pairs, Giorgi et al., ACL 2021, sec. 2;
+there from a pretrained start too). A document of at most ``span`` tokens gives the same window
+twice, i.e. plain SimCSE.
+
 Bad input: a corpus whose texts are all the same is refused (the pair would be the whole batch,
 so the loss could not fall below ln N); many repeats are warned about (a repeat in the same
 batch is a false negative). See ``selfsup/data/documents.py`` ``check_distinct``.
@@ -37,6 +44,35 @@ from selfsup.methods.sentence_base import SentenceMethod, SentenceOptions
 @dataclass
 class SimCSEOptions(SentenceOptions):
     temperature: float = 0.05  # the paper's (table D.1)
+    views: str = "dropout"  # or "spans": two random windows of each document (docstring)
+    span: int = 64  # tokens per window with views=spans (special tokens not counted)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.views not in ("dropout", "spans"):
+            raise SelfsupError(f"views must be 'dropout' or 'spans', not {self.views!r}")
+        if self.span < 1:
+            raise SelfsupError(f"span must be at least 1 token, not {self.span}")
+
+
+def span_pairs(ids: torch.Tensor, mask: torch.Tensor, width: int, generator: torch.Generator,
+               pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random windows of at most ``width`` inner tokens of each framed row (``first ...
+    last``, e.g. ``[CLS] ... [SEP]``), framed the same way: (ids, attention mask) of 2B rows,
+    every row's first window, then every row's second; right-padded."""
+    rows = ids.cpu().repeat(2, 1)
+    inner = mask.cpu().sum(1).repeat(2) - 2  # tokens between the two frame tokens
+    take = inner.clamp(min=0, max=width)
+    start = (torch.rand(inner.shape, generator=generator) * (inner - take + 1)).long()
+    offsets = torch.arange(width)
+    body = rows.gather(1, (1 + start[:, None] + offsets).clamp(max=rows.shape[1] - 1))
+    out = torch.full((len(rows), width + 2), pad_id, dtype=rows.dtype)
+    out[:, 0] = rows[:, 0]
+    out[:, 1:-1] = torch.where(offsets < take[:, None], body, pad_id)
+    out.scatter_(1, (take + 1)[:, None], rows.gather(1, (inner + 1)[:, None]))  # closing token
+    new_mask = (torch.arange(width + 2) < (take + 2)[:, None]).to(mask.dtype)
+    used = int(take.max()) + 2
+    return out[:, :used].to(ids.device), new_mask[:, :used].to(mask.device)
 
 
 def dropout_active(model: torch.nn.Module) -> bool:
@@ -46,14 +82,14 @@ def dropout_active(model: torch.nn.Module) -> bool:
 
 @METHODS.register("simcse")
 class SimCSE(SentenceMethod):
-    """In-batch InfoNCE between two dropout views of each text."""
+    """In-batch InfoNCE between two views of each text: dropout twins, or random spans."""
 
     Options: ClassVar[type] = SimCSEOptions
     needs_distinct_texts: ClassVar[bool] = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not dropout_active(self.encoder.model):
+        if self.options.views == "dropout" and not dropout_active(self.encoder.model):
             raise SelfsupError(
                 "simcse makes its two views with dropout, and this model has none; set it, "
                 "e.g. --method-option dropout=0.1 (the paper's)")
@@ -62,8 +98,12 @@ class SimCSE(SentenceMethod):
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
     ) -> StepOutput:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        # One pass over the batch stacked twice: each copy draws its own dropout masks.
-        z1, z2 = self.encoder(torch.cat([ids, ids]), torch.cat([mask, mask])).chunk(2)
+        if self.options.views == "spans":
+            ids, mask = span_pairs(ids, mask, self.options.span, generator, self.encoder.pad_id)
+        else:
+            ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
+        # One pass over both views stacked: each copy draws its own dropout masks.
+        z1, z2 = self.encoder(ids, mask).chunk(2)
         loss = info_nce(z1, z2, self.options.temperature)
         with torch.no_grad():
             agreement = torch.nn.functional.cosine_similarity(z1, z2, dim=1).mean()
