@@ -55,6 +55,8 @@ class SimCSEOptions(SentenceOptions):
             raise SelfsupError(f"span must be at least 1 token, not {self.span}")
 
 
+# Eager under --compile: the windows' width depends on the batch (a recompile each time).
+@torch.compiler.disable
 def span_pairs(ids: torch.Tensor, mask: torch.Tensor, width: int, generator: torch.Generator,
                pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two random windows of at most ``width`` inner tokens of each framed row (``first ...
