@@ -43,12 +43,14 @@ def compiler_missing(device: str = "cpu") -> str | None:
     return None
 
 
-def resolve(choice: str, *, minutes: float | None, steps: int | None, device: str = "cpu") -> str:
+def resolve(choice: str, *, minutes: float | None, steps: int | None, device: str = "cpu",
+            pays: bool = True) -> str:
     """``on`` or ``off`` for a run's ``--compile`` choice; ``steps`` is the step budget (from
-    ``--steps`` or ``--epochs``), None when only minutes bound the run."""
+    ``--steps`` or ``--epochs``), None when only minutes bound the run; ``pays``: False where
+    compiling this method was measured not to pay (``auto`` is then off)."""
     if choice not in CHOICES:
         raise SelfsupError(f"compile must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "off":
+    if choice == "off" or (choice == "auto" and not pays):
         return "off"
     missing = compiler_missing(device)
     if choice == "on":
@@ -87,9 +89,10 @@ class CompiledStep:
     it is a warning, and this and every later call run ``fn`` eagerly.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, *, strict: bool) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, *, strict: bool,
+                 dynamic: bool | None = False) -> None:
         self.eager = fn
-        self.compiled = torch.compile(fn, dynamic=False)
+        self.compiled = torch.compile(fn, dynamic=dynamic)
         self.name = name
         self.strict = strict
         self.failed = False

@@ -57,8 +57,9 @@ class PretrainConfig:
     init: str | None = option(None, "Text (mlm, span, simcse, tsdae): continue pre-training "
                               "a local Hugging Face model folder; its tokenizer is used. A "
                               "sentence encoder (a sentence-transformers folder such as "
-                              "MiniLM): simcse or tsdae; a masked-LM model (BERT with its "
-                              "head): mlm.")
+                              "MiniLM): simcse or tsdae (long documents: simcse with "
+                              "--method-option views=spans --block-size 512); a masked-LM "
+                              "model (BERT with its head): mlm.")
     # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
     data_options: dict[str, Any] = mapping("Reader option KEY=VALUE of the method's data "
                                            "(text, series, pairs), e.g. split=train.")

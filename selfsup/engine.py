@@ -97,7 +97,7 @@ class PretrainModule(pl.LightningModule):
         if config.compile == "on":
             self.step_fn = compiling.CompiledStep(
                 method.training_step, f"{config.method}'s training step",
-                strict=compile_strict,
+                strict=compile_strict, dynamic=method.compile_dynamic,
             )
 
     def _elapsed(self) -> float:
@@ -552,7 +552,7 @@ def fit(
     step_limits += [config.epochs * len(loader)] if config.epochs else []
     config = dataclasses.replace(config, compile=compiling.resolve(
         config.compile, minutes=config.minutes, steps=min(step_limits, default=None),
-        device="cuda" if _uses_gpus(config.accelerator) else "cpu",
+        device="cuda" if _uses_gpus(config.accelerator) else "cpu", pays=method.compile_auto,
     ))
     # The run keeps the fully resolved config: the method's and augmentation's defaults, and
     # whether it compiled, included.

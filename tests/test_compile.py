@@ -66,6 +66,9 @@ def test_auto_compiles_only_runs_long_enough_to_win_the_time_back() -> None:
     assert compiling.resolve("auto", minutes=None, steps=2000) == "on"
     assert compiling.resolve("auto", minutes=10, steps=20) == "off"  # 20 steps end it first
     assert compiling.resolve("on", minutes=None, steps=5) == "on"
+    # A method measured not to gain (sentence encoders): auto leaves it eager, on still compiles.
+    assert compiling.resolve("auto", minutes=60, steps=None, pays=False) == "off"
+    assert compiling.resolve("on", minutes=60, steps=None, pays=False) == "on"
     with pytest.raises(SelfsupError, match="compile must be one of"):
         compiling.resolve("fast", minutes=1, steps=None)
 

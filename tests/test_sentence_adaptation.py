@@ -145,6 +145,35 @@ def test_simcse_span_views_are_framed_windows_of_each_text(tokenizer_file):
         method_for("simcse", tokenizer_file, 120, views="crops")
 
 
+def test_sentence_steps_compile_once_for_every_batch_width(tokenizer_file):
+    """A document batch is padded to its longest text, so its width changes every step; the
+    sentence methods compile with dynamic shapes (compile_dynamic=None: one recompilation when
+    the width first changes), where static shapes would recompile at every new width."""
+    from torch._dynamo.testing import CompileCounter
+
+    def graphs(dynamic: bool | None, widths: list[int]) -> int:
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        method = method_for("simcse", tokenizer_file, 120).train()
+        step = torch.compile(method.training_step, backend=counter, dynamic=dynamic)
+        generator = torch.Generator().manual_seed(0)
+        for width in widths:
+            ids = torch.randint(5, 120, (4, width), generator=generator)
+            step({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, generator)
+        return counter.frame_count
+
+    dynamic = METHODS.get("simcse").compile_dynamic
+    assert dynamic is None and METHODS.get("tsdae").compile_dynamic is None
+    # ... and --compile auto leaves them eager (compiling was measured to buy nothing).
+    assert not METHODS.get("simcse").compile_auto and not METHODS.get("tsdae").compile_auto
+    assert METHODS.get("simclr").compile_dynamic is False  # images: a graph per size
+    try:
+        assert graphs(dynamic, [8, 12, 16, 20]) == graphs(dynamic, [8, 12])
+        assert graphs(False, [8, 12, 16, 20]) > graphs(False, [8, 12])
+    finally:
+        torch._dynamo.reset()
+
+
 # ---------------------------------------------------------------------------- TSDAE
 
 

@@ -76,6 +76,15 @@ class Method(nn.Module):
     # defaults such a start wants over ``config_defaults`` (a smaller lr, say).
     supports_init: ClassVar[bool] = False
     init_config_defaults: ClassVar[dict[str, Any]] = {}
+    # How --compile treats the step's input shapes (torch.compile's ``dynamic``): False, a graph
+    # per shape (fixed-size images; a few sizes under progressive resolution); None, a
+    # dimension turns dynamic once it changes (text padded to each batch's longest, whose width
+    # changes every step: one recompile, where static shapes recompile for every new width).
+    compile_dynamic: ClassVar[bool | None] = False
+    # Whether --compile auto may compile this method's step (on stays the user's to ask for):
+    # False where compiling was measured not to pay, e.g. a pretrained text encoder whose step
+    # is its matmuls (benchmarks/text_compile.py).
+    compile_auto: ClassVar[bool] = True
 
     @classmethod
     def prepare_config(cls, config: PretrainConfig) -> PretrainConfig:

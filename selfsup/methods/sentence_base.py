@@ -57,6 +57,11 @@ class SentenceMethod(Method):
     supports_init: ClassVar[bool] = True
     document_defaults: ClassVar[dict[str, Any]] = {"packing": "document"}
     needs_distinct_texts: ClassVar[bool] = False
+    # Each batch is padded to its longest document (TSDAE's deletions change it again): a new
+    # width nearly every step, so --compile on makes the width dynamic; and --compile auto stays
+    # eager, as compiling MiniLM's step bought nothing (benchmarks/text_compile.py).
+    compile_dynamic: ClassVar[bool | None] = None
+    compile_auto: ClassVar[bool] = False
 
     @classmethod
     def scratch_config(

