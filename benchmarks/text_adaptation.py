@@ -32,7 +32,7 @@ load: run it on an otherwise idle machine. Writes benchmarks/results/text_adapta
 text_adaptation_few .{json,md}.
 
     .venv/bin/python benchmarks/text_adaptation.py --part few     # ~20 min on 2 cores
-    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~120 min on 2 cores
+    .venv/bin/python benchmarks/text_adaptation.py --part imdb    # ~145 min on 2 cores
     .venv/bin/python benchmarks/text_adaptation.py --quick        # both, tiny budgets (~5 min)
 """
 
