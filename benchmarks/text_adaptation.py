@@ -189,14 +189,24 @@ def imdb_target(contenders: dict[str, Any]) -> dict[str, Any]:
     (the one of fine-tuned and SetFit-style that scores highest for that objective), paired
     mean gains; the best objective is the one whose smaller of the two gains is largest."""
     judged = {}
+
+    def best_protocol(row: dict[str, Any]) -> str:
+        return max(("finetune", "setfit"), key=lambda p: budget_accuracy(row, "model", p)["mean"])
+
+    start_row = contenders["start"]["eval"]["budgets"][0]
+    start_best = budget_accuracy(start_row, "model", best_protocol(start_row))["values"]
     for objective in (o for o in OBJECTIVES if o in contenders):
         row = contenders[objective]["eval"]["budgets"][0]
         gains = contenders[objective]["gains"][0]
-        best = max(("finetune", "setfit"),
-                   key=lambda p: budget_accuracy(row, "model", p)["mean"])
+        best = best_protocol(row)
+        ours = budget_accuracy(row, "model", best)["values"]
         judged[objective] = {"best_few_label_protocol": best,
                              "linear_gain": gains["linear"]["mean"],
-                             "few_label_gain": gains[best]["mean"]}
+                             "few_label_gain": gains[best]["mean"],
+                             # A stricter reading: best model against the starting model's best
+                             # (its own best protocol), paired by label subset.
+                             "best_vs_best": spread([100 * (a - b) for a, b in
+                                                     zip(ours, start_best, strict=True)])}
     winner = max(judged, key=lambda o: min(judged[o]["linear_gain"], judged[o]["few_label_gain"]))
     w = judged[winner]
     return {"per_objective": judged, "best_objective": winner, "points": 2.0,
@@ -325,7 +335,9 @@ def imdb_markdown(r: dict[str, Any]) -> str:
               "at 100/class on the linear probe and under its best few-label protocol): "
               f"**{'met' if t['met'] else 'not met'}**: best {t['best_objective']}, linear "
               f"{w['linear_gain']:+.1f}, {NAMES[w['best_few_label_protocol']]} "
-              f"{w['few_label_gain']:+.1f}.", "",
+              f"{w['few_label_gain']:+.1f}. Read strictly, its best model against MiniLM's "
+              f"best (each by its best few-label protocol, paired by subset): "
+              f"{pm(w['best_vs_best'], 1.0, True)}.", "",
               f"**Target** (MiniLM fine-tuned at 100/class ≥ its linear probe, ≤ 5 min): "
               f"**{'met' if f['met'] else 'not met'}**: {100 * f['finetune']:.1f} vs "
               f"{100 * f['linear']:.1f}, longest run {f['max_seconds']:.0f} s.", "",
@@ -390,11 +402,20 @@ def main() -> None:
     parser.add_argument("--objectives", default=",".join(OBJECTIVES),
                         help="IMDB: the objectives to continue MiniLM with [all of "
                         f"{', '.join(OBJECTIVES)}]")
+    parser.add_argument("--render", action="store_true", help="IMDB: only write the results "
+                        "file's Markdown again from its JSON, targets recomputed")
     parser.add_argument("--reuse", default=None, help="IMDB: an earlier results file of the "
                         "same settings; only --objectives run again, the other contenders "
                         "(the starting MiniLM included) are kept from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.render:
+        stem = RESULTS / f"text_adaptation_imdb{'_quick' * args.quick}"
+        result = json.loads(stem.with_suffix(".json").read_text())
+        result["imdb"]["target"] = imdb_target(result["imdb"]["contenders"])
+        atomic.write_json(stem.with_suffix(".json"), result)
+        atomic.write_text(stem.with_suffix(".md"), imdb_markdown(result))
+        return
     if not DATA.is_dir():
         sys.exit(f"{DATA} is missing: this benchmark reads ../shared/data")
     settings = dict(QUICK if args.quick else FULL)
