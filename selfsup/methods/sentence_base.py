@@ -59,8 +59,8 @@ class SentenceMethod(Method):
     needs_distinct_texts: ClassVar[bool] = False
     # Each batch is padded to its longest document (TSDAE's deletions change it again): a new
     # width nearly every step, so --compile on makes the width dynamic; and --compile auto stays
-    # eager: compiling MiniLM's step bought 1-10% a step, short of its 20-140 s of compiling
-    # (benchmarks/text_compile.py).
+    # eager: compiling MiniLM's step bought 1-9% a step, less than the compiling cost within 3
+    # minutes (benchmarks/text_compile.py).
     compile_dynamic: ClassVar[bool | None] = None
     compile_auto: ClassVar[bool] = False
 
