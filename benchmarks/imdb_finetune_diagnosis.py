@@ -74,13 +74,18 @@ def held_out(full: LabelledText, s: dict[str, Any], seed: int) -> tuple[Labelled
     held-out reviews are IMDB train reviews whose text is in neither."""
     pool = full.sample(s["train_size"], seed, "--train-size")
     probe = full.sample(s["probe_size"], seed + 1, "probe set")
-    used = set(pool.texts) | set(probe.texts)
+    return pool, reviews_outside(full, set(pool.texts) | set(probe.texts), s["held_size"],
+                                 seed + 7, "the pool and probe set")
+
+
+def reviews_outside(full: LabelledText, used: set[str], size: int, seed: int, what: str
+                    ) -> LabelledText:
+    """A seeded random ``size`` of ``full``'s reviews whose text is not in ``used`` (``what``)."""
     rest = np.asarray([i for i, text in enumerate(full.texts) if text not in used])
-    if len(rest) < s["held_size"]:
-        raise SelfsupError(f"only {len(rest)} reviews are left for --held-size {s['held_size']}")
-    rows = np.sort(np.random.default_rng(seed + 7).permutation(rest)[: s["held_size"]])
-    return pool, full.subset(rows, f"{len(rows)} IMDB train reviews outside the pool and probe "
-                                   f"set (seed {seed + 7})")
+    if len(rest) < size:
+        raise SelfsupError(f"only {len(rest)} reviews are left for --held-size {size}")
+    rows = np.sort(np.random.default_rng(seed).permutation(rest)[:size])
+    return full.subset(rows, f"{len(rows)} IMDB train reviews outside {what} (seed {seed})")
 
 
 def geometry(features: np.ndarray) -> dict[str, float]:

@@ -75,6 +75,7 @@ from selfsup.evaluate.text import (  # noqa: E402
 )
 
 TEXT_CLS = DATA / "text_cls"
+CORPUS = f"{IMDB / 'imdb_train.jsonl.gz'},{IMDB / 'imdb_unsup.jsonl.gz'}"  # never IMDB test
 #: Contender -> (method, its options, reader options beyond --block-size, config overrides).
 #: simcse-spans pairs two random 64-token windows of a review's first 512 tokens (DeCLUTR-style;
 #: simcse.py, views); its lr 1e-4 variant was chosen over lr 3e-5 and span 32 on held-out IMDB
@@ -125,6 +126,29 @@ def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name
             "embedding": few["embedding"], "seconds": few["seconds"] + full["seconds"]}
 
 
+def continue_minilm(spec: tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]],
+                    s: dict[str, Any], out: Path) -> tuple[Path, dict[str, Any]]:
+    """MiniLM continued on IMDB train + unsup for ``s["minutes"]`` by one (method, its options,
+    reader options, config overrides) spec: the run folder and what its pre-training did."""
+    method, method_options, reader, overrides = spec
+    data_options = {"block_size": s["max_length"], **reader,
+                    **({"max_documents": s["max_documents"]} if s["max_documents"] else {})}
+    began = time.monotonic()
+    run = pretrain(method, CORPUS, out=str(out), init=str(minilm_folder()),
+                   minutes=s["minutes"], precision="auto", progress=False,
+                   checkpoint_minutes=60.0, seed=0, method_options=method_options,
+                   data_options=data_options, **overrides)
+    wall = time.monotonic() - began
+    summary = json.loads((run.path / "pretrain.json").read_text())
+    config = yaml.safe_load((run.path / "config.yaml").read_text())
+    return run.path, {"method": method, "method_options": method_options,
+                      "data_options": data_options, "minutes": s["minutes"],
+                      "wall_seconds": wall, "steps": summary["steps"],
+                      "final_loss": summary["final_loss"],
+                      "samples_per_s": summary["samples_per_s"],
+                      "batch_size": config.get("batch_size"), "lr": config.get("lr")}
+
+
 def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = tuple(OBJECTIVES),
               reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every contender scored; with ``reuse`` (an earlier result of the same settings) only
@@ -135,10 +159,6 @@ def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = tuple
     test = read_labelled_text(IMDB / "imdb_test.jsonl.gz").sample(s["test_size"], 0,
                                                                   "--test-size")
     train = imdb_train.sample(s["train_size"], 0, "--train-size")
-    corpus = f"{IMDB / 'imdb_train.jsonl.gz'},{IMDB / 'imdb_unsup.jsonl.gz'}"
-    data_options: dict[str, Any] = {"block_size": s["max_length"]}
-    if s["max_documents"]:
-        data_options["max_documents"] = s["max_documents"]
 
     contenders: dict[str, Any] = {}
     if reuse is not None:
@@ -150,24 +170,10 @@ def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = tuple
                                              "start")}
     for objective in objectives:
         log.info("continuing MiniLM by %s for %.1f min", objective, s["minutes"])
-        began = time.monotonic()
-        method, method_options, reader, overrides = OBJECTIVES[objective]
-        run = pretrain(method, corpus, out=str(work / objective), init=str(folder),
-                       minutes=s["minutes"], precision="auto", progress=False,
-                       checkpoint_minutes=60.0, seed=0, method_options=method_options,
-                       data_options={**data_options, **reader}, **overrides)
-        wall = time.monotonic() - began
-        summary = json.loads((run.path / "pretrain.json").read_text())
-        config = yaml.safe_load((run.path / "config.yaml").read_text())
-        model, _, _ = load_run_model(run.path)
-        contenders[objective] = {
-            "pretrain": {"method": method, "method_options": method_options,
-                         "data_options": {**data_options, **reader},
-                         "minutes": s["minutes"], "wall_seconds": wall,
-                         "steps": summary["steps"], "final_loss": summary["final_loss"],
-                         "samples_per_s": summary["samples_per_s"],
-                         "batch_size": config.get("batch_size"), "lr": config.get("lr")},
-            "eval": score(model, train, test, s, work, objective)}
+        run, record = continue_minilm(OBJECTIVES[objective], s, work / objective)
+        model, _, _ = load_run_model(run)
+        contenders[objective] = {"pretrain": record,
+                                 "eval": score(model, train, test, s, work, objective)}
         del model
 
     contenders = {k: contenders[k] for k in ("start", *OBJECTIVES) if k in contenders}

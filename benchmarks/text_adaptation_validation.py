@@ -18,7 +18,6 @@ Writes benchmarks/results/text_adaptation_validation.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -31,10 +30,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from imdb_continued import IMDB, RESULTS, minilm_folder  # noqa: E402  (siblings)
-from text_adaptation import FULL, QUICK, paired_gains, pm  # noqa: E402
+from imdb_finetune_diagnosis import reviews_outside  # noqa: E402
+from text_adaptation import FULL, QUICK, SPANS, continue_minilm, paired_gains, pm  # noqa: E402
 
 from selfsup import atomic  # noqa: E402
-from selfsup.api import pretrain  # noqa: E402
 from selfsup.data.labelled_text import LabelledText, read_labelled_text  # noqa: E402
 from selfsup.evaluate.budgets import LabelBudget  # noqa: E402
 from selfsup.evaluate.text import (  # noqa: E402
@@ -44,23 +43,15 @@ from selfsup.evaluate.text import (  # noqa: E402
     load_run_model,
 )
 
-#: recipe -> (simcse's method options, reader options, config overrides). The first is
-#: text_adaptation.py's simcse-spans; the others change one thing each.
-RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    "span 64, lr 3e-5": ({"views": "spans", "span": 64}, {"block_size": 512}, {}),
-    "span 32, lr 3e-5": ({"views": "spans", "span": 32}, {"block_size": 512}, {}),
-    "span 64, lr 1e-4": ({"views": "spans", "span": 64}, {"block_size": 512}, {"lr": 1e-4}),
+#: recipe -> (method, its options, reader options, config overrides), as text_adaptation.py's
+#: OBJECTIVES: the first is its simcse-spans; the others change one thing each.
+RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "span 64, lr 3e-5": ("simcse", *SPANS, {}),
+    "span 32, lr 3e-5": ("simcse", {**SPANS[0], "span": 32}, SPANS[1], {}),
+    "span 64, lr 1e-4": ("simcse", *SPANS, {"lr": 1e-4}),
 }
 PROTOCOLS = ("linear", "knn", "finetune")
 log = logging.getLogger("selfsup")
-
-
-def held_out(full: LabelledText, pool: LabelledText, size: int) -> LabelledText:
-    """``size`` IMDB train reviews whose text is not in the label pool (seed 7)."""
-    used = set(pool.texts)
-    rest = np.asarray([i for i, text in enumerate(full.texts) if text not in used])
-    rows = np.sort(np.random.default_rng(7).permutation(rest)[:size])
-    return full.subset(rows, f"{len(rows)} IMDB train reviews outside the label pool (seed 7)")
 
 
 def score(model: Any, pool: LabelledText, held: LabelledText, s: dict[str, Any]) -> dict:
@@ -107,29 +98,19 @@ def main() -> None:
     began = time.monotonic()
     full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
     pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
-    held = held_out(full, pool, args.held_size)
+    held = reviews_outside(full, set(pool.texts), args.held_size, 7, "the label pool")
     work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-validation-"))
-    folder = minilm_folder()
-    corpus = f"{IMDB / 'imdb_train.jsonl.gz'},{IMDB / 'imdb_unsup.jsonl.gz'}"
-    contenders: dict[str, Any] = {"start": {"eval": score(load_folder_model(folder), pool, held,
-                                                          s)}}
-    for k, (name, (method_options, reader, config)) in enumerate(RECIPES.items()):
+    contenders: dict[str, Any] = {"start": {"eval": score(load_folder_model(minilm_folder()),
+                                                          pool, held, s)}}
+    base = contenders["start"]["eval"]["budgets"][0]
+    for k, (name, spec) in enumerate(RECIPES.items()):
         log.info("continuing MiniLM by simcse, %s", name)
-        run = pretrain("simcse", corpus, out=str(work / f"recipe{k}"), init=str(folder),
-                       minutes=s["minutes"], precision="auto", progress=False,
-                       checkpoint_minutes=60.0, seed=0, method_options=method_options,
-                       data_options={"block_size": s["max_length"], **reader,
-                                     **({"max_documents": s["max_documents"]}
-                                        if s["max_documents"] else {})}, **config)
-        summary = json.loads((run.path / "pretrain.json").read_text())
-        model, _, _ = load_run_model(run.path)
-        contenders[name] = {"steps": summary["steps"],
-                            "recipe": {"method_options": method_options, "data_options": reader,
-                                       "config": config},
-                            "eval": score(model, pool, held, s)}
-        base = contenders["start"]["eval"]["budgets"][0]
-        contenders[name]["gains"] = {p: paired_gains(contenders[name]["eval"]["budgets"][0],
-                                                     base, p) for p in PROTOCOLS}
+        run, record = continue_minilm(spec, s, work / f"recipe{k}")
+        model, _, _ = load_run_model(run)
+        row = score(model, pool, held, s)
+        contenders[name] = {"steps": record["steps"], "pretrain": record, "eval": row,
+                            "gains": {p: paired_gains(row["budgets"][0], base, p)
+                                      for p in PROTOCOLS}}
         del model
     chosen = max(RECIPES, key=lambda n: min(contenders[n]["gains"]["linear"]["mean"],
                                             contenders[n]["gains"]["finetune"]["mean"]))
