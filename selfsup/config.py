@@ -74,13 +74,16 @@ class PretrainConfig:
     compile: str = option("auto", "torch.compile the training step: auto (on for runs of 3+ "
                           "minutes or 500+ steps, where a C++ compiler is present), on or off.")
     seed: int = option(0, "Random seed.")
-    # Optimiser: AdamW with linear warm-up then cosine decay over the budget's progress.
-    lr: float = option(2e-3, "Peak AdamW learning rate, used as given: with k times the global "
+    # Optimiser: AdamW (or Muon on the linear layers' weights, selfsup/optim.py) with linear
+    # warm-up then cosine decay over the budget's progress.
+    optimizer: str = option("adamw", "adamw, or muon: Muon on the linear layers' weights, "
+                            "AdamW on the rest, one lr for both (selfsup/optim.py).")
+    lr: float = option(2e-3, "Peak learning rate, used as given: with k times the global "
                        "batch (more devices), scale it by k yourself (linear rule).")
     # AdamW's second-moment decay: 0.999 (PyTorch's default) averages over ~1000 steps; a
     # method taking many small steps may want less (a language model's 0.99, as nanoGPT's).
     adam_beta2: float = option(0.999, "AdamW's second-moment decay.")
-    weight_decay: float = option(1e-5, "AdamW weight decay (not on norms and biases).")
+    weight_decay: float = option(1e-5, "Weight decay (decoupled; not on norms and biases).")
     warmup_fraction: float = option(0.05, "Share of the budget spent warming the lr up.")
     grad_clip: float | None = option(3.0, "Clip the gradient norm to this (none: no clipping).")
     # A step whose loss is NaN/inf is skipped (no update, counted) instead of ending the run.
@@ -119,6 +122,11 @@ class PretrainConfig:
             self.precision = "bf16" if native_bf16("cuda" if on_gpu else "cpu") else "32"
         if self.compile not in ("auto", "on", "off"):
             raise SelfsupError(f"compile must be 'auto', 'on' or 'off', not {self.compile!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise SelfsupError(f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise SelfsupError("--optimizer muon needs whole weight matrices; FSDP shards them "
+                               "(use --strategy ddp, or --optimizer adamw)")
         if self.skip_nonfinite and self.devices * self.num_nodes > 1:
             raise SelfsupError(
                 "--skip-nonfinite works in one process only: a step skipped on one rank and "

@@ -34,7 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from selfsup import allocator, atomic, checkpoint_io, compiling
+from selfsup import allocator, atomic, checkpoint_io, compiling, optim
 from selfsup.config import PretrainConfig, native_bf16, options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
@@ -159,9 +159,12 @@ class PretrainModule(pl.LightningModule):
         self.method.on_train_step_end(self.progress_fraction)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        matrices = (optim.muon_parameters(self.method) if self.config.optimizer == "muon"
+                    else [])
+        on_muon = {id(p) for p in matrices}
         decay, no_decay = [], []
         for parameter in self.method.parameters():
-            if parameter.requires_grad:
+            if parameter.requires_grad and id(parameter) not in on_muon:
                 # Norm scales and biases are not weights to shrink (common practice since BYOL).
                 (no_decay if parameter.ndim <= 1 else decay).append(parameter)
         groups = [
@@ -170,9 +173,14 @@ class PretrainModule(pl.LightningModule):
         ]
         # FSDP clips its sharded gradients through Lightning's plugin, which refuses a fused
         # optimizer; every other strategy is clipped by configure_gradient_clipping below.
-        fused = fused_adamw(self.method.parameters()) if self.config.strategy != "fsdp" else None
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.adam_beta2),
-                                 fused=fused)
+        fused = fused_adamw(decay + no_decay) if self.config.strategy != "fsdp" else None
+        betas = (0.9, self.config.adam_beta2)
+        if matrices:
+            return optim.MuonWithAdamW(
+                [{"params": matrices, "weight_decay": self.config.weight_decay}], groups,
+                lr=self.config.lr, betas=betas, fused=fused,
+            )
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=betas, fused=fused)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,

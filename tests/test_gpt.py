@@ -136,10 +136,13 @@ def test_the_gpt_optimiser_defaults_apply_under_the_users_options(trained_run):
     config = yaml.safe_load((trained_run.path / "config.yaml").read_text())
     assert config["batch_size"] == 16 and config["lr"] == 3e-3  # the user's
     assert (config["adam_beta2"], config["grad_clip"], config["weight_decay"]) == (0.99, 1.0, 0.1)
+    assert config["optimizer"] == "muon"  # the method's, as the user chose none
     checkpoint = torch.load(trained_run.last_checkpoint, weights_only=False)
-    groups = checkpoint["optimizer_states"][0]["param_groups"]
-    assert [group["betas"] for group in groups] == [(0.9, 0.99)] * 2
-    assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
+    muon, *adamw = checkpoint["optimizer_states"][0]["param_groups"]
+    # Muon's group holds the linear layers' weights; AdamW's the embedding, then norms.
+    assert muon["adjust_lr_fn"] == "match_rms_adamw" and muon["weight_decay"] == 0.1
+    assert [group["betas"] for group in adamw] == [(0.9, 0.99)] * 2
+    assert [group["weight_decay"] for group in adamw] == [0.1, 0.0]
 
 
 def test_generate_cli_is_seeded_and_streams(trained_run, monkeypatch, capsys):

@@ -65,9 +65,10 @@ def _digits(size: int | None) -> ImageData:
     return ImageData(data.images[:size], data.labels[:size], data.class_names, "digits", [])
 
 
-def _train(run_dir: Path, data: ImageData, steps: int, crash: int | None) -> dict:
+def _train(run_dir: Path, data: ImageData, steps: int, crash: int | None,
+           optimizer: str = "adamw") -> dict:
     """The final encoder weights of a run, crashed at step ``crash`` and resumed if given."""
-    config = build_config({**TINY, "steps": steps, "out": str(run_dir)})
+    config = build_config({**TINY, "steps": steps, "out": str(run_dir), "optimizer": optimizer})
     run = RunDir(run_dir)
     run.path.mkdir()
     if crash is None:
@@ -82,37 +83,40 @@ def _train(run_dir: Path, data: ImageData, steps: int, crash: int | None) -> dic
             method, _ = fit(config, data, run, resume=True)
         assert not [w for w in caught if "not resumable" in str(w.message)]
         assert not leftover.exists()
-    return {k: v.detach().clone() for k, v in method.encoder.state_dict().items()}
+    # The whole method: the projection head's linear layers are where Muon works.
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """Reference runs, one per (data size, steps), shared by the crash points."""
-    cache: dict[tuple[int | None, int], dict] = {}
+    cache: dict[tuple[int | None, int, str], dict] = {}
 
-    def get(size: int | None, steps: int) -> dict:
-        if (size, steps) not in cache:
+    def get(size: int | None, steps: int, optimizer: str) -> dict:
+        if (size, steps, optimizer) not in cache:
             run_dir = tmp_path_factory.mktemp("whole") / "run"
-            cache[size, steps] = _train(run_dir, _digits(size), steps, crash=None)
-        return cache[size, steps]
+            cache[size, steps, optimizer] = _train(run_dir, _digits(size), steps, None, optimizer)
+        return cache[size, steps, optimizer]
 
     return get
 
 
 @pytest.mark.parametrize(
-    ("size", "steps", "crash"),
+    ("size", "steps", "crash", "optimizer"),
     [
-        (None, 8, 5),  # 28 batches an epoch: resumed at step 4, mid-epoch
-        (256, 10, 5),  # 4 batches an epoch: resumed at step 4, exactly at an epoch's end
-        (256, 10, 7),  # resumed at step 6, mid-way through the second epoch
+        (None, 8, 5, "adamw"),  # 28 batches an epoch: resumed at step 4, mid-epoch
+        (256, 10, 5, "adamw"),  # 4 batches an epoch: resumed at step 4, at an epoch's end
+        (256, 10, 7, "adamw"),  # resumed at step 6, mid-way through the second epoch
+        (256, 10, 7, "muon"),  # Muon's momenta and AdamW's moments both in the checkpoint
     ],
 )
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted, size, steps, crash):
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted, size, steps, crash,
+                                                  optimizer):
     # Exact equality: fp32 on CPU is deterministic for a fixed order of operations, and the
     # resumed run sees the same batches (ResumableLoader), augmentations (the generator state
     # in the checkpoint), weights, optimiser moments and learning-rate schedule.
-    reference = uninterrupted(size, steps)
-    resumed = _train(tmp_path / "run", _digits(size), steps, crash=crash)
+    reference = uninterrupted(size, steps, optimizer)
+    resumed = _train(tmp_path / "run", _digits(size), steps, crash, optimizer)
     assert reference.keys() == resumed.keys()
     for key, value in reference.items():
         assert torch.equal(value, resumed[key]), key
