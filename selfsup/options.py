@@ -165,6 +165,9 @@ class EvaluateOptions:
                            "also setfit (probes + SetFit-style contrastive fine-tuning on "
                            "same/different-label pairs, then a logistic head) or "
                            "finetune,setfit.")
+    compile: str = option("auto", "Image, series and CLIP runs: torch.compile the feature "
+                          "extraction and fine-tuning: auto (extraction of 500,000+ images; "
+                          "fine-tuning on GPUs only), on or off.")
     finetune_minutes: float = option(5.0, "Finetune: budget of each fine-tuning run (text: "
                                      "and of each SetFit-style one).")
     finetune_fractions: str = option("1", "Finetune: label fractions to fine-tune with, e.g. "

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from selfsup import compiling
 from selfsup.config import PretrainConfig
 from selfsup.data.base import DataInfo
+from selfsup.data.images import ImageData
 from selfsup.engine import Budget, PretrainModule, fused_adamw
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.finetune import FinetuneConfig, finetune, finetune_compile
 from selfsup.methods import METHODS
 from selfsup.models import build_encoder
 from tests.helpers import run_cli
@@ -142,3 +146,58 @@ def test_the_engine_clips_the_global_gradient_norm_itself_for_the_fused_optimise
     module.configure_gradient_clipping(optimiser, gradient_clip_val=None)  # no clipping asked
     assert torch.linalg.vector_norm(torch.cat(
         [p.grad.flatten() for p in method.parameters()])) == pytest.approx(float(norm))
+
+
+def test_compiled_extraction_gives_the_eager_features_and_compiles_once() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet_small", in_channels=3, width=4)
+    images = (np.random.default_rng(0).random((37, 16, 16, 3)) * 255).astype(np.uint8)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    eager = extract_features(encoder, images, batch_size=16, precision="32", compile="off")
+    # 37 rows at batch 16: the last batch (5 rows) is padded to the compiled shape.
+    compiled = extract_features(encoder, images, batch_size=16, precision="32", compile="on")
+    assert compiled.shape == eager.shape == (37, encoder.embed_dim)
+    assert np.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1  # no second graph for the short batch
+    assert encoder.training  # the mode it came in, restored
+
+
+def test_auto_compiles_extraction_of_many_images_only() -> None:
+    many = compiling.AUTO_MIN_IMAGES
+    assert compiling.resolve_extraction("auto", samples=many, images=True) == "on"
+    assert compiling.resolve_extraction("auto", samples=many - 1, images=True) == "off"
+    assert compiling.resolve_extraction("auto", samples=many, images=False) == "off"
+    assert compiling.resolve_extraction("on", samples=3, images=False) == "on"
+    assert compiling.resolve_extraction("off", samples=many, images=True) == "off"
+    with pytest.raises(SelfsupError, match="compile must be one of"):
+        compiling.resolve_extraction("yes", samples=1, images=True)
+
+
+def test_fine_tuning_compiles_under_on_and_stays_eager_under_auto_on_a_cpu(caplog) -> None:
+    rng = np.random.default_rng(0)
+    data = ImageData((rng.random((40, 16, 16, 3)) * 255).astype(np.uint8),
+                     np.arange(40) % 2, ["a", "b"], "toy", [])
+    # Auto on a CPU: eager (compiling a fine-tuning step was measured not to pay here).
+    assert finetune_compile(FinetuneConfig(minutes=60), steps_per_epoch=100) == "off"
+    with pytest.raises(SelfsupError, match="compile must be one of"):
+        FinetuneConfig(compile="fast")
+    config = FinetuneConfig(minutes=None, epochs=2, batch_size=16, precision="32",
+                            compile="on")
+    with caplog.at_level(logging.INFO, logger="selfsup"):
+        result = finetune(build_encoder("resnet_small", in_channels=3, width=4).train(), data,
+                          data, config)
+    assert "compiled the fine-tuning step" in caplog.text
+    assert result["steps"] == 4 and 0 <= result["accuracy"] <= 1
+
+
+def test_compile_on_for_a_text_evaluation_is_one_message_exit_2(monkeypatch, capsys,
+                                                                  tmp_path) -> None:
+    run = tmp_path / "text-run"
+    run.mkdir()
+    (run / "encoder.json").write_text('{"name": "hf_text", "options": {}}')
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", "x.jsonl",
+                           "--compile", "on")
+    assert code == 2 and "--compile applies to image, series and CLIP runs" in err
+    assert "Traceback" not in err and sorted(p.name for p in run.iterdir()) == ["encoder.json"]

@@ -23,6 +23,9 @@ def evaluate(**values: Any) -> None:
     """`selfsup evaluate`: the text, sweep or single-run protocol, as the run and options ask."""
     o = EvaluateOptions(**collect(values, EvaluateOptions))  # mappings parsed, None: default
     run = values["run"]
+    if is_text_target(run) and o.compile != "auto":
+        raise SelfsupError("--compile applies to image, series and CLIP runs: text evaluation "
+                           "runs eagerly (its batches change width)")
     if is_text_target(run):  # its own protocols (text.parse_protocol), checked before any work
         print_text_eval(_evaluate_text(run, o))
     elif o.protocol not in ("probes", "finetune"):
@@ -39,7 +42,8 @@ def evaluate(**values: Any) -> None:
             seeds=o.seeds, baseline=o.baseline, baseline_minutes=o.baseline_minutes,
             baseline_steps=o.baseline_steps, skip_bad=o.skip_bad, progress=o.progress,
             finetune_minutes=o.finetune_minutes if o.protocol == "finetune" else None,
-            data_options=o.data_options or None, test_options=o.test_options or None))
+            data_options=o.data_options or None, test_options=o.test_options or None,
+            compile=o.compile))
     else:
         result = _evaluate_run(run, o)
         (print_clip_eval if "zero_shot" in result or "retrieval" in result else print_eval)(
@@ -79,6 +83,7 @@ def _evaluate_run(run: Path, o: EvaluateOptions) -> dict[str, Any]:
         finetune_fractions=finetune_at, data_options=o.data_options or None,
         test_options=o.test_options or None,
         clip_options=_clip_options(o.pairs, o.class_names, o.template, o.class_subset),
+        compile=o.compile,
     )
 
 

@@ -57,14 +57,19 @@ def evaluate(
     test_options: dict[str, Any] | None = None,
     clip_options: dict[str, Any] | None = None,
     text_options: dict[str, Any] | None = None,
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run (or a Hugging Face folder) with its modality's protocols; the result is
     also written to the run (``eval.json``). ``clip_options`` are the CLIP protocol's
     (``pairs``, ``class_names``, ``templates``, ``subsets``, ``probes``); ``text_options`` the
     text protocol's (``labels_per_class``, ``fractions``, ``finetune_epochs``, ``max_length``,
-    ``test_size``, ``train_size``, ``start``, ``out``); the rest are
+    ``test_size``, ``train_size``, ``start``, ``out``); ``compile`` (auto|on|off) is for
+    image, series and CLIP runs' feature extraction and fine-tuning; the rest are
     :func:`selfsup.evaluate.protocol.evaluate_run`'s."""
     if is_text_target(run_path):
+        if compile != "auto":
+            raise SelfsupError("--compile applies to image, series and CLIP runs: text "
+                               "evaluation runs eagerly (its batches change width)")
         options = dict(text_options or {})
         if "fractions" not in options and tuple(finetune_fractions) != (1.0,):
             options["fractions"] = list(finetune_fractions)
@@ -84,7 +89,8 @@ def evaluate(
         return evaluate_clip(
             run_path, data, test, baseline=baseline, baseline_minutes=baseline_minutes,
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
-            skip_bad=skip_bad, progress=progress, cache_dir=cache_dir, **(clip_options or {}),
+            skip_bad=skip_bad, progress=progress, cache_dir=cache_dir, compile=compile,
+            **(clip_options or {}),
         )
     if clip_options:
         raise SelfsupError(
@@ -95,7 +101,7 @@ def evaluate(
         test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
         progress=progress, cache_dir=cache_dir, finetune_minutes=finetune_minutes,
         finetune_fractions=finetune_fractions, data_options=data_options,
-        test_options=test_options,
+        test_options=test_options, compile=compile,
     )
 
 

@@ -90,6 +90,7 @@ def evaluate_run(
     finetune_fractions: tuple[float, ...] = (1.0,),
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Probe an image or series run's frozen encoder and train the supervised baseline; write
     ``eval.json``. :func:`selfsup.evaluate.dispatch.evaluate` sends text and CLIP runs to their
@@ -97,7 +98,9 @@ def evaluate_run(
 
     With ``finetune_minutes``, also the fine-tuning protocol (selfsup/evaluate/finetune.py).
     ``data_options`` change the run's reader options for both files (``test_options`` for
-    ``test`` only), e.g. ``{"split": "test"}`` to read a UCR file's test half.
+    ``test`` only), e.g. ``{"split": "test"}`` to read a UCR file's test half. ``compile``
+    (auto|on|off): torch.compile the feature extraction and fine-tuning
+    (selfsup/compiling.py says where ``auto`` compiles).
     """
 
     run = as_run(run_path)
@@ -140,7 +143,7 @@ def evaluate_run(
                           data=data, test_source=test_source, baseline=baseline,
                           minutes=minutes, val_fraction=val_fraction, seed=seed,
                           finetune_minutes=finetune_minutes,
-                          finetune_fractions=finetune_fractions, bar=bar)
+                          finetune_fractions=finetune_fractions, compile=compile, bar=bar)
     atomic.write_json(run.eval, result)
     return result
 
@@ -168,12 +171,13 @@ def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
              summary: dict[str, Any], pretrain_config: dict[str, Any], train: TrainData,
              test_data: TrainData, *, data: str, test_source: str, baseline: bool,
              minutes: float, val_fraction: float, seed: int, finetune_minutes: float | None,
-             finetune_fractions: tuple[float, ...], bar: PlanBar) -> dict[str, Any]:
+             finetune_fractions: tuple[float, ...], compile: str,
+             bar: PlanBar) -> dict[str, Any]:
     """The evaluation's long part, unit by unit of its plan; returns eval.json's record."""
     precision = pretrain_config.get("precision", "bf16")
     bar.start("features and probes")
-    train_x = extract_features(encoder, train, precision=precision)
-    test_x = extract_features(encoder, test_data, precision=precision)
+    train_x = extract_features(encoder, train, precision=precision, compile=compile)
+    test_x = extract_features(encoder, test_data, precision=precision, compile=compile)
     fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
     split = (
         train_x[fit_idx], train.labels[fit_idx],
@@ -218,7 +222,7 @@ def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
         result["finetune"] = evaluate_finetune(
             encoder, spec, train, test_data, minutes=finetune_minutes,
             fractions=finetune_fractions, seed=seed, baseline=baseline, precision=precision,
-            progress=False, bar=bar,
+            progress=False, compile=compile, bar=bar,
         )
     return result
 

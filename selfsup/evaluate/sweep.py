@@ -190,14 +190,14 @@ def view_alignment(
 
 
 def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: Any,
-              minutes: float, seed: int, precision: str) -> dict[str, Any]:
+              minutes: float, seed: int, precision: str, compile: str) -> dict[str, Any]:
     """A copy of the pre-trained encoder fine-tuned end to end on one label subset."""
     import copy
 
 
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")
-    config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision)
+    config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision, compile=compile)
     result = finetune(copy.deepcopy(encoder).train(), train, test, config)
     return {"accuracy": result["accuracy"], "macro_f1": None, "steps": result["steps"],
             "seconds": result["seconds"], "val_accuracy": result["val_accuracy"]}
@@ -258,6 +258,7 @@ def sweep(
     cache_dir: str | None = None,
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Run the label-efficiency sweep for the run's encoder; write and return ``sweep.json``.
 
@@ -266,7 +267,8 @@ def sweep(
     per point is ``baseline_minutes`` (default: the pre-training's wall-clock time) and, if
     given, ``baseline_steps``, whichever is reached first. With ``finetune_minutes`` (image
     runs), each point also fine-tunes a copy of the encoder on the subset for that long
-    (selfsup/evaluate/finetune.py; accuracy only).
+    (selfsup/evaluate/finetune.py; accuracy only). ``compile`` (auto|on|off): the feature
+    extraction's and fine-tuning's torch.compile (selfsup/compiling.py).
     """
     budgets = parse_budgets(fractions, labels_per_class)
     if int(seeds) < 1:
@@ -315,8 +317,8 @@ def sweep(
     precision = pretrain_config.get("precision", "bf16")
     with PlanBar(plan, progress) as bar:  # its units run without bars of their own
         bar.start("features")
-        train_x = extract_features(encoder, train, precision=precision)
-        test_x = extract_features(encoder, test_data, precision=precision)
+        train_x = extract_features(encoder, train, precision=precision, compile=compile)
+        test_x = extract_features(encoder, test_data, precision=precision, compile=compile)
         bar.done()
         feature_seconds = time.monotonic() - started
         points = []
@@ -342,7 +344,8 @@ def sweep(
                 if finetune_minutes is not None:
                     bar.start(f"fine-tuning, {where}")
                     entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),
-                                                  test_data, finetune_minutes, seed, precision)
+                                                  test_data, finetune_minutes, seed, precision,
+                                                  compile)
                     bar.done()
                 if baseline:
                     key = {"train": train.source, "test": test_source, "budget": budget.name,

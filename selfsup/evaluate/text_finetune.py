@@ -111,6 +111,9 @@ class TextFinetuneModule(FinetuneModule):
     def __init__(self, *args: Any, keep_start: bool = False, patience: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.config.compile == "on":  # the step below calls the model itself
+            raise SelfsupError("text fine-tuning runs eagerly (its batches change width at "
+                               "every step); compile must be auto or off")
         self.keep_start = keep_start
         self.patience = patience
         self.stopped_early_at: int | None = None

@@ -168,11 +168,12 @@ def evaluate_clip(
     skip_bad: bool = False,
     progress: bool = True,
     cache_dir: str | None = None,
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Zero-shot accuracy on labelled images (``test``, else a stratified ``test_fraction``
     of ``data``; with ``test`` alone, all of it and no probes), per class subset too;
     retrieval on held-out ``pairs``; probes of the image tower (and the supervised baseline
-    with ``baseline``). Written to ``eval.json``."""
+    with ``baseline``; ``compile``: their feature extraction's). Written to ``eval.json``."""
     if data is None and test is None and pairs is None:
         raise SelfsupError("evaluating a CLIP run needs labelled images (--data, --test) or "
                            "pairs (--pairs)")
@@ -238,8 +239,10 @@ def evaluate_clip(
         result["num_test"] = len(test_data)
         if probes:
             precision = pretrain_config.get("precision", "32")
-            train_x = extract_features(embedder.encoder, train, precision=precision)
-            test_x = extract_features(embedder.encoder, test_data, precision=precision)
+            train_x = extract_features(embedder.encoder, train, precision=precision,
+                                       compile=compile)
+            test_x = extract_features(embedder.encoder, test_data, precision=precision,
+                                      compile=compile)
             fit_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
             split = (train_x[fit_idx], train.labels[fit_idx], train_x[val_idx],
                      train.labels[val_idx], test_x, test_data.labels)
