@@ -13,6 +13,8 @@ to force), so the benchmark may be spread over several sittings on a quiet machi
     .venv/bin/python benchmarks/cifar10_methods.py                  # 8 x 20 min + evaluation
     .venv/bin/python benchmarks/cifar10_methods.py --methods byol,dino
     .venv/bin/python benchmarks/cifar10_methods.py --quick          # 1 min each, to a _quick file
+    .venv/bin/python benchmarks/cifar10_methods.py --tag engine2    # a new table (and baseline)
+                                                                    # in cifar10_methods_engine2
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
@@ -68,7 +71,7 @@ def markdown(result: dict) -> str:
         f"`{result['command']}`. CIFAR-10 here is re-encoded JPEG (quality 75).",
         "",
         "| method | kNN | linear probe | linear / supervised | images/s | steps | epochs "
-        "| peak memory (MiB) | precision, date |",
+        "| peak memory (MiB) | precision, compile, date |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     supervised = result.get("supervised")
@@ -81,7 +84,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {row['knn']:.4f} | {row['linear']:.4f} | {ratio} | "
             f"{row['images_per_s']:.1f} | {row['steps']} | {row['epochs']:.1f} | "
-            f"{row['peak_mib']:.0f} | {row.get('precision', '?')}, {row['date']} |"
+            f"{row['peak_mib']:.0f} | {row.get('precision', '?')}, compile "
+            f"{row.get('compile', '?')}, {row['date']} |"
         )
     if supervised:
         lines.append(f"| supervised baseline ({minutes} min, same encoder) | | {supervised:.4f} "
@@ -108,6 +112,8 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="re-run methods already measured")
     parser.add_argument("--quick", action="store_true", help="1 minute each, to a _quick file")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench-cifar10-methods")
+    parser.add_argument("--tag", help="a table of its own, cifar10_methods_TAG (e.g. after an "
+                        "engine change: its supervised baseline is trained anew too)")
     args = parser.parse_args()
     if args.quick:
         args.minutes = 1.0
@@ -115,13 +121,17 @@ def main() -> None:
     if not CIFAR.is_dir():
         sys.exit(f"needs {CIFAR} (see ../shared/data/README.md)")
     stem = "cifar10_methods_quick" if args.quick else "cifar10_methods"
+    if args.tag:
+        stem += f"_{args.tag}"
+        args.runs = args.runs.with_name(f"{args.runs.name}-{args.tag}")
     path = RESULTS / f"{stem}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     settings = {"minutes": args.minutes, "encoder": args.encoder, "batch_size": args.batch_size}
     if any(result.get(k) != v for k, v in settings.items()):
         result = {**settings, "methods": {}, "supervised": None}  # other settings: start over
     result.update({
-        "command": "python benchmarks/cifar10_methods.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/cifar10_methods.py" + (" --quick" if args.quick else "")
+        + (f" --tag {args.tag}" if args.tag else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     })
 
@@ -160,6 +170,7 @@ def main() -> None:
             "peak_mib": peak,
             "final_loss": summary["final_loss"],
             "precision": summary["precision"],
+            "compile": yaml.safe_load((run / "config.yaml").read_text()).get("compile", "?"),
             "date": time.strftime("%Y-%m-%d"),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -263,8 +263,9 @@ class FinetuneModule(pl.LightningModule):
 
 
 def finetune_compile(config: FinetuneConfig, steps_per_epoch: int) -> str:
-    """``on`` or ``off`` for a fine-tuning run: ``auto`` compiles only on GPUs (on a CPU it
-    was measured not to pay), and only for budgets long enough to win the compilation back."""
+    """``on`` or ``off`` for a fine-tuning run: ``auto`` compiles only on GPUs, where it is
+    expected to pay (not yet measured: benchmarks/gpu_check.py has not run; on a CPU it was
+    measured not to), and only for budgets long enough to win the compilation back."""
     on_gpu = config.accelerator in ("gpu", "auto") and torch.cuda.is_available()
     steps = None if config.epochs is None else config.epochs * steps_per_epoch
     return compiling.resolve(config.compile, minutes=config.minutes, steps=steps,
