@@ -58,7 +58,7 @@ def extract_features(
             ) == "on":
                 forward = compiling.CompiledStep(
                     encoder, f"{type(encoder).__name__} feature extraction",
-                    strict=compile == "on",
+                    strict=compile == "on", budgeted=False,
                 )
             size = len(batch)
             if forward is not encoder and start > 0 and size < batch_size:
