@@ -43,27 +43,33 @@ def compiler_missing(device: str = "cpu") -> str | None:
     return None
 
 
+def _decide(choice: str, *, wanted: bool, device: str, eager_what: str) -> str:
+    """What :func:`resolve` and :func:`resolve_extraction` share: the choice checked, ``off``
+    (and ``auto`` where it is not ``wanted``) eager, a missing compiler an error under ``on``
+    and a warning under ``auto``."""
+    if choice not in CHOICES:
+        raise SelfsupError(f"compile must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if choice == "off" or (choice == "auto" and not wanted):
+        return "off"
+    missing = compiler_missing(device)
+    if missing and choice == "on":
+        raise SelfsupError(f"--compile on: {missing}; run with --compile off")
+    if missing:
+        log.warning("--compile auto: %s, so %s", missing, eager_what)
+        return "off"
+    return "on"
+
+
 def resolve(choice: str, *, minutes: float | None, steps: int | None, device: str = "cpu",
             pays: bool = True) -> str:
     """``on`` or ``off`` for a run's ``--compile`` choice; ``steps`` is the step budget (from
     ``--steps`` or ``--epochs``), None when only minutes bound the run; ``pays``: False where
     compiling this method was measured not to pay (``auto`` is then off)."""
-    if choice not in CHOICES:
-        raise SelfsupError(f"compile must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "off" or (choice == "auto" and not pays):
-        return "off"
-    missing = compiler_missing(device)
-    if choice == "on":
-        if missing:
-            raise SelfsupError(f"--compile on: {missing}; run with --compile off")
-        return "on"
-    if missing:
-        log.warning("--compile auto: %s, so the run trains eagerly", missing)
-        return "off"
     # The first limit reached ends a run, so every limit given must be long enough.
     limits = [minutes * 60 >= AUTO_MIN_SECONDS] if minutes is not None else []
     limits += [steps >= AUTO_MIN_STEPS] if steps is not None else []
-    return "on" if limits and all(limits) else "off"
+    return _decide(choice, wanted=pays and bool(limits) and all(limits), device=device,
+                   eager_what="the run trains eagerly")
 
 
 #: Feature extraction compiles under ``auto`` from this many images. Compiled, extraction ran
@@ -76,17 +82,8 @@ AUTO_MIN_IMAGES = 500_000
 def resolve_extraction(choice: str, *, samples: int, images: bool, device: str = "cpu") -> str:
     """``on`` or ``off`` for embedding ``samples`` inputs; ``images``: the inputs are image
     batches (other inputs, such as texts of changing width, stay eager under ``auto``)."""
-    if choice not in CHOICES:
-        raise SelfsupError(f"compile must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "off" or (choice == "auto" and (not images or samples < AUTO_MIN_IMAGES)):
-        return "off"
-    missing = compiler_missing(device)
-    if missing and choice == "on":
-        raise SelfsupError(f"--compile on: {missing}; run with --compile off")
-    if missing:
-        log.warning("--compile auto: %s, so features are extracted eagerly", missing)
-        return "off"
-    return "on"
+    return _decide(choice, wanted=images and samples >= AUTO_MIN_IMAGES, device=device,
+                   eager_what="features are extracted eagerly")
 
 
 def compile_errors() -> tuple[type[BaseException], ...]:
