@@ -62,6 +62,58 @@ def test_compiled_and_eager_steps_give_the_same_loss_and_gradients(build) -> Non
     assert torch.nn.functional.cosine_similarity(grads, eager_grads, dim=0) > 0.98
 
 
+def test_compiled_dino_step_matches_eager_including_its_centre() -> None:
+    """DINO's step also writes a buffer (the centre's EMA) and reads the teacher's temperature
+    from another (progress): the compiled step must do both as the eager one does."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet_small", in_channels=3, width=4)
+    info = DataInfo(channels=3, image_size=16, num_images=64)
+    method = METHODS.get("dino")(encoder, info, {"local_crops": 2, "out_dim": 64})
+    method.on_train_step_end(0.1)  # a teacher temperature inside its warm-up
+    method.center.normal_()
+    start = method.center.clone()
+    compiled = compiling.CompiledStep(method.training_step, "dino step", strict=True)
+    batch = {"images": torch.rand(8, 3, 16, 16)}
+    eager_loss, eager_grads = _loss_and_grads(method, method.training_step, batch, bf16=False)
+    eager_centre = method.center.clone()
+    method.center.copy_(start)
+    loss, grads = _loss_and_grads(method, compiled, batch, bf16=False)
+    assert loss == pytest.approx(eager_loss, rel=1e-4)
+    assert torch.allclose(grads, eager_grads, rtol=1e-3, atol=1e-5 * eager_grads.abs().max())
+    assert not torch.equal(eager_centre, start)
+    assert torch.allclose(method.center, eager_centre, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_scheduled_values_do_not_recompile_the_step(name) -> None:
+    """The EMA momentum and DINO's teacher temperature change every step; read as Python
+    floats inside the compiled step they were constants guarded on, so each new value
+    recompiled it until torch gave up and ran it eagerly (a real 20-minute MoCo v3 run)."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet_small", in_channels=3, width=4)
+    info = DataInfo(channels=3, image_size=16, num_images=64)
+    options = {"local_crops": 2, "out_dim": 64} if name == "dino" else {}
+    method = METHODS.get(name)(encoder, info, options)
+    step = compiling.CompiledStep(method.training_step, f"{name} step", strict=True)
+    batch = {"images": torch.rand(8, 3, 16, 16)}
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    logged = []
+    for i in range(6):
+        progress = 0.05 * i
+        method.on_train_step_start(progress)
+        out = step(batch, torch.Generator().manual_seed(i))
+        out.loss.backward()
+        method.on_train_step_end(progress)
+        logged.append({k: float(v) for k, v in out.logs.items()})
+        if i == 1:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs  # steps 3-6 compiled nothing new
+    assert logged[5]["momentum"] > logged[2]["momentum"]  # the logs still follow the schedule
+    if name == "dino":
+        assert logged[5]["teacher_temperature"] > logged[2]["teacher_temperature"]
+
+
 def test_auto_compiles_only_runs_long_enough_to_win_the_time_back() -> None:
     assert compiling.resolve("off", minutes=60, steps=None) == "off"
     assert compiling.resolve("auto", minutes=1, steps=None) == "off"

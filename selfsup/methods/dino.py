@@ -80,12 +80,16 @@ class DINO(ImageMethod):
         # Progress as of the last step, for the teacher temperature (a buffer: resumes with it).
         self.register_buffer("progress", torch.zeros(()))
 
-    def teacher_temperature(self) -> float:
-        """Linear warm-up from ``warmup_teacher_temperature`` to ``teacher_temperature``."""
+    def teacher_temperature(self) -> torch.Tensor:
+        """Linear warm-up from ``warmup_teacher_temperature`` to ``teacher_temperature``.
+
+        A tensor computed from the ``progress`` buffer: a compiled step reads it as an input,
+        where a Python float would be a constant that recompiles the step at every new value.
+        """
         o = self.options
         if o.teacher_temperature_warmup <= 0:
-            return o.teacher_temperature
-        ramp = min(1.0, float(self.progress) / o.teacher_temperature_warmup)
+            return torch.full((), o.teacher_temperature, device=self.progress.device)
+        ramp = (self.progress / o.teacher_temperature_warmup).clamp(max=1.0)
         return o.warmup_teacher_temperature + ramp * (
             o.teacher_temperature - o.warmup_teacher_temperature
         )

@@ -181,7 +181,7 @@ def dino_loss(
     teacher: torch.Tensor,
     center: torch.Tensor,
     student_temperature: float,
-    teacher_temperature: float,
+    teacher_temperature: float | torch.Tensor,
 ) -> torch.Tensor:
     """DINO's self-distillation cross-entropy (Caron et al. 2021, eq. 3 and algorithm 1).
 

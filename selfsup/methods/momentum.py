@@ -65,7 +65,11 @@ class MomentumTeacher(nn.Module):
         self.net.requires_grad_(False)
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
-        self.momentum = base_momentum  # the last one used, for logs
+        # The last momentum used, for the step's logs: a tensor, so that a compiled step reads
+        # it as an input (a float attribute would be a constant guarded on, and a schedule
+        # that changes it every step would recompile the step every step). Not in the state
+        # dict: update() sets it from the progress again.
+        self.register_buffer("momentum", torch.tensor(float(base_momentum)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -74,7 +78,8 @@ class MomentumTeacher(nn.Module):
     def update(self, progress: float, *online: nn.Module) -> float:
         """One EMA step towards ``online`` (the same modules, in the same order, as at
         construction) with the momentum scheduled at ``progress``; returns that momentum."""
-        self.momentum = cosine_momentum(self.base_momentum, progress, self.final_momentum)
+        momentum = cosine_momentum(self.base_momentum, progress, self.final_momentum)
+        self.momentum.fill_(momentum)
         for target, source in zip(self.net, online, strict=True):
-            ema_update(target, source, self.momentum)
-        return self.momentum
+            ema_update(target, source, momentum)
+        return momentum
