@@ -63,11 +63,13 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; on success it replaces ``target`` whole.
 
     A kill or a full disk mid-write leaves the previous folder (or nothing), never a folder
-    that half loads. A ``target`` that exists must be a previous export (it holds config.json)
-    or empty, so that a mistyped path never replaces unrelated files.
+    that half loads. A ``target`` that exists must be a previous export (it holds config.json,
+    or an image export's encoder.pt2) or empty, so that a mistyped path never replaces unrelated
+    files.
     """
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
+    if (target.exists() and any(target.iterdir())
+            and not any((target / name).is_file() for name in ("config.json", "encoder.pt2"))):
         raise SelfsupError(f"{target} exists and is not an exported model; choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -96,7 +96,7 @@ METHOD_CARDS: dict[str, MethodCard] = {
 #: Every built-in encoder's registered name (selfsup/models/).
 ENCODER_NAMES: tuple[str, ...] = (
     "dilated_cnn", "gpt_small", "gpt_tiny", "hf_text", "patch_transformer", "resnet18",
-    "resnet_small", "vit_small", "vit_tiny",
+    "resnet_small", "vit", "vit_small", "vit_tiny",
 )
 
 

@@ -112,12 +112,17 @@ def generate(
     """Sample text from a trained language model, printing it as it comes."""
 
 
-@verb("selfsup.commands.language:export")
+@verb("selfsup.commands.export:export")
 def export(
-    run: Annotated[Path, typer.Argument(help="A run directory of `selfsup pretrain gpt`.")],
-    out: Annotated[Path, typer.Option(help="Folder for the Hugging Face model and tokenizer.")],
+    run: Annotated[Path, typer.Argument(help="A run directory (gpt, a text or an image method).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the model to.")],
 ) -> None:
-    """Export a language model to a Hugging Face folder (LlamaForCausalLM + tokenizer)."""
+    """Export a run's model to a folder that loads without selfsup.
+
+    gpt: a Hugging Face LlamaForCausalLM + tokenizer. Text (mlm, span, simcse, tsdae): the
+    Hugging Face folder (sentence-transformers where the start was one). Images: a torch.export
+    program (encoder.pt2) + selfsup's safetensors, and for a ViT a transformers ViTModel folder.
+    """
 
 
 @verb("selfsup.commands.evaluate:evaluate", [

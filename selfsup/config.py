@@ -52,14 +52,16 @@ class PretrainConfig:
     # None: the method's default encoder (resnet_small for images).
     encoder: str | None = option(None, "Encoder, by registered name (default: the method's).")
     encoder_options: dict[str, Any] = mapping("Encoder option KEY=VALUE, e.g. width=64.")
-    # Continued pre-training: a local Hugging Face model folder whose weights and tokenizer
-    # the run starts from (text methods that support it, e.g. mlm).
-    init: str | None = option(None, "Text (mlm, span, simcse, tsdae): continue pre-training "
-                              "a local Hugging Face model folder; its tokenizer is used. A "
-                              "sentence encoder (a sentence-transformers folder such as "
-                              "MiniLM): simcse or tsdae (long documents: simcse with "
-                              "--method-option views=spans --block-size 512); a masked-LM "
-                              "model (BERT with its head): mlm.")
+    # Continued pre-training: a local model folder whose weights (text: and tokenizer) the
+    # run starts from (text methods that support it, e.g. mlm; every image method but clip).
+    init: str | None = option(None, "Continue pre-training an existing model. Text (mlm, "
+                              "span, simcse, tsdae): a local Hugging Face model folder; its "
+                              "tokenizer is used. A sentence encoder (a sentence-transformers "
+                              "folder such as MiniLM): simcse or tsdae (long documents: simcse "
+                              "with --method-option views=spans --block-size 512); a masked-LM "
+                              "model (BERT with its head): mlm. Images: a selfsup image run or "
+                              "`selfsup export` folder, or a transformers ViT folder; the "
+                              "architecture is its own.")
     # Reader options of the method's modality (text: tokenizer, vocab_size...; images: none).
     data_options: dict[str, Any] = mapping("Reader option KEY=VALUE of the method's data "
                                            "(text, series, pairs), e.g. split=train.")

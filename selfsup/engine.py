@@ -41,7 +41,7 @@ from selfsup.data.datasets import ResumableLoader, keep_batch
 from selfsup.errors import Interrupted, SelfsupError
 from selfsup.evaluate.probes import stratified_split
 from selfsup.methods import METHODS, Method
-from selfsup.models import ENCODERS, build_encoder
+from selfsup.models import DATA_SET_OPTIONS, ENCODERS, ImageEncoder, build_encoder
 from selfsup.monitors import CollapseMonitor, KnnMonitor, Throughput
 from selfsup.run import RunDir, save_encoder
 
@@ -305,10 +305,6 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-#: Encoder arguments the engine sets from the data; the user's encoder_options are the rest.
-_ENGINE_SET = {"in_channels", "mean", "std"}
-
-
 def encoder_option_names(name: str) -> list[str] | None:
     """The options the registered encoder ``name`` accepts, or None where they cannot be listed.
 
@@ -324,7 +320,7 @@ def encoder_option_names(name: str) -> list[str] | None:
             return None
         names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return sorted(names - _ENGINE_SET)
+            return sorted(names - set(DATA_SET_OPTIONS))
         try:
             target = typing.get_type_hints(target).get("return")
         except Exception:  # an annotation that does not resolve at run time
@@ -534,6 +530,8 @@ def fit(
             f"layers with no weights ({empty[0]} has a size of 0); sizes must be at least 1"
         )
     info = data.data_info()
+    if config.init:  # a method reads its starting weights from there (text: its reader too)
+        info.extra.setdefault("init", config.init)
     method = method_class(
         encoder,
         info,
@@ -638,6 +636,9 @@ def fit(
         return method, {}
     method.on_fit_end(run)
 
+    if config.init and isinstance(method.encoder, ImageEncoder):  # its own normalisation
+        encoder_options = {**encoder_options, "mean": method.encoder.mean.flatten().tolist(),
+                           "std": method.encoder.std.flatten().tolist()}
     spec = {
         **data.encoder_spec(),
         "name": config.encoder,

@@ -228,7 +228,9 @@ def test_tokenizer_model_mismatch_is_refused(tmp_path):
         selfsup.pretrain("mlm", str(data), init=str(folder), out=str(tmp_path / "r2"), steps=1,
                          cache_dir=str(tmp_path / "cache"))
     with pytest.raises(SelfsupError, match="cannot start from --init"):
-        selfsup.pretrain("simclr", "digits", init=str(folder), out=str(tmp_path / "r3"), steps=1)
+        selfsup.pretrain("ts-mask", "x.npz", init=str(folder), out=str(tmp_path / "r3"), steps=1)
+    with pytest.raises(SelfsupError, match="'bert' model; image methods read ViT folders"):
+        selfsup.pretrain("simclr", "digits", init=str(folder), out=str(tmp_path / "r4"), steps=1)
 
 
 def test_document_reader_packs_windows_and_splits_paths(tmp_path):

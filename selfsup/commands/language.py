@@ -1,12 +1,10 @@
-"""`selfsup generate`'s and `selfsup export`'s bodies (their options: selfsup/cli.py)."""
+"""`selfsup generate`'s body (its options: selfsup/cli.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from selfsup.commands import console
-from selfsup.export import export_hf
 from selfsup.generate import generate as run_generate
 
 
@@ -22,9 +20,3 @@ def generate(run: Path, prompt: str, max_new_tokens: int, temperature: float,
                  top_p=top_p, seed=seed, stream=stream, echo=True)
     stream("\n")
 
-
-def export(run: Path, out: Path) -> None:
-    """`selfsup export`: the Hugging Face folder, and how to load it."""
-    path = export_hf(run, out)
-    console.print(f"exported to {path}; load it with "
-                  f"transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})")

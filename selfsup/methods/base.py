@@ -19,6 +19,7 @@ from selfsup.augment import BatchedImageAugment, ImageAugmentConfig, progressive
 from selfsup.config import PretrainConfig, options_dataclass
 from selfsup.data.base import DataInfo  # defined with the readers, which fill it in
 from selfsup.errors import SelfsupError
+from selfsup.methods.image_start import load_image_start, read_image_start, start_config
 from selfsup.models import ImageEncoder
 
 if TYPE_CHECKING:
@@ -153,6 +154,15 @@ class ImageMethod(Method):
     view_augment_defaults: ClassVar[tuple[dict[str, Any], ...]] = ()
     # Whether the method's views go through ``views`` (so progressive_min_size can size them).
     progressive_resolution: ClassVar[bool] = True
+    # --init: an image encoder folder (a selfsup run or export, a transformers ViT) to continue.
+    supports_init: ClassVar[bool] = True
+
+    @classmethod
+    def prepare_config(cls, config: PretrainConfig) -> PretrainConfig:
+        """With ``--init``, the encoder's architecture is the starting one's."""
+        if not config.init:
+            return config
+        return start_config(config, read_image_start(config.init))
 
     def __init__(
         self,
@@ -163,6 +173,8 @@ class ImageMethod(Method):
         channels_last: bool = False,
     ) -> None:
         super().__init__(encoder, info, options, augment_options, channels_last)
+        if info.extra.get("init"):  # the weights, and the normalisation they were trained with
+            load_image_start(encoder, info.extra["init"], info.channels)
         user = augment_options or {}
         self.augment = _build_augment({**self.augment_defaults, **user})
         # A plain list: augmentations hold no weights, and the state dict stays as it was.

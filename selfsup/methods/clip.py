@@ -32,7 +32,6 @@ run then embeds both images and text in the shared space (selfsup/loading.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from selfsup import atomic
 from selfsup.augment import to_float_images
 from selfsup.errors import SelfsupError
 from selfsup.methods.base import ImageMethod, StepOutput
+from selfsup.methods.image_start import load_image_start, read_image_start, start_config
 from selfsup.methods.losses import clip_loss
 from selfsup.methods.registry import METHODS
 from selfsup.models.hf_text import (
@@ -60,13 +60,14 @@ from selfsup.run import HEADS_SPEC, HEADS_WEIGHTS, TEXT_SPEC, TEXT_WEIGHTS, TOKE
 
 if TYPE_CHECKING:
     from selfsup.config import PretrainConfig
+    from selfsup.data.base import DataInfo
 
 
 
 @dataclass
 class CLIPOptions:
     text_init: str | None = None  # a Hugging Face model folder; None: a small BERT from scratch
-    image_init: str | None = None  # a selfsup image run whose encoder starts the image tower
+    image_init: str | None = None  # an image encoder folder (as --init reads) starts the tower
     lock_image: bool = False  # LiT: the image tower frozen (eval mode, no gradients)
     lock_text: bool | None = None  # None: locked when text_init is given, trained otherwise
     embed_dim: int = 128  # the shared space
@@ -105,6 +106,7 @@ class CLIP(ImageMethod):
     """Two towers, linear projections, symmetric InfoNCE with a clamped learnable temperature."""
 
     Options: ClassVar[type] = CLIPOptions
+    supports_init: ClassVar[bool] = False  # two towers: method options image_init, text_init
     # modality and config defaults: selfsup/catalog.py (what --help shows without torch)
     # Light augmentation: a caption may name colours and positions, so no colour jitter, no
     # grayscale, and crops that keep most of the image (CLIP itself used a random square crop).
@@ -120,7 +122,7 @@ class CLIP(ImageMethod):
         if captions is None:
             raise SelfsupError("method 'clip' trains on paired images and captions")
         if opts.image_init:
-            load_image_init(self.encoder, opts.image_init, info.image_size)
+            load_image_init(self.encoder, opts.image_init, info)
         self.text_encoder, self.tokenizer = build_text_tower(opts, captions)
         self.lock_image = opts.lock_image
         self.lock_text = opts.lock_text if opts.lock_text is not None else bool(opts.text_init)
@@ -261,63 +263,26 @@ class CLIP(ImageMethod):
     @classmethod
     def prepare_config(cls, config: PretrainConfig) -> PretrainConfig:
         """With ``image_init``, the image tower's architecture and image size are the image
-        run's (unless the user names them): the weights can only load into the same network."""
+        encoder's (unless the user names them): the weights can only load into the same network."""
         init = config.method_options.get("image_init")
         if not init:
             return config
-        spec = _image_run_spec(init)
-        if config.encoder is not None and config.encoder != spec["name"]:
-            raise SelfsupError(
-                f"image_init {init} holds a {spec['name']} encoder but --encoder is "
-                f"{config.encoder}; leave --encoder out to use the run's"
-            )
-        options = {k: v for k, v in spec.get("options", {}).items()
-                   if k not in ("in_channels", "mean", "std")}
-        return dataclasses.replace(
-            config,
-            encoder=spec["name"],
-            encoder_options={**options, **config.encoder_options},
-            image_size=config.image_size or spec.get("image_size"),
-        )
+        start = read_image_start(init, "image_init")
+        config = start_config(config, start, "image_init")
+        return dataclasses.replace(config, image_size=config.image_size or start.image_size)
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _image_run_spec(path: str) -> dict[str, Any]:
-    spec_file = Path(path) / "encoder.json"
-    if not spec_file.is_file():
+def load_image_init(encoder: nn.Module, path: str, info: DataInfo) -> None:
+    """Copy an image encoder's weights (and its input statistics) into the image tower."""
+    start = load_image_start(encoder, path, info.channels, "image_init")
+    if info.image_size is not None and start.image_size not in (None, info.image_size):
         raise SelfsupError(
-            f"image_init {path}: not a finished selfsup run (no encoder.json); pre-train an image "
-            "method first, e.g. selfsup pretrain simclr"
+            f"image_init {path} was trained on {start.image_size}px images but the pairs are "
+            f"{info.image_size}px; pass --image-size {start.image_size}"
         )
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    if spec.get("modality", "image") != "image":
-        raise SelfsupError(f"image_init {path} is a {spec['modality']} run, not an image run")
-    return spec
-
-
-def load_image_init(encoder: nn.Module, path: str, image_size: int | None) -> None:
-    """Copy a selfsup image run's encoder weights (and its input statistics) into ``encoder``."""
-    from safetensors.torch import load_file
-
-    spec = _image_run_spec(path)
-    if image_size is not None and spec.get("image_size") not in (None, image_size):
-        raise SelfsupError(
-            f"image_init {path} was trained on {spec['image_size']}px images but the pairs are "
-            f"{image_size}px; pass --image-size {spec['image_size']}"
-        )
-    state = load_file(str(Path(path) / "encoder.safetensors"))
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise SelfsupError(
-            f"image_init {path}: its {spec['name']} encoder (options "
-            f"{ {k: v for k, v in spec.get('options', {}).items() if k not in ('mean', 'std')} }) "
-            f"does not fit this run's image tower ({first}); use the same --encoder and "
-            "--encoder-option values"
-        ) from None
 
 
 def build_text_tower(options: CLIPOptions, captions: list[str]):

@@ -3,10 +3,10 @@
 import torch
 
 from selfsup.models import gpt, hf_text, resnet, series, vit  # noqa: F401  (registration on import)
-from selfsup.models.base import ImageEncoder
+from selfsup.models.base import DATA_SET_OPTIONS, ImageEncoder
 from selfsup.models.registry import ENCODERS
 
-__all__ = ["ENCODERS", "ImageEncoder", "build_encoder"]
+__all__ = ["DATA_SET_OPTIONS", "ENCODERS", "ImageEncoder", "build_encoder"]
 
 
 def build_encoder(name: str, **options) -> torch.nn.Module:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Encoder arguments the engine sets from the data (a reader's ``encoder_inputs``); the user's
+#: encoder options, and a starting model's architecture, are the rest.
+DATA_SET_OPTIONS = ("in_channels", "mean", "std")
+
 
 class ImageEncoder(nn.Module):
     """Base for image encoders.

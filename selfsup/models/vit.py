@@ -58,11 +58,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(width)
+        self.ln1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads)
-        self.ln2 = nn.LayerNorm(width)
+        self.ln2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +126,7 @@ class VisionTransformer(ImageEncoder):
         pos_embed: str = "sincos",
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__(in_channels, mean, std)
         if pos_embed not in ("sincos", "learned"):
@@ -145,8 +146,11 @@ class VisionTransformer(ImageEncoder):
             nn.init.trunc_normal_(self.pos_table, std=0.02)
         else:
             self.register_parameter("pos_table", None)
-        self.blocks = nn.Sequential(*(Block(width, heads, mlp_ratio) for _ in range(depth)))
-        self.ln = nn.LayerNorm(width)
+        self.mlp_ratio = mlp_ratio
+        self.blocks = nn.Sequential(
+            *(Block(width, heads, mlp_ratio, norm_eps) for _ in range(depth))
+        )
+        self.ln = nn.LayerNorm(width, eps=norm_eps)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -180,7 +184,7 @@ class VisionTransformer(ImageEncoder):
         x = self.patch_embed(self.normalise(images))  # (B, width, rows, cols)
         rows, cols = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2) + self.positions(rows, cols).to(x.dtype)
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1).to(x.dtype), x], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.ln(self.blocks(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -208,10 +212,15 @@ class VisionTransformer(ImageEncoder):
         index = keep.unsqueeze(-1)
         visible = torch.gather(patches, 1, index.expand(-1, -1, patches.shape[-1]))
         x = self.embed_patch_pixels(visible)
-        positions = self.positions(rows, cols).to(x.dtype).expand(len(x), -1, -1)
+        positions = self.positions(rows, cols).to(x.dtype).expand(x.shape[0], -1, -1)
         x = x + torch.gather(positions, 1, index.expand(-1, -1, x.shape[-1]))
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1).to(x.dtype), x], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.ln(self.blocks(x))
+
+
+# The general form, every size an option: what a transformers ViT folder given to --init is
+# rebuilt as (selfsup/models/vit_hf.py), e.g. width 768, depth 12, heads 12, patch 16, 224.
+ENCODERS.register("vit")(VisionTransformer)
 
 
 @ENCODERS.register("vit_tiny")
