@@ -22,8 +22,16 @@ baseline keeps its score in ``RUN/sweep/baseline-*/result.json`` (and an unfinis
 from its last checkpoint), so the sweep (about three and a half hours on 2 cores) may be spread
 over several sittings; run the same command again.
 
+With ``--finetune-minutes M`` every point also fine-tunes the pre-trained encoder end to end on
+its label subset for M minutes, and the same network from scratch with the same recipe and
+minutes; the supervised baseline then gets the pre-training's and the fine-tuning's minutes
+together. So the table answers both accountings: (a) fine-tuning against from scratch at an
+equal budget on the labels, and (b) pre-training + fine-tuning against supervised training
+given their sum. ``--tag`` writes a table (and runs) of its own.
+
     .venv/bin/python benchmarks/cifar10_sweep.py
     .venv/bin/python benchmarks/cifar10_sweep.py --quick     # 1-minute runs, 2 seeds, a _quick file
+    .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag finetune
 """
 
 from __future__ import annotations
@@ -86,15 +94,25 @@ def markdown(result: dict) -> str:
         f"on cifar10/train ({result['pretrain']['steps']} steps, {result['pretrain']['precision']})"
         f". Sweep: `selfsup evaluate RUN --data cifar10/train --test cifar10/test --fractions "
         f"{result['fractions']} --seeds {result['seeds']} --baseline-steps "
-        f"{result['baseline_steps']}`. Command: `{result['command']}`.",
+        f"{result['baseline_steps']}{finetune_flags(result)}`. Command: `{result['command']}`.",
         "",
-        f"Each baseline: {result['baseline_steps']} steps = {result['minutes']} min x "
+        f"Each baseline: {result['baseline_steps']} steps = {baseline_minutes(result)} min x "
         f"{result['calibration']['steps_per_s']:.3f} steps/s (the supervised run's rate on all "
         f"of cifar10/train, measured over {result['calibration']['minutes']} min on "
         f"{result['calibration']['date']}). Accuracy in %, mean ± std over seeds; "
         f"{sweep['num_test']} test images.",
         "",
     ]
+    if result.get("finetune_minutes"):
+        lines += [
+            f"Fine-tuning: the pre-trained encoder and the same network from scratch, "
+            f"{result['finetune_minutes']} min each on the label subset (steps per point in "
+            f"`{result['stem']}.json`). Accountings: (a) fine-tune − scratch, an equal budget on "
+            f"the labels; (b) fine-tune − supervised, {result['minutes']} min of pre-training + "
+            f"{result['finetune_minutes']} min of fine-tuning against supervised training for "
+            f"their sum.",
+            "",
+        ]
     lines.append(sweep_markdown(sweep).rstrip("\n"))
     quality = sweep.get("quality") or {}
     lines += [
@@ -113,6 +131,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finetune_flags(result: dict) -> str:
+    minutes = result.get("finetune_minutes")
+    return f" --protocol finetune --finetune-minutes {minutes}" if minutes else ""
+
+
+def baseline_minutes(result: dict) -> str:
+    """The minutes the baseline's steps stand for: pre-training (+ fine-tuning, accounting b)."""
+    minutes = result.get("finetune_minutes")
+    return f"({result['minutes']} + {minutes})" if minutes else f"{result['minutes']}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="vicreg")
@@ -124,6 +153,9 @@ def main() -> None:
     parser.add_argument("--calibrate-minutes", type=float, default=3.0)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench-cifar10-sweep")
     parser.add_argument("--quick", action="store_true", help="1-minute runs, 2 seeds")
+    parser.add_argument("--finetune-minutes", type=float, help="fine-tune at every point too "
+                        "(and the same network from scratch), this long each")
+    parser.add_argument("--tag", help="a table and runs of their own, cifar10_sweep_TAG")
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.seeds, args.calibrate_minutes = 1.0, 2, 0.5
@@ -131,9 +163,13 @@ def main() -> None:
     if not CIFAR.is_dir():
         sys.exit(f"needs {CIFAR} (see ../shared/data/README.md)")
     stem = "cifar10_sweep_quick" if args.quick else "cifar10_sweep"
+    if args.tag:
+        stem += f"_{args.tag}"
+        args.runs = args.runs.with_name(f"{args.runs.name}-{args.tag}")
     settings = {"method": args.method, "minutes": args.minutes, "encoder": args.encoder,
                 "batch_size": args.batch_size, "fractions": args.fractions, "seeds": args.seeds,
-                "calibrate_minutes": args.calibrate_minutes}
+                "calibrate_minutes": args.calibrate_minutes,
+                **({"finetune_minutes": args.finetune_minutes} if args.finetune_minutes else {})}
     # The cache (pre-training, calibration, finished baselines) holds for these settings only.
     recorded = args.runs / "settings.json"
     if args.runs.exists() and (not recorded.is_file()
@@ -143,7 +179,10 @@ def main() -> None:
     recorded.write_text(json.dumps(settings, indent=2) + "\n")
     result = {
         **settings,
-        "command": "python benchmarks/cifar10_sweep.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/cifar10_sweep.py" + (" --quick" if args.quick else "")
+        + (f" --finetune-minutes {args.finetune_minutes}" if args.finetune_minutes else "")
+        + (f" --tag {args.tag}" if args.tag else ""),
+        "stem": stem,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
 
@@ -161,14 +200,16 @@ def main() -> None:
     if not calibration.is_file():
         calibration.write_text(json.dumps(calibrate(args, args.runs / "calibration"), indent=2))
     result["calibration"] = json.loads(calibration.read_text())
-    steps = round(args.minutes * 60 * result["calibration"]["steps_per_s"])
+    steps = round((args.minutes + (args.finetune_minutes or 0)) * 60
+                  * result["calibration"]["steps_per_s"])
     result["baseline_steps"] = steps
 
     # Steps alone: a minutes cap would also pace the learning-rate schedule (the engine follows
     # the furthest of its limits), so a slowed or paused baseline would decay its rate early.
     run(selfsup("evaluate", str(target), "--data", str(CIFAR / "train"),
                 "--test", str(CIFAR / "test"), "--fractions", args.fractions,
-                "--seeds", str(args.seeds), "--baseline-steps", str(steps), "--no-progress"))
+                "--seeds", str(args.seeds), "--baseline-steps", str(steps), "--no-progress",
+                *finetune_flags(result).split()))
     run(selfsup("report", str(target)))
 
     from selfsup.report import verdict

@@ -143,7 +143,8 @@ def test_selfsup_evaluate_is_callable_and_reaches_its_subpackages(tiny_run, tmp_
 def test_the_plan_line_counts_the_units_and_adds_up_their_budgets() -> None:
     assert sweep_plan(2, 3, minutes=5.0, steps=None, finetune_minutes=5.0).describe() == (
         "plan: 2 budgets x 3 seeds: features, probes, 6 fine-tunings of 5.0 min, "
-        "6 supervised baselines of 5.0 min; about 60 min in all")
+        "6 from-scratch fine-tunings of 5.0 min, 6 supervised baselines of 5.0 min; "
+        "about 90 min in all")
     # The text case of the issue: probes only, yet a from-scratch baseline per budget and seed.
     assert text_plan(2, 3, contenders=1, finetune=False, baseline=True, minutes=5.0,
                      epochs=None).describe() == (

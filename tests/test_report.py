@@ -72,6 +72,33 @@ def test_verdict_says_worse_when_ssl_is_worse():
     assert "106% of supervised accuracy (90.0% vs 85.0%)" in text
 
 
+def test_verdict_names_the_recipe_and_what_fine_tuning_adds():
+    sweep = make_sweep([0.50, 0.52, 0.51], [0.30, 0.31, 0.32], [0.64] * 3, [0.80] * 3)
+    sweep["method"], sweep["finetune_minutes"] = "vicreg", 5.0
+    low, high = sweep["points"]
+    # 1%: fine-tuning 55/56/57 against 40/42/41 from scratch; 100%: supervised is best.
+    for p, tuned, scratch in ((low, [0.55, 0.56, 0.57], [0.40, 0.42, 0.41]),
+                              (high, [0.78, 0.79, 0.77], [0.70, 0.70, 0.70])):
+        p["summary"]["finetune"] = {"accuracy": stat(tuned)}
+        p["summary"]["finetune_scratch"] = {"accuracy": stat(scratch)}
+        p["summary"]["finetune_minus_scratch"] = stat(np.subtract(tuned, scratch))
+        sup = p["summary"]["supervised"]["accuracy"]["values"]
+        p["summary"]["finetune_minus_supervised"] = stat(np.subtract(tuned, sup))
+    text = verdict(sweep)
+    assert ("Fine-tuned end to end on the same labels with the same recipe for 5 minutes "
+            "each, the pre-trained encoder against the same network from scratch beats it by "
+            "15.0 ± 1.0 points with 1% of the labels (500 labels): 56.0% vs 41.0%") in text
+    assert ("The recipe to take (the best mean test accuracy at each budget): with 1% of the "
+            "labels (500 labels), fine-tune the vicreg "
+            "encoder end to end: 56.0%, +25.0 ± 0.0 points over supervised") in text
+    assert ("with all the labels (50,000 labels), train the network supervised from scratch "
+            "(80.0%; the best with pre-training, fine-tune the vicreg encoder end to end, "
+            "reaches 78.0%)") in text
+    table = sweep_markdown(sweep)
+    assert "fine-tune from scratch" in table and "fine-tune − scratch (points)" in table
+    assert "15.0 ± 1.0" in table
+
+
 def test_verdict_ties_spread_and_missing_baseline():
     tie = verdict(make_sweep([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0.9, 0.9, 0.9], [0.9, 0.9, 0.9]))
     assert "matches supervised training" in tie and "100% of supervised" in tie

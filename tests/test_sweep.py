@@ -139,15 +139,27 @@ def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
     # with the optional fine-tuning of the pre-trained encoder (a second or so).
     record = tiny_run / "sweep" / "baseline-10pct-seed0" / "result.json"
     stamp = record.stat().st_mtime_ns
-    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
-                             "--fractions", "0.1", "--seeds", "1", "--baseline-steps", "2",
-                             "--protocol", "finetune", "--finetune-minutes", "0.02",
-                             "--no-progress")
+    again = ("evaluate", str(tiny_run), "--data", "digits", "--fractions", "0.1", "--seeds", "1",
+             "--baseline-steps", "2", "--protocol", "finetune", "--finetune-minutes", "0.02",
+             "--no-progress")
+    code, out, err = run_cli(monkeypatch, capsys, *again)
     assert code == 0, err
     assert record.stat().st_mtime_ns == stamp
-    tuned = json.loads((tiny_run / "sweep.json").read_text())["points"][0]["runs"][0]
-    assert 0 <= tuned["finetune"]["accuracy"] <= 1 and tuned["finetune"]["steps"] >= 1
-    assert "finetune" in out
+    swept = json.loads((tiny_run / "sweep.json").read_text())["points"][0]
+    tuned = swept["runs"][0]
+    for name in ("finetune", "finetune_scratch"):  # pre-trained, and the same net from scratch
+        assert 0 <= tuned[name]["accuracy"] <= 1 and tuned[name]["steps"] >= 1
+    assert swept["summary"]["finetune_minus_scratch"]["mean"] == pytest.approx(
+        tuned["finetune"]["accuracy"] - tuned["finetune_scratch"]["accuracy"])
+    assert "The recipe to take" in " ".join(out.split())  # the verdict, wrapped by rich
+    # The fine-tunings are kept per point too, and reused when asked again.
+    kept = tiny_run / "sweep" / "finetune-10pct-seed0" / "finetune.json"
+    stamp = kept.stat().st_mtime_ns
+    code, _, err = run_cli(monkeypatch, capsys, *again)
+    assert code == 0, err
+    assert kept.stat().st_mtime_ns == stamp
+    reused = json.loads((tiny_run / "sweep.json").read_text())["points"][0]["runs"][0]
+    assert reused["finetune"] == tuned["finetune"]
 
 
 def test_sweep_bad_options_are_one_message(tiny_run, monkeypatch, capsys):
@@ -201,3 +213,28 @@ def test_an_unfinished_baseline_continues_from_its_checkpoint(tiny_run, tmp_path
                             folder=folder, key={**key, "steps": 3}, progress=False)
     assert not result["resumed"] and result["steps"] == 3
     assert [p.name for p in (folder / "logs").iterdir()] == ["0"]  # removed, then trained anew
+
+
+def test_fine_tuning_an_ssl_run_beats_the_same_network_from_scratch(tmp_path):
+    """Where the pretext features help (digits: SimCLR alone separates the classes), the
+    encoder of an SSL run fine-tuned on 3% of the labels beats the same network fine-tuned from
+    scratch with the same recipe, labels and epochs. Fixed seeds, float32: measured 27.4%
+    against 12.6% (10 classes), a gap of 0.148; the bar leaves room for another CPU's rounding."""
+    from selfsup.api import pretrain
+    from selfsup.data.images import load_images
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune_protocol
+    from selfsup.evaluate.probes import stratified_split
+    from selfsup.run import load_encoder
+
+    run = pretrain("simclr", "digits", out=str(tmp_path / "ssl"), steps=120, batch_size=128,
+                   encoder_options={"width": 8}, precision="32", progress=False, seed=0)
+    encoder, spec = load_encoder(run)
+    digits = load_images("digits")
+    train_rows, test_rows = stratified_split(digits.labels, 0.3, 0)
+    train = digits.subset(train_rows, "digits (train)")
+    test = digits.subset(test_rows, "digits (test)")
+    config = FinetuneConfig(minutes=None, epochs=10, batch_size=16, precision="32", seed=0)
+    rows = finetune_protocol(encoder, spec, train, test, config, label_fractions=(0.03,))
+    row = rows["3%"]
+    assert row["pretrained"]["num_train"] + row["pretrained"]["num_val"] < 60
+    assert row["gain"] > 0.08, (row["pretrained"]["accuracy"], row["scratch"]["accuracy"])

@@ -217,10 +217,12 @@ def print_sweep(result: dict[str, Any]) -> None:
                         f"{result['test_data']} (mean ± std over {result['seeds']} seeds)")
     tuned = any("finetune" in p["summary"] for p in result["points"])
     reference = any("minirocket" in p["summary"] for p in result["points"])  # series
-    protocols = ("linear", "knn", *(("finetune",) if tuned else ()), "supervised",
-                 *(("minirocket",) if reference else ()))
+    protocols = ("linear", "knn", *(("finetune", "finetune_scratch") if tuned else ()),
+                 "supervised", *(("minirocket",) if reference else ()))
+    names = {"finetune": "fine-tune", "finetune_scratch": "fine-tune from scratch"}
     for column in ("labels", "count", *protocols, "linear − supervised"):
-        table.add_column(column, justify="left" if column == "labels" else "right")
+        table.add_column(names.get(column, column),
+                         justify="left" if column == "labels" else "right")
 
     def cell(stat: dict[str, Any] | None) -> str:
         if not stat or stat.get("mean") is None:

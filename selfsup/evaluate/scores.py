@@ -12,7 +12,8 @@ from sklearn.metrics import f1_score
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
 
 #: The protocols a sweep point may score.
-PROTOCOLS = ("linear", "knn", "finetune", "setfit", "supervised", "minirocket")
+PROTOCOLS = ("linear", "knn", "finetune", "finetune_scratch", "setfit", "supervised",
+             "minirocket")
 
 # ---------------------------------------------------------------------------------------------
 # Scores and summaries
@@ -86,8 +87,13 @@ def summarise_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "setfit" in summary:  # text: the SetFit-style protocol against the probe (same labels)
         gaps = [r["setfit"]["accuracy"] - r["linear"]["accuracy"] for r in runs]
         summary["setfit_minus_linear"] = spread(gaps)
+    if "finetune_scratch" in summary:  # fine-tuning's gain from pre-training (same recipe)
+        gaps = [r["finetune"]["accuracy"] - r["finetune_scratch"]["accuracy"] for r in runs]
+        summary["finetune_minus_scratch"] = spread(gaps)
     if "supervised" in summary:
-        for probe in ("linear", "knn"):
+        for probe in ("linear", "knn", "finetune"):
+            if probe not in summary:
+                continue
             gaps = [r[probe]["accuracy"] - r["supervised"]["accuracy"] for r in runs]
             summary[f"{probe}_minus_supervised"] = spread(gaps)
             ratios = [r[probe]["accuracy"] / r["supervised"]["accuracy"]

@@ -20,6 +20,8 @@ data behind every subset (and the test split) to ``RUN/sweep/label_subsets.npz``
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -42,7 +44,7 @@ from selfsup.evaluate.budgets import (  # moved there; re-exported here
 )
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import FinetuneConfig, finetune
+from selfsup.evaluate.finetune import FinetuneConfig, finetune, from_scratch
 from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import stratified_split
@@ -190,17 +192,36 @@ def view_alignment(
 
 
 def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: Any,
-              minutes: float, seed: int, precision: str, compile: str) -> dict[str, Any]:
-    """A copy of the pre-trained encoder fine-tuned end to end on one label subset."""
-    import copy
-
-
+              config: FinetuneConfig, folder: Path, key: dict[str, Any],
+              bar: PlanBar, where: str) -> dict[str, Any]:
+    """The pre-trained encoder, and the same network from scratch, each fine-tuned end to end
+    on one label subset with the same recipe and minutes (from scratch without layer-wise
+    decay: nothing pre-trained to protect). Kept in ``folder`` with ``key`` and reused, so that
+    a sweep of many hours may stop and go on, as its baselines do."""
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")
-    config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision, compile=compile)
-    result = finetune(copy.deepcopy(encoder).train(), train, test, config)
-    return {"accuracy": result["accuracy"], "macro_f1": None, "steps": result["steps"],
-            "seconds": result["seconds"], "val_accuracy": result["val_accuracy"]}
+    kept = folder / "finetune.json"
+    if kept.is_file():
+        saved = json.loads(kept.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            bar.done()  # both of the plan's fine-tuning units
+            bar.done()
+            return saved["result"]
+    scores: dict[str, Any] = {}
+    for name, network, recipe in (
+        ("finetune", copy.deepcopy(encoder), config),
+        ("finetune_scratch", from_scratch(spec), dataclasses.replace(config, layer_decay=None)),
+    ):
+        bar.start(f"{'fine-tuning' if name == 'finetune' else 'fine-tuning from scratch'}, "
+                  f"{where}")
+        result = finetune(network.train(), train, test, recipe)
+        scores[name] = {"accuracy": result["accuracy"], "macro_f1": None,
+                        "steps": result["steps"], "seconds": result["seconds"],
+                        "val_accuracy": result["val_accuracy"]}
+        bar.done()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(kept, {"key": key, "result": scores})
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +254,7 @@ def sweep_plan(budgets: int, seeds: int, *, minutes: float | None, steps: int | 
             plan.add("MiniRocket reference")
         if finetune_minutes is not None:
             plan.add("fine-tuning", finetune_minutes)
+            plan.add("from-scratch fine-tuning", finetune_minutes)
         if minutes is not None or steps is not None:
             plan.add("supervised baseline", minutes,
                      f"{steps} step{'s' if steps != 1 else ''}" if steps else None)
@@ -342,11 +364,15 @@ def sweep(
                         train.subset(rows, train.source), test_data, seed=seed)
                     bar.done()
                 if finetune_minutes is not None:
-                    bar.start(f"fine-tuning, {where}")
-                    entry["finetune"] = _finetune(encoder, spec, train.subset(rows, train.source),
-                                                  test_data, finetune_minutes, seed, precision,
-                                                  compile)
-                    bar.done()
+                    config = FinetuneConfig(minutes=finetune_minutes, seed=seed,
+                                            precision=precision, compile=compile)
+                    key = {"train": train.source, "test": test_source, "budget": budget.name,
+                           "seed": seed, "rows_sum": int(rows.sum()),
+                           "num_labels": int(len(rows)), "minutes": finetune_minutes}
+                    entry.update(_finetune(
+                        encoder, spec, train.subset(rows, train.source), test_data, config,
+                        run.path / "sweep" / f"finetune-{budget.tag}-seed{seed}", key, bar,
+                        where))
                 if baseline:
                     key = {"train": train.source, "test": test_source, "budget": budget.name,
                            "seed": seed, "num_labels": int(len(rows)), "minutes": minutes,

@@ -261,6 +261,12 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
         few_label = sweep_setfit_sentence(points)
         if few_label:
             sentences.append(few_label)
+        tuned = sweep_finetune_sentence(points, sweep.get("finetune_minutes"))
+        if tuned:
+            sentences.append(tuned)
+        recipe = sweep_recipe_sentence(points, sweep.get("method"))
+        if recipe:
+            sentences.append(recipe)
         if any(_stat(p["summary"], "supervised", "accuracy") for p in points):
             sentences.append(budget_sentence(sweep.get("pretrain_seconds"),
                                              _sweep_baseline_seconds(points),
@@ -304,26 +310,88 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
     return ". ".join(s.rstrip(".") for s in sentences) + "."
 
 
+def _paired_comparisons(points: list[dict[str, Any]], ours: str, reference: str, gap: str,
+                        against: str) -> list[str]:
+    """Per budget where all three were measured: "beats AGAINST by X ± Y points with B:
+    ours% vs reference%", the gap paired over the same label subsets."""
+    parts = []
+    for p in points:
+        delta = _stat(p["summary"], gap)
+        mine = _stat(p["summary"], ours, "accuracy")
+        theirs = _stat(p["summary"], reference, "accuracy")
+        if delta is None or mine is None or theirs is None:
+            continue
+        how = ("matches" if abs(delta["mean"]) < TIE else
+               "beats" if delta["mean"] > 0 else "trails")
+        by = ("" if how == "matches" else
+              f" by {_points(delta['mean'])} ± {_points(delta['std'])} points")
+        parts.append(f"{how} {against}{by} with {_budget_words(p)}: "
+                     f"{_pct(mine['mean'])} vs {_pct(theirs['mean'])}")
+    return parts
+
+
 def sweep_setfit_sentence(points: list[dict[str, Any]]) -> str | None:
     """Text: the SetFit-style protocol against the linear probe of the same encoder, paired over
     the same label subsets, at each budget; None where it was not run."""
-    parts = []
-    for p in points:
-        gap = _stat(p["summary"], "setfit_minus_linear")
-        ours = _stat(p["summary"], "setfit", "accuracy")
-        lin = _stat(p["summary"], "linear", "accuracy")
-        if gap is None or ours is None or lin is None:
-            continue
-        how = ("matches" if abs(gap["mean"]) < TIE else
-               "beats" if gap["mean"] > 0 else "trails")
-        by = ("" if how == "matches" else
-              f" by {_points(gap['mean'])} ± {_points(gap['std'])} points")
-        parts.append(f"{how} the linear probe{by} with {_budget_words(p)}: "
-                     f"{_pct(ours['mean'])} vs {_pct(lin['mean'])}")
+    parts = _paired_comparisons(points, "setfit", "linear", "setfit_minus_linear",
+                                "the linear probe")
     if not parts:
         return None
     return ("SetFit-style fine-tuning (contrastive pairs from the labels, then a logistic head) "
             + "; ".join(parts))
+
+
+def sweep_finetune_sentence(points: list[dict[str, Any]], minutes: float | None
+                            ) -> str | None:
+    """Images: the pre-trained encoder fine-tuned against the same network fine-tuned from
+    scratch (same labels, recipe and minutes: what pre-training adds), paired over the label
+    subsets, at each budget; None where the sweep did not fine-tune."""
+    parts = _paired_comparisons(points, "finetune", "finetune_scratch", "finetune_minus_scratch",
+                                "it")
+    if not parts:
+        return None
+    each = f" for {minutes:g} minutes each" if minutes else ""
+    return ("Fine-tuned end to end on the same labels with the same recipe" + each + ", the "
+            "pre-trained encoder against the same network from scratch " + "; ".join(parts))
+
+
+#: What each protocol a sweep compares is called when the verdict recommends it.
+RECIPES = {"linear": "a linear probe on the frozen {method} encoder",
+           "knn": "kNN on the frozen {method} encoder",
+           "finetune": "fine-tune the {method} encoder end to end",
+           "supervised": "train the network supervised from scratch",
+           "minirocket": "MiniRocket features + ridge, no pre-training"}
+SSL_PROTOCOLS = ("linear", "knn", "finetune")
+
+
+def sweep_recipe_sentence(points: list[dict[str, Any]], method: str | None) -> str | None:
+    """The recipe to take at each label budget: the protocol with the best mean test accuracy
+    among those the sweep ran (an SSL one with its paired gap to supervised training); None
+    without a supervised baseline (nothing to choose against)."""
+    parts = []
+    for p in points:
+        s = p["summary"]
+        scored = {name: stat for name in RECIPES
+                  if (stat := _stat(s, name, "accuracy")) is not None}
+        if "supervised" not in scored:
+            continue
+        best = max(scored, key=lambda name: scored[name]["mean"])
+        recipe = RECIPES[best].format(method=method or "pre-trained")
+        if best in SSL_PROTOCOLS:
+            gap = _stat(s, f"{best}_minus_supervised")
+            parts.append(f"with {_budget_words(p)}, {recipe}: {_pct(scored[best]['mean'])}, "
+                         f"{'+' if gap['mean'] >= 0 else '−'}{_points(gap['mean'])} ± "
+                         f"{_points(gap['std'])} points over supervised")
+        else:
+            ssl = max((n for n in SSL_PROTOCOLS if n in scored),
+                      key=lambda name: scored[name]["mean"])
+            parts.append(f"with {_budget_words(p)}, {recipe} ({_pct(scored[best]['mean'])}; "
+                         f"the best with pre-training, "
+                         f"{RECIPES[ssl].format(method=method or 'pre-trained')}, reaches "
+                         f"{_pct(scored[ssl]['mean'])})")
+    if not parts:
+        return None
+    return "The recipe to take (the best mean test accuracy at each budget): " + "; ".join(parts)
 
 
 def sweep_minirocket_sentence(points: list[dict[str, Any]]) -> str | None:
@@ -453,6 +521,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     columns = [("linear acc %", ("linear", "accuracy")), ("linear F1 %", ("linear", "macro_f1")),
                ("kNN acc %", ("knn", "accuracy")), ("kNN F1 %", ("knn", "macro_f1")),
                ("fine-tune acc %", ("finetune", "accuracy")),
+               ("fine-tune from scratch acc %", ("finetune_scratch", "accuracy")),
                ("SetFit-style acc %", ("setfit", "accuracy")),
                ("supervised acc %", ("supervised", "accuracy")),
                ("supervised F1 %", ("supervised", "macro_f1")),
@@ -470,10 +539,14 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
     """The sweep as a Markdown table (accuracy in %, mean ± std over seeds), for benchmark
     results and READMEs: every protocol run, the paired gap and the ratio to supervised."""
     columns = [("linear probe", ("linear", "accuracy")), ("kNN", ("knn", "accuracy")),
-               ("fine-tune", ("finetune", "accuracy")), ("SetFit-style", ("setfit", "accuracy")),
+               ("fine-tune", ("finetune", "accuracy")),
+               ("fine-tune from scratch", ("finetune_scratch", "accuracy")),
+               ("SetFit-style", ("setfit", "accuracy")),
                ("supervised", ("supervised", "accuracy")),
                ("MiniRocket", ("minirocket", "accuracy")),
                ("linear − supervised (points)", ("linear_minus_supervised",)),
+               ("fine-tune − scratch (points)", ("finetune_minus_scratch",)),
+               ("fine-tune − supervised (points)", ("finetune_minus_supervised",)),
                ("linear / supervised", ("linear_over_supervised",))]
     points = sweep["points"]
     columns = [(name, keys) for name, keys in columns

@@ -19,9 +19,11 @@ import numpy as np  # noqa: E402
 
 # Colours: self-supervised read-outs in blues/greens, the supervised reference in orange.
 COLOURS = {"linear": "#1f77b4", "knn": "#2ca02c", "finetune": "#9467bd",
-           "supervised": "#ff7f0e"}
+           "finetune_scratch": "#d62728", "supervised": "#ff7f0e"}
 LABELS = {"linear": "SSL + linear probe", "knn": "SSL + kNN", "finetune": "SSL + fine-tuning",
-          "supervised": "supervised baseline"}
+          "finetune_scratch": "fine-tuning from scratch", "supervised": "supervised baseline"}
+#: The references (no pre-training), drawn dashed.
+REFERENCES = ("finetune_scratch", "supervised")
 
 # metrics.csv columns drawn as training curves, in this order, when present.
 CURVE_GROUPS = [
@@ -93,14 +95,14 @@ def label_efficiency(points: list[dict[str, Any]], metric: str = "accuracy") -> 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     x = np.asarray([p["num_labels"] for p in points], dtype=float)
     drawn = False
-    for protocol in ("linear", "knn", "finetune", "supervised"):
+    for protocol in ("linear", "knn", "finetune", "finetune_scratch", "supervised"):
         stats = [p["summary"].get(protocol, {}).get(metric) for p in points]
         if any(s is None or s["mean"] is None for s in stats):
             continue
         mean = np.asarray([s["mean"] for s in stats]) * 100
         std = np.asarray([s["std"] for s in stats]) * 100
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, color=COLOURS[protocol],
-                    label=LABELS[protocol], linestyle="--" if protocol == "supervised" else "-")
+                    label=LABELS[protocol], linestyle="--" if protocol in REFERENCES else "-")
         drawn = True
     if not drawn:
         plt.close(fig)
