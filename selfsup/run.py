@@ -135,21 +135,7 @@ def save_encoder(run: RunDir, encoder: nn.Module, spec: dict[str, Any]) -> None:
 
 def load_encoder(run: RunDir) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported encoder (eval mode) and return it with its spec."""
-    if not run.encoder_spec.is_file() or not run.encoder_weights.is_file():
-        raise SelfsupError(
-            f"{run.path} has no exported encoder (encoder.json + encoder.safetensors); "
-            "did its pre-training finish?"
-        )
-    # A damaged export (cut short by a copy, edited by hand) is bad input: name the file.
-    try:
-        spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise SelfsupError(f"{run.encoder_spec} is damaged (not valid JSON: {error}); copy it "
-                           "again from the run's original folder") from None
-    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
-            or not isinstance(spec.get("options", {}), dict)):
-        raise SelfsupError(f"{run.encoder_spec} is damaged: it needs the encoder's \"name\" "
-                           "and its \"options\" (a mapping)")
+    spec = read_encoder_spec(run)
     try:
         encoder = build_encoder(spec["name"], **spec.get("options", {}))
     except (TypeError, ValueError) as error:
@@ -170,6 +156,27 @@ def load_encoder(run: RunDir) -> tuple[nn.Module, dict[str, Any]]:
     return encoder.eval(), spec
 
 
+def read_encoder_spec(run: RunDir) -> dict[str, Any]:
+    """The exported encoder's spec (``encoder.json``: registered name, options, modality),
+    read without building it; the weights beside it must exist too."""
+    if not run.encoder_spec.is_file() or not run.encoder_weights.is_file():
+        raise SelfsupError(
+            f"{run.path} has no exported encoder (encoder.json + encoder.safetensors); "
+            "did its pre-training finish?"
+        )
+    # A damaged export (cut short by a copy, edited by hand) is bad input: name the file.
+    try:
+        spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SelfsupError(f"{run.encoder_spec} is damaged (not valid JSON: {error}); copy it "
+                           "again from the run's original folder") from None
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("options", {}), dict)):
+        raise SelfsupError(f"{run.encoder_spec} is damaged: it needs the encoder's \"name\" "
+                           "and its \"options\" (a mapping)")
+    return spec
+
+
 def default_run_name(method: str, root: Path = Path("runs")) -> Path:
     """runs/<method>-<n> with the first n not taken."""
     n = 1
@@ -185,4 +192,5 @@ def as_run(path: str | Path) -> RunDir:
     return run
 
 
-__all__ = ["RunDir", "as_run", "default_run_name", "load_encoder", "save_encoder"]
+__all__ = ["RunDir", "as_run", "default_run_name", "load_encoder", "read_encoder_spec",
+           "save_encoder"]

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,17 +11,13 @@ from selfsup import atomic
 from selfsup.errors import SelfsupError
 from selfsup.export.hf import check_out_folder, export_hf
 from selfsup.export.image import export_image
-from selfsup.run import as_run
+from selfsup.run import as_run, read_encoder_spec
 
 
 def export_run(run_path: str | Path, out: str | Path) -> tuple[Path, str]:
     """Export the run's model to ``out``; return the folder and how to load it."""
     run = as_run(run_path)
-    try:
-        spec = json.loads(run.encoder_spec.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        spec = {}  # load_encoder, inside each export, says what is wrong with it
-    modality = spec.get("modality") if isinstance(spec, dict) else None
+    modality = read_encoder_spec(run).get("modality")
     if modality == "image":
         path = export_image(run.path, out)
         return path, (f"torch.export.load({str(path / 'encoder.pt2')!r}).module(); "

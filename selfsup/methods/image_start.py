@@ -9,9 +9,10 @@ starting from random weights. Two kinds of folder are read:
   ``ViTForImageClassification`` saved with ``save_pretrained``), rebuilt as selfsup's ``vit``
   (selfsup/models/vit_hf.py).
 
-The architecture comes from the folder (``start_config`` fills ``--encoder`` and its options
-before the data is read); the weights, and the normalisation the encoder was trained with (its
-``mean``/``std`` buffers), are loaded when the method is built (``load_image_start``).
+The architecture comes from the folder's JSON (``start_config`` fills ``--encoder`` and its
+options before the data is read); the weights, and the normalisation the encoder was trained
+with (its ``mean``/``std`` buffers), are read once, when the method is built
+(``load_image_start``).
 """
 
 from __future__ import annotations
@@ -22,23 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from selfsup.config import PretrainConfig
 from selfsup.errors import SelfsupError
 from selfsup.models import DATA_SET_OPTIONS
-from selfsup.models.vit_hf import read_hf_vit
-from selfsup.run import RunDir, load_encoder
+from selfsup.models.vit_hf import read_hf_config, read_hf_vit, vit_options
+from selfsup.run import RunDir, load_encoder, read_encoder_spec
 
 
 @dataclass(frozen=True)
 class ImageStart:
+    """What a starting folder holds, read from its JSON alone (no weights)."""
+
     name: str  # the registered encoder
     options: dict[str, Any]  # its architecture options (DATA_SET_OPTIONS left out)
     channels: int
     image_size: int | None  # the size it was trained at, where the folder says
-    state: dict[str, torch.Tensor]  # the weights and the normalisation buffers
+    transformers: bool  # a transformers ViT folder, not a selfsup one
 
 
 def read_image_start(path: str | Path, flag: str = "--init") -> ImageStart:
@@ -47,13 +49,15 @@ def read_image_start(path: str | Path, flag: str = "--init") -> ImageStart:
     if not folder.is_dir():
         raise SelfsupError(f"{flag} {folder}: not a folder")
     if (folder / "encoder.json").is_file():
-        encoder, spec = load_encoder(RunDir(folder))
+        spec = read_encoder_spec(RunDir(folder))
         if spec.get("modality", "image") != "image":
             raise SelfsupError(f"{flag} {folder} holds a {spec['modality']} encoder; an image "
                                "method starts from an image encoder")
-        options = {k: v for k, v in spec.get("options", {}).items() if k not in DATA_SET_OPTIONS}
-        return ImageStart(spec["name"], options, int(encoder.mean.numel()),
-                          spec.get("image_size"), encoder.state_dict())
+        options = spec.get("options", {})
+        return ImageStart(spec["name"],
+                          {k: v for k, v in options.items() if k not in DATA_SET_OPTIONS},
+                          int(spec.get("channels") or options.get("in_channels") or 3),
+                          spec.get("image_size"), transformers=False)
     config = folder / "config.json"
     if config.is_file():
         try:
@@ -63,13 +67,9 @@ def read_image_start(path: str | Path, flag: str = "--init") -> ImageStart:
         if model_type != "vit":
             raise SelfsupError(f"{flag} {folder} is a transformers {model_type!r} model; image "
                                "methods read ViT folders (model_type 'vit') and selfsup exports")
-        encoder = read_hf_vit(folder)
-        options = {"patch_size": encoder.patch_size, "width": encoder.embed_dim,
-                   "depth": len(encoder.blocks), "heads": encoder.blocks[0].attn.heads,
-                   "mlp_ratio": encoder.mlp_ratio, "image_size": encoder.grid * encoder.patch_size,
-                   "pos_embed": "learned", "norm_eps": encoder.ln.eps}
-        return ImageStart("vit", options, int(encoder.mean.numel()),
-                          options["image_size"], encoder.state_dict())
+        options = vit_options(read_hf_config(folder))
+        channels = options.pop("in_channels")
+        return ImageStart("vit", options, channels, options["image_size"], transformers=True)
     raise SelfsupError(
         f"{flag} {folder}: neither a selfsup image encoder (encoder.json + encoder.safetensors: "
         "a run or a `selfsup export` folder) nor a transformers ViT folder (config.json)"
@@ -93,8 +93,9 @@ def load_image_start(encoder: nn.Module, path: str | Path, channels: int | None,
     if channels is not None and channels != start.channels:
         raise SelfsupError(f"{flag} {path} reads {start.channels}-channel images; the data "
                            f"has {channels} channel(s)")
+    source = read_hf_vit(path) if start.transformers else load_encoder(RunDir(Path(path)))[0]
     try:
-        encoder.load_state_dict(start.state)
+        encoder.load_state_dict(source.state_dict())
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise SelfsupError(

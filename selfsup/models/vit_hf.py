@@ -81,10 +81,9 @@ def to_hf_state(encoder: VisionTransformer, image_size: int) -> dict[str, torch.
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
-def from_hf_model(model: Any, mean: list[float], std: list[float]) -> VisionTransformer:
-    """A selfsup ViT holding ``model``'s (a ``ViTModel``'s) weights, normalising with
-    ``mean`` and ``std`` as its image processor did."""
-    config = model.config
+def vit_options(config: Any) -> dict[str, Any]:
+    """The ``VisionTransformer`` arguments (but mean and std) of a ``ViTConfig``'s network;
+    a clear error for what selfsup's ViT cannot express."""
     size, patch = config.image_size, config.patch_size
     if isinstance(size, list | tuple):
         size = size[0] if len(set(size)) == 1 else None
@@ -96,12 +95,16 @@ def from_hf_model(model: Any, mean: list[float], std: list[float]) -> VisionTran
         raise SelfsupError(f"--init: a ViT with hidden_act {config.hidden_act!r} cannot be read "
                            "(selfsup's ViT uses the exact GELU, 'gelu')")
     width = config.hidden_size
-    encoder = VisionTransformer(
-        in_channels=config.num_channels, patch_size=patch, width=width,
-        depth=config.num_hidden_layers, heads=config.num_attention_heads,
-        mlp_ratio=config.intermediate_size / width, image_size=size, pos_embed="learned",
-        mean=mean, std=std, norm_eps=config.layer_norm_eps,
-    )
+    return {"in_channels": config.num_channels, "patch_size": patch, "width": width,
+            "depth": config.num_hidden_layers, "heads": config.num_attention_heads,
+            "mlp_ratio": config.intermediate_size / width, "image_size": size,
+            "pos_embed": "learned", "norm_eps": config.layer_norm_eps}
+
+
+def from_hf_model(model: Any, mean: list[float], std: list[float]) -> VisionTransformer:
+    """A selfsup ViT holding ``model``'s (a ``ViTModel``'s) weights, normalising with
+    ``mean`` and ``std`` as its image processor did."""
+    encoder = VisionTransformer(**vit_options(model.config), mean=mean, std=std)
     encoder.load_state_dict(from_hf_state(model.state_dict(), encoder))
     return encoder
 
@@ -136,6 +139,18 @@ def from_hf_state(hf: dict[str, torch.Tensor], encoder: VisionTransformer
     return state
 
 
+def read_hf_config(folder: str | Path) -> Any:
+    """The ``ViTConfig`` of a transformers ViT folder, without its weights."""
+    from transformers import ViTConfig
+
+    quiet_transformers()
+    try:
+        return ViTConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise SelfsupError(f"--init {folder}: not a readable transformers ViT folder "
+                           f"({str(error).splitlines()[0][:200]})") from None
+
+
 def read_hf_vit(folder: str | Path) -> VisionTransformer:
     """A transformers ViT folder (``ViTModel`` or ``ViTForImageClassification``) as selfsup's
     ViT; its ``preprocessor_config.json`` gives the mean and std (else ViT's 0.5 and 0.5)."""
@@ -156,4 +171,5 @@ def read_hf_vit(folder: str | Path) -> VisionTransformer:
     return from_hf_model(model.eval(), mean, std)
 
 
-__all__ = ["from_hf_model", "from_hf_state", "hf_config", "read_hf_vit", "to_hf_state"]
+__all__ = ["from_hf_model", "from_hf_state", "hf_config", "read_hf_config", "read_hf_vit",
+           "to_hf_state", "vit_options"]
