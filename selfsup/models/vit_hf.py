@@ -112,10 +112,9 @@ def from_hf_model(model: Any, mean: list[float], std: list[float]) -> VisionTran
 def from_hf_state(hf: dict[str, torch.Tensor], encoder: VisionTransformer
                   ) -> dict[str, torch.Tensor]:
     """``ViTModel`` weights (transformers 5's names) under ``encoder``'s names."""
-    missing = [name for name in ("embeddings.cls_token", _LAYER["q"].format(i=0) + ".weight")
-               if name not in hf and len(encoder.blocks)]
-    if missing:
-        raise SelfsupError(f"--init: the ViT's weights lack {missing[0]}; reading a transformers "
+    first = _LAYER["q"].format(i=0) + ".weight"
+    if len(encoder.blocks) and first not in hf:  # transformers 4 named its modules otherwise
+        raise SelfsupError(f"--init: the ViT's weights lack {first}; reading a transformers "
                            "ViT needs transformers 5 or later")
     positions = hf["embeddings.position_embeddings"]
     state = dict(encoder.state_dict())  # the mean and std buffers stay as built
@@ -147,8 +146,12 @@ def read_hf_config(folder: str | Path) -> Any:
     try:
         return ViTConfig.from_pretrained(folder)
     except (OSError, ValueError) as error:
-        raise SelfsupError(f"--init {folder}: not a readable transformers ViT folder "
-                           f"({str(error).splitlines()[0][:200]})") from None
+        raise _unreadable(folder, error) from None
+
+
+def _unreadable(folder: str | Path, error: Exception) -> SelfsupError:
+    return SelfsupError(f"--init {folder}: not a readable transformers ViT folder "
+                        f"({str(error).splitlines()[0][:200]})")
 
 
 def read_hf_vit(folder: str | Path) -> VisionTransformer:
@@ -163,8 +166,7 @@ def read_hf_vit(folder: str | Path) -> VisionTransformer:
         settings = json.loads(processor.read_text()) if processor.is_file() else {}
         model = ViTModel.from_pretrained(folder, add_pooling_layer=False)
     except (OSError, ValueError) as error:
-        raise SelfsupError(f"--init {folder}: not a readable transformers ViT folder "
-                           f"({str(error).splitlines()[0][:200]})") from None
+        raise _unreadable(folder, error) from None
     channels = model.config.num_channels
     mean = list(settings.get("image_mean") or [0.5] * channels)
     std = list(settings.get("image_std") or [0.5] * channels)
