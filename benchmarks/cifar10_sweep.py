@@ -23,8 +23,9 @@ from its last checkpoint), so the sweep (about three and a half hours on 2 cores
 over several sittings; run the same command again.
 
 With ``--finetune-minutes M`` every point also fine-tunes the pre-trained encoder end to end on
-its label subset for M minutes, and the same network from scratch with the same recipe and
-minutes; the supervised baseline then gets the pre-training's and the fine-tuning's minutes
+its label subset for M minutes, and the same network from scratch with the same recipe for
+exactly as many steps (steps, not minutes, so that a busy machine cannot shortchange one of the
+two); the supervised baseline then gets the pre-training's and the fine-tuning's minutes
 together. So the table answers both accountings: (a) fine-tuning against from scratch at an
 equal budget on the labels, and (b) pre-training + fine-tuning against supervised training
 given their sum. ``--tag`` writes a table (and runs) of its own.
@@ -105,12 +106,12 @@ def markdown(result: dict) -> str:
     ]
     if result.get("finetune_minutes"):
         lines += [
-            f"Fine-tuning: the pre-trained encoder and the same network from scratch, "
-            f"{result['finetune_minutes']} min each on the label subset (steps per point in "
-            f"`{result['stem']}.json`). Accountings: (a) fine-tune − scratch, an equal budget on "
-            f"the labels; (b) fine-tune − supervised, {result['minutes']} min of pre-training + "
-            f"{result['finetune_minutes']} min of fine-tuning against supervised training for "
-            f"their sum.",
+            f"Fine-tuning: the pre-trained encoder for {result['finetune_minutes']} min on the "
+            f"label subset, and the same network from scratch for as many steps (steps per "
+            f"point in `{result['stem']}.json`). Accountings: (a) fine-tune − scratch, an "
+            f"equal budget on the labels; (b) fine-tune − supervised, {result['minutes']} min "
+            f"of pre-training + {result['finetune_minutes']} min of fine-tuning against "
+            f"supervised training for their sum.",
             "",
         ]
     lines.append(sweep_markdown(sweep).rstrip("\n"))

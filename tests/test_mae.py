@@ -246,6 +246,11 @@ def test_finetune_learns_an_easy_task_and_protocol_runs_the_baseline():
     assert set(rows) == {"50%"}
     assert rows["50%"]["pretrained"]["num_train"] + rows["50%"]["pretrained"]["num_val"] == 80
     assert rows["50%"]["scratch"]["config"]["layer_decay"] is None
+    # The twin from scratch gets the pre-trained run's steps, not its clock: equal work.
+    assert rows["50%"]["scratch"]["steps"] == rows["50%"]["pretrained"]["steps"] == 2
+    assert rows["50%"]["scratch"]["config"]["steps"] == 2
+    stepped = FinetuneConfig(minutes=None, steps=3, batch_size=32, precision="32")
+    assert finetune(_vit(), train, test, stepped)["steps"] == 3  # mid-epoch (4 per epoch)
     assert math.isclose(
         rows["50%"]["gain"],
         rows["50%"]["pretrained"]["accuracy"] - rows["50%"]["scratch"]["accuracy"],

@@ -149,6 +149,7 @@ def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
     tuned = swept["runs"][0]
     for name in ("finetune", "finetune_scratch"):  # pre-trained, and the same net from scratch
         assert 0 <= tuned[name]["accuracy"] <= 1 and tuned[name]["steps"] >= 1
+    assert tuned["finetune_scratch"]["steps"] == tuned["finetune"]["steps"]  # equal work
     assert swept["summary"]["finetune_minus_scratch"]["mean"] == pytest.approx(
         tuned["finetune"]["accuracy"] - tuned["finetune_scratch"]["accuracy"])
     assert "The recipe to take" in " ".join(out.split())  # the verdict, wrapped by rich

@@ -62,10 +62,11 @@ TEXT_HEAD_INIT = "probe"
 
 @dataclass
 class FinetuneConfig:
-    """A fine-tuning run; the first of ``minutes`` and ``epochs`` reached ends it."""
+    """A fine-tuning run; the first of ``minutes``, ``epochs`` and ``steps`` reached ends it."""
 
     minutes: float | None = 5.0
     epochs: int | None = None
+    steps: int | None = None  # what a from-scratch run is given: its pre-trained twin's steps
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -91,9 +92,9 @@ class FinetuneConfig:
     compile: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.minutes is None and self.epochs is None:
-            raise SelfsupError("fine-tuning needs a budget: minutes or epochs")
-        for name in ("minutes", "epochs", "batch_size", "lr"):
+        if self.minutes is None and self.epochs is None and self.steps is None:
+            raise SelfsupError("fine-tuning needs a budget: minutes, epochs or steps")
+        for name in ("minutes", "epochs", "steps", "batch_size", "lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SelfsupError(f"fine-tuning: {name} must be positive, not {value}")
@@ -223,6 +224,8 @@ class FinetuneModule(pl.LightningModule):
         fractions = [0.0]
         if c.epochs:
             fractions.append(self.trainer.global_step / (c.epochs * self.steps_per_epoch))
+        if c.steps:
+            fractions.append(self.trainer.global_step / c.steps)
         if c.minutes:
             fractions.append((time.monotonic() - self.started) / (c.minutes * 60))
         return min(1.0, max(fractions))
@@ -267,7 +270,8 @@ def finetune_compile(config: FinetuneConfig, steps_per_epoch: int) -> str:
     expected to pay (not yet measured: benchmarks/gpu_check.py has not run; on a CPU it was
     measured not to), and only for budgets long enough to win the compilation back."""
     on_gpu = config.accelerator in ("gpu", "auto") and torch.cuda.is_available()
-    steps = None if config.epochs is None else config.epochs * steps_per_epoch
+    bounds = [config.steps, None if config.epochs is None else config.epochs * steps_per_epoch]
+    steps = min((b for b in bounds if b is not None), default=None)
     return compiling.resolve(config.compile, minutes=config.minutes, steps=steps,
                              device="cuda" if on_gpu else "cpu", pays=on_gpu)
 
@@ -338,10 +342,11 @@ def finetune(
 
 
 def finetune_trainer(config: FinetuneConfig, *, gradient_clip_val: float) -> pl.Trainer:
-    """The engine's Trainer for one fine-tuning run: epochs and minutes from the config."""
+    """The engine's Trainer for one fine-tuning run: epochs, steps and minutes from the
+    config."""
     return build_trainer(
         accelerator=config.accelerator, devices=config.devices, precision=config.precision,
-        max_epochs=config.epochs,
+        max_epochs=config.epochs, max_steps=config.steps,
         max_time=timedelta(minutes=config.minutes) if config.minutes else None,
         progress=config.progress, gradient_clip_val=gradient_clip_val,
     )
@@ -372,6 +377,13 @@ def label_subset(data: TrainData, fraction: float, seed: int) -> TrainData:
     return data.subset(keep, f"{data.source} ({fraction:.0%} of the labels)")
 
 
+def scratch_recipe(config: FinetuneConfig, steps: int) -> FinetuneConfig:
+    """The from-scratch twin's recipe: the pre-trained run's, with exactly its ``steps`` (not
+    its minutes, which a busy machine would turn into fewer steps for one of the two) and no
+    layer-wise decay (nothing pre-trained to protect)."""
+    return dataclasses.replace(config, layer_decay=None, minutes=None, epochs=None, steps=steps)
+
+
 def finetune_protocol(
     encoder: nn.Module,
     spec: dict[str, Any],
@@ -384,8 +396,8 @@ def finetune_protocol(
     bar: PlanBar | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a copy of ``encoder`` and, with ``baseline``, the same architecture from
-    scratch (no layer-wise decay: there is nothing pre-trained to protect), with the same
-    labels and budget, for each fraction of the labels. Keys: ``"10%"``, ``"100%"``...
+    scratch (:func:`scratch_recipe`: the same labels and steps), for each fraction of the
+    labels. Keys: ``"10%"``, ``"100%"``...
     Each fine-tuning is one unit of ``bar``, the evaluation's progress bar."""
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the fine-tuning protocol handles image encoders only for now")
@@ -400,8 +412,8 @@ def finetune_protocol(
         bar.done()
         if baseline:
             bar.start(f"fine-tuning from scratch on {fraction:.0%} of the labels")
-            scratch_config = dataclasses.replace(config, layer_decay=None)
-            row["scratch"] = finetune(from_scratch(spec).train(), labelled, test, scratch_config)
+            recipe = scratch_recipe(config, row["pretrained"]["steps"])
+            row["scratch"] = finetune(from_scratch(spec).train(), labelled, test, recipe)
             row["gain"] = row["pretrained"]["accuracy"] - row["scratch"]["accuracy"]
             bar.done()
         result[f"{fraction:.0%}"] = row

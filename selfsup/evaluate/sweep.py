@@ -21,7 +21,6 @@ data behind every subset (and the test split) to ``RUN/sweep/label_subsets.npz``
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import shutil
@@ -44,7 +43,7 @@ from selfsup.evaluate.budgets import (  # moved there; re-exported here
 )
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import FinetuneConfig, finetune, from_scratch
+from selfsup.evaluate.finetune import FinetuneConfig, finetune, from_scratch, scratch_recipe
 from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import stratified_split
@@ -194,9 +193,9 @@ def view_alignment(
 def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: Any,
               config: FinetuneConfig, folder: Path, key: dict[str, Any],
               bar: PlanBar, where: str) -> dict[str, Any]:
-    """The pre-trained encoder, and the same network from scratch, each fine-tuned end to end
-    on one label subset with the same recipe and minutes (from scratch without layer-wise
-    decay: nothing pre-trained to protect). Kept in ``folder`` with ``key`` and reused, so that
+    """The pre-trained encoder fine-tuned end to end on one label subset for the config's
+    minutes, and the same network from scratch for exactly as many steps
+    (:func:`scratch_recipe`). Kept in ``folder`` with ``key`` and reused, so that
     a sweep of many hours may stop and go on, as its baselines do."""
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")
@@ -208,20 +207,23 @@ def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: 
             bar.done()
             return saved["result"]
     scores: dict[str, Any] = {}
-    for name, network, recipe in (
-        ("finetune", copy.deepcopy(encoder), config),
-        ("finetune_scratch", from_scratch(spec), dataclasses.replace(config, layer_decay=None)),
-    ):
-        bar.start(f"{'fine-tuning' if name == 'finetune' else 'fine-tuning from scratch'}, "
-                  f"{where}")
-        result = finetune(network.train(), train, test, recipe)
-        scores[name] = {"accuracy": result["accuracy"], "macro_f1": None,
-                        "steps": result["steps"], "seconds": result["seconds"],
-                        "val_accuracy": result["val_accuracy"]}
-        bar.done()
+    bar.start(f"fine-tuning, {where}")
+    scores["finetune"] = _scores(finetune(copy.deepcopy(encoder).train(), train, test, config))
+    bar.done()
+    bar.start(f"fine-tuning from scratch, {where}")
+    recipe = scratch_recipe(config, scores["finetune"]["steps"])
+    scores["finetune_scratch"] = _scores(finetune(from_scratch(spec).train(), train, test,
+                                                  recipe))
+    bar.done()
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_json(kept, {"key": key, "result": scores})
     return scores
+
+
+def _scores(result: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep point keeps of one fine-tuning."""
+    return {"accuracy": result["accuracy"], "macro_f1": None, "steps": result["steps"],
+            "seconds": result["seconds"], "val_accuracy": result["val_accuracy"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +370,8 @@ def sweep(
                                             precision=precision, compile=compile)
                     key = {"train": train.source, "test": test_source, "budget": budget.name,
                            "seed": seed, "rows_sum": int(rows.sum()),
-                           "num_labels": int(len(rows)), "minutes": finetune_minutes}
+                           "num_labels": int(len(rows)), "minutes": finetune_minutes,
+                           "scratch": "the pre-trained run's steps"}
                     entry.update(_finetune(
                         encoder, spec, train.subset(rows, train.source), test_data, config,
                         run.path / "sweep" / f"finetune-{budget.tag}-seed{seed}", key, bar,
