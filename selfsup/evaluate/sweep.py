@@ -20,6 +20,7 @@ data behind every subset (and the test split) to ``RUN/sweep/label_subsets.npz``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -165,9 +166,6 @@ def view_alignment(
     The views come from the run's own (resolved) augmentation recipe in config.yaml, so
     "positive pair" means what the pre-training meant by it. Image runs only: None otherwise.
     """
-    import contextlib
-
-
     if getattr(data, "modality", None) != "image" or not augment_options:
         return None
     fields = ImageAugmentConfig.__dataclass_fields__

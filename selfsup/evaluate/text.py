@@ -32,6 +32,7 @@ evaluations (the largest budget's), so ``selfsup report`` reads them, plus one r
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,6 @@ def evaluate_text_run(
                                  embeddings_out=run / EMBEDDINGS_FILE, **options)
     summary_path = run / "pretrain.json"
     if summary_path.is_file():
-        import json
-
         result["pretrain_seconds"] = json.loads(summary_path.read_text()).get("train_seconds")
     result.update({"run": str(run), "method": spec.get("method") or config.get("method"),
                    "init": run_init(config)})
