@@ -1,6 +1,7 @@
 """MAE: patch layout, masking, the encoder's blindness to hidden patches, the loss's blindness to
 visible ones, the reconstruction picture, and the fine-tuning protocol."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -255,6 +256,33 @@ def test_finetune_learns_an_easy_task_and_protocol_runs_the_baseline():
         rows["50%"]["gain"],
         rows["50%"]["pretrained"]["accuracy"] - rows["50%"]["scratch"]["accuracy"],
     )
+
+
+def test_image_finetune_can_start_from_a_linear_probe():
+    """LP-FT for images: the head starts as a probe of the frozen features, and that start is
+    kept unless an epoch beats it on the validation carve."""
+    from selfsup.evaluate.features import extract_features
+    from selfsup.evaluate.finetune import Classifier, probe_head
+    from selfsup.evaluate.probes import linear_head
+
+    train, test = _bright_or_dark(160, 0), _bright_or_dark(64, 1)
+    config = FinetuneConfig(minutes=None, steps=1, batch_size=32, lr=1e-9, precision="32",
+                            head_init="probe")
+    model = Classifier(_vit().eval(), 2)
+    chosen = probe_head(model, train, config)
+    features = extract_features(model.encoder, train, precision="32")
+    weight, bias, expected = linear_head(features, train.labels, 2, seed=0)
+    assert chosen == expected
+    with torch.no_grad():
+        logits = model(train.inputs(np.arange(len(train)))).numpy()
+    np.testing.assert_allclose(logits, features @ weight.T + bias, rtol=1e-4, atol=1e-4)
+
+    # One step at lr 1e-9 leaves the start: the probe's accuracy, far above a random head's.
+    probed = finetune(_vit(), train, test, config)
+    assert probed["head"]["init"] == "probe" and probed["start_kept"]
+    assert probed["accuracy"] > 0.9, probed["accuracy"]
+    blind = finetune(_vit(), train, test, dataclasses.replace(config, head_init="random"))
+    assert blind["head"] == {"init": "random"} and blind["accuracy"] < 0.75
 
 
 def test_label_subset_is_stratified_and_checked():

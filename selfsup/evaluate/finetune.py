@@ -42,8 +42,9 @@ from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
 from selfsup.engine import build_trainer
 from selfsup.errors import SelfsupError
+from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.plan import PlanBar
-from selfsup.evaluate.probes import stratified_split
+from selfsup.evaluate.probes import linear_head, stratified_split
 from selfsup.models import build_encoder
 from selfsup.models.vit import VisionTransformer
 
@@ -79,7 +80,8 @@ class FinetuneConfig:
     augment_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     # The head's start: "random" (near zero), or "probe": a linear probe fitted on the frozen
-    # features of the fine-tuning part (LP-FT, probes.linear_head); text fine-tuning only.
+    # features of the fine-tuning part (LP-FT, probes.linear_head), itself kept unless an
+    # epoch beats it on the validation carve.
     head_init: str = "random"
     # Where the trainer runs (Lightning's names, as in PretrainConfig). The loader does not
     # split the data over processes: more than one device repeats the same batches on each.
@@ -188,17 +190,25 @@ class Classifier(nn.Module):
 
 
 class FinetuneModule(pl.LightningModule):
-    """Lightning adapter: schedule over the budget, epoch-end validation, best weights kept."""
+    """Lightning adapter: schedule over the budget, epoch-end validation, best weights kept.
+
+    ``keep_start``: the weights fine-tuning starts from (an LP-FT probe head) are scored on the
+    validation carve first, as epoch -1, and kept unless an epoch beats them, so the result
+    never falls below its start on that carve.
+    """
 
     def __init__(
         self,
         model: Classifier,
         config: FinetuneConfig,
-        val_data: TrainData,
+        val_data: Any,
         steps_per_epoch: int,
+        *,
+        keep_start: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.keep_start = keep_start
         self.config = config
         self.val_data = val_data
         self.steps_per_epoch = steps_per_epoch
@@ -232,6 +242,8 @@ class FinetuneModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.started = time.monotonic()
+        if self.keep_start:
+            self.keep_if_best(-1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         scale = warmup_cosine(self.progress(), self.config.warmup_fraction)
@@ -307,9 +319,6 @@ def finetune(
     """Fine-tune ``encoder`` (changed in place) with a new linear head on ``train``'s labels;
     return test accuracy and how it was reached."""
 
-    if config.head_init != "random":
-        raise SelfsupError(f"head_init {config.head_init!r} is implemented for text fine-tuning "
-                           "only; image fine-tuning starts from a random head")
     if train.labels is None or test.labels is None:
         raise SelfsupError("fine-tuning needs labelled training and test data")
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
@@ -326,7 +335,8 @@ def finetune(
     )
     pl.seed_everything(config.seed, verbose=False)
     model = Classifier(encoder, num_classes)
-    module = FinetuneModule(model, config, val_data, len(loader))
+    head = probe_head(model, fit_data, config) if config.head_init == "probe" else None
+    module = FinetuneModule(model, config, val_data, len(loader), keep_start=head is not None)
     trainer = finetune_trainer(config, gradient_clip_val=3.0)
     seconds = fit_keeping_best(trainer, module, model, loader)
     accuracy = accuracy_on(model, test, config.precision)
@@ -337,8 +347,29 @@ def finetune(
         "num_train": len(fit_data),
         "num_val": len(val_data),
         "num_test": len(test),
+        "head": {"init": config.head_init, **(head or {})},
+        "start_kept": module.best_epoch == -1,
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
     }
+
+
+def start_head(head: nn.Linear, features: np.ndarray, labels: np.ndarray, seed: int
+               ) -> dict[str, Any]:
+    """Set ``head`` to a linear probe of frozen ``features`` (probes.linear_head, C by 5-fold
+    cross-validation): LP-FT's first stage. Returns how the probe was chosen."""
+    weight, bias, chosen = linear_head(features, labels, head.out_features, seed=seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return chosen
+
+
+def probe_head(model: Classifier, fit: TrainData, config: FinetuneConfig) -> dict[str, Any]:
+    """``model.head`` as a linear probe of the frozen encoder's features of ``fit`` (the
+    fine-tuning part; the validation carve unseen)."""
+    assert fit.labels is not None
+    features = extract_features(model.encoder, fit, precision=config.precision)
+    return start_head(model.head, features, fit.labels, config.seed)
 
 
 def finetune_trainer(config: FinetuneConfig, *, gradient_clip_val: float) -> pl.Trainer:
@@ -379,9 +410,11 @@ def label_subset(data: TrainData, fraction: float, seed: int) -> TrainData:
 
 def scratch_recipe(config: FinetuneConfig, steps: int) -> FinetuneConfig:
     """The from-scratch twin's recipe: the pre-trained run's, with exactly its ``steps`` (not
-    its minutes, which a busy machine would turn into fewer steps for one of the two) and no
-    layer-wise decay (nothing pre-trained to protect)."""
-    return dataclasses.replace(config, layer_decay=None, minutes=None, epochs=None, steps=steps)
+    its minutes, which a busy machine would turn into fewer steps for one of the two), no
+    layer-wise decay (nothing pre-trained to protect) and a random head (a probe of random
+    features is no head start)."""
+    return dataclasses.replace(config, layer_decay=None, minutes=None, epochs=None, steps=steps,
+                               head_init="random")
 
 
 def finetune_protocol(

@@ -23,8 +23,9 @@ from selfsup.evaluate.finetune import (
     finetune_trainer,
     fit_keeping_best,
     fit_summary,
+    start_head,
 )
-from selfsup.evaluate.probes import linear_head, stratified_split
+from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.sweep import (
     macro_f1,
 )
@@ -102,26 +103,17 @@ class TextFinetuneModule(FinetuneModule):
     """The image fine-tuning module's schedule, budget and best-epoch keeping, for token batches
     (no augmentation: text has no cheap label-preserving one).
 
-    ``keep_start``: the weights fine-tuning starts from (an LP-FT probe head) are scored on the
-    validation carve first, as epoch -1, and kept unless an epoch beats them, so the result
-    never falls below its start on that carve. ``patience``: stop after this many epochs past
+    ``keep_start`` as in :class:`FinetuneModule`. ``patience``: stop after this many epochs past
     the warm-up without a better validation accuracy (early stopping; None: never).
     """
 
-    def __init__(self, *args: Any, keep_start: bool = False, patience: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, patience: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.config.compile == "on":  # the step below calls the model itself
             raise SelfsupError("text fine-tuning runs eagerly (its batches change width at "
                                "every step); compile must be auto or off")
-        self.keep_start = keep_start
         self.patience = patience
         self.stopped_early_at: int | None = None
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if self.keep_start:
-            self.keep_if_best(-1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
@@ -155,12 +147,7 @@ def probe_head(model: TextClassifier, fit: TextSplit, config: FinetuneConfig) ->
     """Set ``model.head`` to a linear probe (probes.linear_head, C by 5-fold cross-validation)
     of the frozen encoder's mean-pooled features of ``fit``; returns how it was chosen."""
     features = text_features(model.encoder, fit.tokens, fit.pad_id, precision=config.precision)
-    weight, bias, chosen = linear_head(features, fit.labels, model.head.out_features,
-                                       seed=config.seed)
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(weight))
-        model.head.bias.copy_(torch.from_numpy(bias))
-    return chosen
+    return start_head(model.head, features, fit.labels, config.seed)
 
 
 def finetune_text(
