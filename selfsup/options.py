@@ -187,10 +187,10 @@ class EvaluateOptions:
     max_length: int = option(128, "Text: tokens per text, at most the model's positions.")
     finetune_epochs: int | None = option(None, "Text: also end each fine-tuning after this many "
                                          "epochs.")
-    finetune_head: str | None = option(None, "Text: the fine-tuning head starts as a linear "
-                                       "'probe' of the frozen features (LP-FT, the default; "
-                                       "kept unless fine-tuning beats it on the validation "
-                                       "carve) or 'random' (near zero).")
+    finetune_head: str | None = option(None, "The fine-tuning head starts as a linear 'probe' "
+                                       "of the frozen features (LP-FT; kept unless fine-tuning "
+                                       "beats it on the validation carve) or 'random' (near "
+                                       "zero). Default: probe for text, random for images.")
     setfit_iterations: int | None = option(None, "Text, setfit: rounds of pair generation, each "
                                            "one same-label and one other-label pair per text "
                                            "(default 20, SetFit's R).")

@@ -193,10 +193,18 @@ def test_pretrain_mae_writes_reconstructions_then_cli_finetunes(monkeypatch, cap
     assert "scratch" not in result["finetune"]["fractions"]["50%"]  # --no-baseline
     assert abs(cell["num_train"] + cell["num_val"] - result["num_train"] / 2) <= 1
     assert 0 <= cell["accuracy"] <= 1 and cell["steps"] > 0
-    monkeypatch.setattr(sys, "argv", ["selfsup", *args[:6], "--protocol", "tune"])
+    assert cell["head"] == {"init": "random"}  # images: near zero unless asked
+    monkeypatch.setattr(sys, "argv", ["selfsup", *args, "--finetune-head", "probe"])
     with pytest.raises(SystemExit) as exited:
         main()
-    assert exited.value.code == 2
+    assert exited.value.code == 0, capsys.readouterr()
+    cell = json.loads(run.eval.read_text())["finetune"]["fractions"]["50%"]["pretrained"]
+    assert cell["head"]["init"] == "probe" and cell["head"]["C"] > 0
+    for bad in (["--protocol", "tune"], ["--protocol", "finetune", "--finetune-head", "zeros"]):
+        monkeypatch.setattr(sys, "argv", ["selfsup", *args[:6], *bad])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 2
 
 
 # --- fine-tuning -------------------------------------------------------------------------------

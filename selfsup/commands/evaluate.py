@@ -12,7 +12,7 @@ from selfsup.commands import console
 from selfsup.demo import run_demo
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.dispatch import evaluate as run_evaluate
-from selfsup.evaluate.finetune import TEXT_HEAD_INIT
+from selfsup.evaluate.finetune import IMAGE_HEAD_INIT, TEXT_HEAD_INIT
 from selfsup.evaluate.sweep import sweep
 from selfsup.evaluate.text import budget_accuracy, evaluate_text, is_text_target, text_sweep
 from selfsup.options import EvaluateOptions, collect
@@ -33,9 +33,6 @@ def evaluate(**values: Any) -> None:
                            + (" (setfit is for text models)" if "setfit" in o.protocol else ""))
     elif o.setfit_iterations is not None or o.setfit_max_pairs is not None:
         raise SelfsupError("--setfit-iterations and --setfit-max-pairs are for text models")
-    elif o.finetune_head is not None:
-        raise SelfsupError("--finetune-head is for text models; image fine-tuning starts from a "
-                           "random head")
     elif o.fractions is not None or o.labels_per_class is not None:
         print_sweep(sweep(
             run, o.data, o.test, fractions=o.fractions, labels_per_class=o.labels_per_class,
@@ -43,7 +40,7 @@ def evaluate(**values: Any) -> None:
             baseline_steps=o.baseline_steps, skip_bad=o.skip_bad, progress=o.progress,
             finetune_minutes=o.finetune_minutes if o.protocol == "finetune" else None,
             data_options=o.data_options or None, test_options=o.test_options or None,
-            compile=o.compile))
+            compile=o.compile, finetune_head=o.finetune_head or IMAGE_HEAD_INIT))
     else:
         result = _evaluate_run(run, o)
         (print_clip_eval if "zero_shot" in result or "retrieval" in result else print_eval)(
@@ -83,7 +80,7 @@ def _evaluate_run(run: Path, o: EvaluateOptions) -> dict[str, Any]:
         finetune_fractions=finetune_at, data_options=o.data_options or None,
         test_options=o.test_options or None,
         clip_options=_clip_options(o.pairs, o.class_names, o.template, o.class_subset),
-        compile=o.compile,
+        compile=o.compile, finetune_head=o.finetune_head or IMAGE_HEAD_INIT,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_csv_rows, check_writable
+from selfsup.evaluate.finetune import IMAGE_HEAD_INIT
 from selfsup.evaluate.protocol import evaluate_run
 from selfsup.evaluate.text import evaluate_text
 from selfsup.evaluate.zero_shot import evaluate_clip
@@ -58,6 +59,7 @@ def evaluate(
     clip_options: dict[str, Any] | None = None,
     text_options: dict[str, Any] | None = None,
     compile: str = "auto",
+    finetune_head: str = IMAGE_HEAD_INIT,
 ) -> dict[str, Any]:
     """Evaluate a run (or a Hugging Face folder) with its modality's protocols; the result is
     also written to the run (``eval.json``). ``clip_options`` are the CLIP protocol's
@@ -101,7 +103,7 @@ def evaluate(
         test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
         progress=progress, cache_dir=cache_dir, finetune_minutes=finetune_minutes,
         finetune_fractions=finetune_fractions, data_options=data_options,
-        test_options=test_options, compile=compile,
+        test_options=test_options, compile=compile, finetune_head=finetune_head,
     )
 
 

@@ -59,6 +59,9 @@ HEAD_INITS = ("random", "probe")
 #: A text encoder's fine-tuning head starts as a probe (LP-FT): on IMDB at 100 labels per class
 #: it fine-tunes MiniLM 3 points higher than a random head (benchmarks/README.md, the diagnosis).
 TEXT_HEAD_INIT = "probe"
+#: An image encoder's: near zero, MAE's recipe (benchmarks/cifar10_finetune_recipe.py measures
+#: the probe start on a carve of cifar10/train).
+IMAGE_HEAD_INIT = "random"
 
 
 @dataclass
@@ -466,12 +469,14 @@ def evaluate_finetune(
     precision: str = "bf16",
     progress: bool = False,
     compile: str = "auto",
+    head_init: str = IMAGE_HEAD_INIT,
     bar: PlanBar | None = None,
 ) -> dict[str, Any]:
-    """`selfsup evaluate --protocol finetune`: the run's encoder fine-tuned (and, with
-    ``baseline``, the same ViT from scratch) for ``minutes`` each, per label fraction."""
+    """`selfsup evaluate --protocol finetune`: the run's encoder fine-tuned for ``minutes``
+    (and, with ``baseline``, the same network from scratch for as many steps), per label
+    fraction."""
     config = FinetuneConfig(minutes=minutes, seed=seed, precision=precision, progress=progress,
-                            compile=compile)
+                            compile=compile, head_init=head_init)
     rows = finetune_protocol(
         encoder, spec, train, test, config, label_fractions=fractions, baseline=baseline,
         bar=bar,

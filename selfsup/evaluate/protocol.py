@@ -24,7 +24,7 @@ from selfsup.engine import fit
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import evaluate_finetune
+from selfsup.evaluate.finetune import IMAGE_HEAD_INIT, evaluate_finetune
 from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar, format_minutes
 from selfsup.evaluate.probes import knn_probe, linear_probe, stratified_split
@@ -91,6 +91,7 @@ def evaluate_run(
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
     compile: str = "auto",
+    finetune_head: str = IMAGE_HEAD_INIT,
 ) -> dict[str, Any]:
     """Probe an image or series run's frozen encoder and train the supervised baseline; write
     ``eval.json``. :func:`selfsup.evaluate.dispatch.evaluate` sends text and CLIP runs to their
@@ -143,7 +144,8 @@ def evaluate_run(
                           data=data, test_source=test_source, baseline=baseline,
                           minutes=minutes, val_fraction=val_fraction, seed=seed,
                           finetune_minutes=finetune_minutes,
-                          finetune_fractions=finetune_fractions, compile=compile, bar=bar)
+                          finetune_fractions=finetune_fractions, compile=compile,
+                          finetune_head=finetune_head, bar=bar)
     atomic.write_json(run.eval, result)
     return result
 
@@ -171,7 +173,7 @@ def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
              summary: dict[str, Any], pretrain_config: dict[str, Any], train: TrainData,
              test_data: TrainData, *, data: str, test_source: str, baseline: bool,
              minutes: float, val_fraction: float, seed: int, finetune_minutes: float | None,
-             finetune_fractions: tuple[float, ...], compile: str,
+             finetune_fractions: tuple[float, ...], compile: str, finetune_head: str,
              bar: PlanBar) -> dict[str, Any]:
     """The evaluation's long part, unit by unit of its plan; returns eval.json's record."""
     precision = pretrain_config.get("precision", "bf16")
@@ -222,7 +224,7 @@ def _measure(run: RunDir, spec: dict[str, Any], encoder: torch.nn.Module,
         result["finetune"] = evaluate_finetune(
             encoder, spec, train, test_data, minutes=finetune_minutes,
             fractions=finetune_fractions, seed=seed, baseline=baseline, precision=precision,
-            progress=False, compile=compile, bar=bar,
+            progress=False, compile=compile, head_init=finetune_head, bar=bar,
         )
     return result
 

@@ -44,7 +44,13 @@ from selfsup.evaluate.budgets import (  # moved there; re-exported here
 )
 from selfsup.evaluate.checks import check_writable
 from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import FinetuneConfig, finetune, from_scratch, scratch_recipe
+from selfsup.evaluate.finetune import (
+    IMAGE_HEAD_INIT,
+    FinetuneConfig,
+    finetune,
+    from_scratch,
+    scratch_recipe,
+)
 from selfsup.evaluate.minirocket import minirocket_reference
 from selfsup.evaluate.plan import Plan, PlanBar
 from selfsup.evaluate.probes import stratified_split
@@ -281,6 +287,7 @@ def sweep(
     data_options: dict[str, Any] | None = None,
     test_options: dict[str, Any] | None = None,
     compile: str = "auto",
+    finetune_head: str = IMAGE_HEAD_INIT,
 ) -> dict[str, Any]:
     """Run the label-efficiency sweep for the run's encoder; write and return ``sweep.json``.
 
@@ -365,11 +372,12 @@ def sweep(
                     bar.done()
                 if finetune_minutes is not None:
                     config = FinetuneConfig(minutes=finetune_minutes, seed=seed,
-                                            precision=precision, compile=compile)
+                                            precision=precision, compile=compile,
+                                            head_init=finetune_head)
                     key = {"train": train.source, "test": test_source, "budget": budget.name,
                            "seed": seed, "rows_sum": int(rows.sum()),
                            "num_labels": int(len(rows)), "minutes": finetune_minutes,
-                           "scratch": "the pre-trained run's steps"}
+                           "scratch": "the pre-trained run's steps", "head": finetune_head}
                     entry.update(_finetune(
                         encoder, spec, train.subset(rows, train.source), test_data, config,
                         run.path / "sweep" / f"finetune-{budget.tag}-seed{seed}", key, bar,
