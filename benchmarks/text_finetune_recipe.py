@@ -38,11 +38,12 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from imdb_continued import IMDB, RESULTS, minilm_folder  # noqa: E402  (siblings)
 from imdb_finetune_diagnosis import reviews_outside  # noqa: E402
-from text_adaptation import FULL, OBJECTIVES, QUICK, continue_minilm  # noqa: E402
+from text_adaptation import FULL, OBJECTIVES, QUICK, continue_minilm, pm  # noqa: E402
 
 from selfsup import atomic  # noqa: E402
 from selfsup.data.labelled_text import read_labelled_text  # noqa: E402
 from selfsup.evaluate.budgets import LabelBudget, label_subset  # noqa: E402
+from selfsup.evaluate.scores import spread  # noqa: E402
 from selfsup.evaluate.text_finetune import (  # noqa: E402
     PATIENCE,
     TextSplit,
@@ -59,15 +60,6 @@ RECIPES: dict[str, tuple[dict[str, Any], int | None]] = {
     "20 epochs, lr 2e-5, keep best": ({"minutes": None, "epochs": 20, "lr": 2e-5}, None),
 }
 log = logging.getLogger("selfsup")
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
-            if len(values) > 1 else 0.0, "values": values}
-
-
-def pm(s: dict[str, Any], scale: float = 100.0, sign: bool = False) -> str:
-    return f"{s['mean'] * scale:{'+' if sign else ''}.1f} ± {s['std'] * scale:.1f}"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -151,8 +143,8 @@ def main() -> None:
         accuracy = {k: [r["accuracy"] for r in v] for k, v in scores.items()}
         recipes[recipe] = {
             "changes": changes, "patience": patience,
-            "start": summary(accuracy["start"]), "adapted": summary(accuracy["adapted"]),
-            "gap": summary([a - b for a, b in zip(accuracy["adapted"], accuracy["start"],
+            "start": spread(accuracy["start"]), "adapted": spread(accuracy["adapted"]),
+            "gap": spread([a - b for a, b in zip(accuracy["adapted"], accuracy["start"],
                                                   strict=True)]),
             "steps_start": round(float(np.mean([r["steps"] for r in scores["start"]]))),
             "seconds_start": float(np.mean([r["seconds"] for r in scores["start"]])),
