@@ -44,6 +44,7 @@ from selfsup import atomic  # noqa: E402
 from selfsup.data.labelled_text import read_labelled_text  # noqa: E402
 from selfsup.evaluate.budgets import LabelBudget, label_subset  # noqa: E402
 from selfsup.evaluate.scores import spread  # noqa: E402
+from selfsup.evaluate.setfit import SetFitConfig, setfit_text  # noqa: E402
 from selfsup.evaluate.text_finetune import (  # noqa: E402
     PATIENCE,
     TextSplit,
@@ -76,6 +77,9 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {pm(c['start'])} | {pm(c['adapted'])} | "
                      f"{pm(c['gap'], sign=True)} | {c['steps_start']} | "
                      f"{c['seconds_start']:.0f} |")
+    f = r["setfit"]
+    lines.append(f"| SetFit-style ({s['finetune_minutes']:g} min cap) | {pm(f['start'])} | "
+                 f"{pm(f['adapted'])} | {pm(f['gap'], sign=True)} | — | — |")
     lines += ["", f"Chosen (the best mean over both encoders): **{r['chosen']}**. "
               f"Took {r['seconds'] / 60:.1f} min on {r['machine']}."]
     return "\n".join(lines) + "\n"
@@ -153,11 +157,25 @@ def main() -> None:
                                                   "val_history")} for r in v]
                      for k, v in scores.items()},
         }
+    # SetFit-style on the same subsets (text_adaptation.py's settings), so that each encoder's
+    # best protocol can be compared on held-out reviews as well.
+    setfit: dict[str, list[float]] = {"start": [], "adapted": []}
+    for seed, rows in enumerate(subsets):
+        for name, model in models.items():
+            train, test = splits[name]
+            config = SetFitConfig(minutes=s["finetune_minutes"], seed=seed)
+            log.info("SetFit-style: %s, subset %d", name, seed)
+            setfit[name].append(setfit_text(copy.deepcopy(model.encoder), train.subset(rows),
+                                            test, config)["accuracy"])
     chosen = max(recipes, key=lambda n: recipes[n]["start"]["mean"]
                  + recipes[n]["adapted"]["mean"])
     result = {"benchmark": "text_finetune_recipe", "quick": args.quick, "settings": s,
               "pool": pool.source, "held": held.source, "adapted_steps": steps,
-              "recipes": recipes, "chosen": chosen, "seconds": time.monotonic() - began,
+              "recipes": recipes, "chosen": chosen,
+              "setfit": {**{k: spread(v) for k, v in setfit.items()},
+                         "gap": spread([a - b for a, b in zip(setfit["adapted"],
+                                                              setfit["start"], strict=True)])},
+              "setfit_runs": setfit, "seconds": time.monotonic() - began,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}
     stem = RESULTS / f"text_finetune_recipe{'_quick' * args.quick}"
     atomic.write_json(stem.with_suffix(".json"), result)
