@@ -129,7 +129,43 @@ def markdown(result: dict) -> str:
         f" of supervised accuracy (the claim to test: at least 85%); at 1% labels the gap is "
         f"{fmt(result['gap_at_1'])} points.",
     ]
+    if result.get("finetune_minutes"):
+        lines += ["", "Targets (issue 26; means over the seeds):", "",
+                  *targets_markdown(targets(result["sweep"]))]
     return "\n".join(lines) + "\n"
+
+
+def targets(sweep: dict) -> list[dict]:
+    """Issue 26's targets, each from the sweep's own summaries (None where not measured)."""
+    by_fraction = {p["fraction"]: p["summary"] for p in sweep["points"]}
+
+    def mean(fraction: float, key: str) -> float | None:
+        stat = by_fraction.get(fraction, {}).get(key)
+        return None if stat is None else stat["mean"]
+
+    best_low = [(m, mean(0.01, f"{m}_minus_supervised")) for m in ("linear", "knn", "finetune")]
+    best_low = [(m, v) for m, v in best_low if v is not None]
+    best = max(best_low, key=lambda mv: mv[1]) if best_low else (None, None)
+    rows = [("10%: fine-tune − scratch, equal steps (a)", mean(0.1, "finetune_minus_scratch"),
+             0.03, 100.0, " points"),
+            (f"1%: best SSL protocol ({best[0]}) − supervised", best[1], 0.20, 100.0, " points"),
+            ("100%: linear / supervised", mean(1.0, "linear_over_supervised"), 0.85, 100.0, "%"),
+            ("100%: fine-tune / supervised (b)", mean(1.0, "finetune_over_supervised"), 1.0,
+             100.0, "%")]
+    return [{"target": name, "value": None if v is None else v * scale,
+             "at_least": floor * scale, "unit": unit, "met": None if v is None else v >= floor}
+            for name, v, floor, scale, unit in rows]
+
+
+def targets_markdown(rows: list[dict]) -> list[str]:
+    lines = ["| target | measured | at least | met |", "|---|---:|---:|---|"]
+    for r in rows:
+        value = "—" if r["value"] is None else f"{r['value']:+.1f}" if r["unit"] == " points" \
+            else f"{r['value']:.1f}"
+        met = "—" if r["met"] is None else "yes" if r["met"] else "**no**"
+        lines.append(f"| {r['target']} | {value}{r['unit'] * (r['value'] is not None)} | "
+                     f"{r['at_least']:g}{r['unit']} | {met} |")
+    return lines
 
 
 def finetune_flags(result: dict) -> str:
@@ -221,6 +257,8 @@ def main() -> None:
     high, low = sweep["points"][-1]["summary"], sweep["points"][0]["summary"]
     result["ratio_at_100"] = high.get("linear_over_supervised")
     result["gap_at_1"] = low.get("linear_minus_supervised")
+    if args.finetune_minutes:
+        result["targets"] = targets(sweep)
     result["date"] = time.strftime("%Y-%m-%d")
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(target / "report.html", RESULTS / f"{stem}_report.html")
