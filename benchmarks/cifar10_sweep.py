@@ -146,12 +146,16 @@ def targets(sweep: dict) -> list[dict]:
     best_low = [(m, mean(0.01, f"{m}_minus_supervised")) for m in ("linear", "knn", "finetune")]
     best_low = [(m, v) for m, v in best_low if v is not None]
     best = max(best_low, key=lambda mv: mv[1]) if best_low else (None, None)
+    tuned, scratch = (by_fraction.get(1.0, {}).get(k) for k in ("finetune", "finetune_scratch"))
+    ratio = tuned["accuracy"]["mean"] / scratch["accuracy"]["mean"] if tuned and scratch and \
+        scratch["accuracy"]["mean"] > 0 else None
     rows = [("10%: fine-tune − scratch, equal steps (a)", mean(0.1, "finetune_minus_scratch"),
              0.03, 100.0, " points"),
             (f"1%: best SSL protocol ({best[0]}) − supervised", best[1], 0.20, 100.0, " points"),
             ("100%: linear / supervised", mean(1.0, "linear_over_supervised"), 0.85, 100.0, "%"),
             ("100%: fine-tune / supervised (b)", mean(1.0, "finetune_over_supervised"), 1.0,
-             100.0, "%")]
+             100.0, "%"),
+            ("100%: fine-tune / scratch, equal steps (a)", ratio, 1.0, 100.0, "%")]
     return [{"target": name, "value": None if v is None else v * scale,
              "at_least": floor * scale, "unit": unit, "met": None if v is None else v >= floor}
             for name, v, floor, scale, unit in rows]
