@@ -78,7 +78,8 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{pm(c['gap'], sign=True)} | {c['steps_start']} | "
                      f"{c['seconds_start']:.0f} |")
     f = r["setfit"]
-    lines.append(f"| SetFit-style ({s['finetune_minutes']:g} min cap) | {pm(f['start'])} | "
+    lines.append(f"| SetFit-style ({s['finetune_minutes']:g} min cap, {f['precision']}) | "
+                 f"{pm(f['start'])} | "
                  f"{pm(f['adapted'])} | {pm(f['gap'], sign=True)} | — | — |")
     lines += ["", f"Chosen (the best mean over both encoders): **{r['chosen']}**. "
               f"Took {r['seconds'] / 60:.1f} min on {r['machine']}."]
@@ -163,7 +164,8 @@ def main() -> None:
     for seed, rows in enumerate(subsets):
         for name, model in models.items():
             train, test = splits[name]
-            config = SetFitConfig(minutes=s["finetune_minutes"], seed=seed)
+            config = SetFitConfig(minutes=s["finetune_minutes"], seed=seed,
+                                  precision=text_finetune_config().precision)
             log.info("SetFit-style: %s, subset %d", name, seed)
             setfit[name].append(setfit_text(copy.deepcopy(model.encoder), train.subset(rows),
                                             test, config)["accuracy"])
@@ -173,6 +175,7 @@ def main() -> None:
               "pool": pool.source, "held": held.source, "adapted_steps": steps,
               "recipes": recipes, "chosen": chosen,
               "setfit": {**{k: spread(v) for k, v in setfit.items()},
+                         "precision": text_finetune_config().precision,
                          "gap": spread([a - b for a, b in zip(setfit["adapted"],
                                                               setfit["start"], strict=True)])},
               "setfit_runs": setfit, "seconds": time.monotonic() - began,
