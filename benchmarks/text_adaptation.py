@@ -129,24 +129,38 @@ def score(model: Any, train: Any, test: Any, s: dict[str, Any], work: Path, name
 def continue_minilm(spec: tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]],
                     s: dict[str, Any], out: Path) -> tuple[Path, dict[str, Any]]:
     """MiniLM continued on IMDB train + unsup for ``s["minutes"]`` by one (method, its options,
-    reader options, config overrides) spec: the run folder and what its pre-training did."""
+    reader options, config overrides) spec: the run folder and what its pre-training did. A
+    finished run of the same spec and budget already in ``out`` (its ``recipe.json``) is reused
+    (``reused`` in the record); any other finished run there ends the script rather than being
+    mistaken for this one."""
     method, method_options, reader, overrides = spec
     data_options = {"block_size": s["max_length"], **reader,
                     **({"max_documents": s["max_documents"]} if s["max_documents"] else {})}
-    began = time.monotonic()
-    run = pretrain(method, CORPUS, out=str(out), init=str(minilm_folder()),
-                   minutes=s["minutes"], precision="auto", progress=False,
-                   checkpoint_minutes=60.0, seed=0, method_options=method_options,
-                   data_options=data_options, **overrides)
-    wall = time.monotonic() - began
-    summary = json.loads((run.path / "pretrain.json").read_text())
-    config = yaml.safe_load((run.path / "config.yaml").read_text())
-    return run.path, {"method": method, "method_options": method_options,
-                      "data_options": data_options, "minutes": s["minutes"],
-                      "wall_seconds": wall, "steps": summary["steps"],
-                      "final_loss": summary["final_loss"],
-                      "samples_per_s": summary["samples_per_s"],
-                      "batch_size": config.get("batch_size"), "lr": config.get("lr")}
+    recipe = json.loads(json.dumps({"spec": spec, "minutes": s["minutes"],
+                                    "data_options": data_options}))
+    wall = None
+    if (out / "pretrain.json").is_file():
+        kept = (json.loads((out / "recipe.json").read_text())
+                if (out / "recipe.json").is_file() else None)
+        if kept != recipe:
+            sys.exit(f"{out} holds another run ({kept}, not {recipe}): remove it or pick "
+                     "another --work")
+    else:
+        began = time.monotonic()
+        pretrain(method, CORPUS, out=str(out), init=str(minilm_folder()),
+                 minutes=s["minutes"], precision="auto", progress=False,
+                 checkpoint_minutes=60.0, seed=0, method_options=method_options,
+                 data_options=data_options, **overrides)
+        wall = time.monotonic() - began
+        atomic.write_json(out / "recipe.json", recipe)
+    summary = json.loads((out / "pretrain.json").read_text())
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    return out, {"method": method, "method_options": method_options,
+                 "data_options": data_options, "minutes": s["minutes"],
+                 "wall_seconds": wall, "reused": wall is None, "steps": summary["steps"],
+                 "final_loss": summary["final_loss"],
+                 "samples_per_s": summary["samples_per_s"],
+                 "batch_size": config.get("batch_size"), "lr": config.get("lr")}
 
 
 def imdb_part(s: dict[str, Any], work: Path, objectives: tuple[str, ...] = tuple(OBJECTIVES),

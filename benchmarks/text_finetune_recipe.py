@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import platform
 import sys
@@ -35,7 +34,6 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from imdb_continued import IMDB, RESULTS, minilm_folder  # noqa: E402  (siblings)
 from imdb_finetune_diagnosis import reviews_outside  # noqa: E402
 from text_adaptation import FULL, OBJECTIVES, QUICK, continue_minilm, pm  # noqa: E402
@@ -103,23 +101,7 @@ def main() -> None:
     pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
     held = reviews_outside(full, set(pool.texts), args.held_size, 7, "the label pool")
     work = Path(args.work or tempfile.mkdtemp(prefix="text-finetune-recipe-"))
-    run = work / "adapted"
-    method, method_options, _, overrides = OBJECTIVES["simcse-spans-lr1e-4"]
-    kept = yaml.safe_load((run / "config.yaml").read_text()) if (
-        run / "pretrain.json").is_file() else None
-    wanted = {"method": method, "minutes": s["minutes"], "lr": overrides["lr"],
-              **{f"method_options.{k}": v for k, v in method_options.items()}}
-    found = kept and {"method": kept["method"], "minutes": kept["minutes"], "lr": kept["lr"],
-                      **{f"method_options.{k}": kept["method_options"].get(k)
-                         for k in method_options}}
-    if found == wanted:  # the same recipe and budget: reused
-        steps = int(json.loads((run / "pretrain.json").read_text())["steps"])
-    else:
-        if kept is not None:
-            sys.exit(f"{run} holds another run ({found}, not {wanted}): remove it or pick "
-                     "another --work")
-        run, record = continue_minilm(OBJECTIVES["simcse-spans-lr1e-4"], s, run)
-        steps = record["steps"]
+    run, record = continue_minilm(OBJECTIVES["simcse-spans-lr1e-4"], s, work / "adapted")
     models = {"start": load_folder_model(minilm_folder()), "adapted": load_run_model(run)[0]}
     labels = np.asarray(pool.labels)
     num_classes = int(labels.max()) + 1
@@ -172,7 +154,7 @@ def main() -> None:
     chosen = max(recipes, key=lambda n: recipes[n]["start"]["mean"]
                  + recipes[n]["adapted"]["mean"])
     result = {"benchmark": "text_finetune_recipe", "quick": args.quick, "settings": s,
-              "pool": pool.source, "held": held.source, "adapted_steps": steps,
+              "pool": pool.source, "held": held.source, "adapted_steps": record["steps"],
               "recipes": recipes, "chosen": chosen,
               "setfit": {**{k: spread(v) for k, v in setfit.items()},
                          "precision": text_finetune_config().precision,
