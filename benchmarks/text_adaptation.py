@@ -324,12 +324,15 @@ def epochs_words(s: dict[str, Any]) -> str:
 
 def flags(r: dict[str, Any]) -> str:
     """The command-line flags that made an IMDB results file, beyond --part."""
-    epochs, tag, part = r["settings"].get("finetune_epochs"), r.get("tag"), r["imdb"]
+    s, tag, part = r["settings"], r.get("tag"), r["imdb"]
+    base = QUICK if r.get("quick") else FULL
     scored = [name for name in part["contenders"] if name != "start"]
     chosen = "" if part.get("rerun") or scored == list(OBJECTIVES) else \
         f" --objectives {','.join(scored)}"
-    return chosen + (f" --finetune-epochs {epochs}" if epochs else "") + (
-        f" --tag {tag}" if tag else "")
+    changed = "".join(f" --{key.replace('_', '-')} {s[key]:g}" for key in (
+        "minutes", "finetune_epochs", "finetune_minutes", "max_length")
+        if s.get(key) and s[key] != base.get(key))
+    return chosen + changed + (f" --tag {tag}" if tag else "")
 
 
 def imdb_markdown(r: dict[str, Any]) -> str:
@@ -446,6 +449,10 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="IMDB: end each "
                         "fine-tuning after this many epochs too, its schedule paced by them "
                         "(text_finetune_recipe.py chooses it) [the minutes cap alone]")
+    parser.add_argument("--finetune-minutes", type=float, default=None,
+                        help=f"IMDB: each fine-tuning's cap [{FULL['finetune_minutes']:g}]")
+    parser.add_argument("--max-length", type=int, default=None, help="IMDB: tokens per "
+                        f"labelled or test review [{FULL['max_length']}]")
     parser.add_argument("--tag", default=None, help="IMDB: write text_adaptation_imdb_TAG "
                         "instead of the main results file")
     args = parser.parse_args()
@@ -465,6 +472,10 @@ def main() -> None:
         settings["minutes"] = args.minutes
     if args.finetune_epochs:
         settings["finetune_epochs"] = args.finetune_epochs
+    if args.finetune_minutes:
+        settings["finetune_minutes"] = args.finetune_minutes
+    if args.max_length:
+        settings["max_length"] = args.max_length
     work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-"))
     work.mkdir(parents=True, exist_ok=True)
     objectives = tuple(o for o in args.objectives.split(",") if o)

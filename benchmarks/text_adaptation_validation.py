@@ -90,7 +90,9 @@ def markdown(r: dict[str, Any]) -> str:
     for name, c in r["contenders"].items():
         row = c["eval"]["budgets"][0]
         cells = [pm(budget_accuracy(row, "model", p)) for p in PROTOCOLS]
-        lines.append(f"| {name} | {c.get('steps', '—')} | " + " | ".join(cells) + " |")
+        steps = f"{c.get('steps', '—')}" + (" (reused run)" if c.get("pretrain", {}).get(
+            "reused") else "")
+        lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
     lines += ["", "Paired gains over the starting MiniLM (points):", "",
               "| recipe | linear probe | kNN | fine-tuned |", "|---|---:|---:|---:|"]
     for name, c in r["contenders"].items():
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="end each fine-tuning after this many epochs too, its schedule "
                         "paced by them [the minutes cap alone]")
+    parser.add_argument("--finetune-minutes", type=float, default=None,
+                        help=f"each fine-tuning's cap [{FULL['finetune_minutes']:g}]")
     parser.add_argument("--max-length", type=int, default=None,
                         help=f"tokens per labelled or held-out review [{FULL['max_length']}]")
     parser.add_argument("--tag", default=None, help="write text_adaptation_validation_TAG")
@@ -132,11 +136,14 @@ def main() -> None:
         s["minutes"] = args.minutes
     if args.finetune_epochs:
         s["finetune_epochs"] = args.finetune_epochs
+    if args.finetune_minutes:
+        s["finetune_minutes"] = args.finetune_minutes
     if args.max_length:
         s["max_length"] = args.max_length
     flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in (
         ("recipes", args.recipes), ("minutes", args.minutes),
-        ("finetune_epochs", args.finetune_epochs), ("max_length", args.max_length),
+        ("finetune_epochs", args.finetune_epochs),
+        ("finetune_minutes", args.finetune_minutes), ("max_length", args.max_length),
         ("tag", args.tag)) if v)
     began = time.monotonic()
     full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
