@@ -29,7 +29,6 @@ from selfsup.data.images import resize_pil, to_rgb
 from selfsup.errors import SelfsupError
 from selfsup.models import build_encoder
 from selfsup.models.hf_text import (
-    EMBED_MAX_LENGTH,
     load_hf_tokenizer,
     quiet_transformers,
     tokenize,
@@ -342,7 +341,8 @@ def _open_image(path: Path) -> Image.Image:
 @EMBEDDERS.register("text")
 class TextEmbedder(Embedder):
     """Texts in (str or a list of str): tokenised with the run's tokenizer, cut to the model's
-    positions (``max_length``; the number cut is logged), pooled as the encoder says (mean over
+    sentence length (``max_length``: its starting folder's ``max_seq_length``, else its
+    positions up to 512; the number cut is logged), pooled as the encoder says (mean over
     the real tokens, or its starting model's sentence-transformers pooling + normalisation).
 
     Serves runs whose encoder is ``hf_text`` (masked-LM, span corruption, SimCSE, TSDAE,
@@ -364,7 +364,8 @@ class TextEmbedder(Embedder):
             )
         self.model = TextModel(self.encoder, run_tokenizer(run.path, run.read_config()),
                                str(run.path))
-        self.max_length = min(self.model.max_length, EMBED_MAX_LENGTH)
+        # The length its export's sentence-transformers folder declares: both encode alike.
+        self.max_length = self.model.sentence_length
 
     def as_list(self, inputs: Any) -> list[Any]:
         items = [inputs] if isinstance(inputs, str) else list(inputs)

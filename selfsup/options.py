@@ -184,7 +184,10 @@ class EvaluateOptions:
                                     "text).")
     label_field: str | None = option(None, "Text: the field/column holding the label (default "
                                      "label).")
-    max_length: int = option(128, "Text: tokens per text, at most the model's positions.")
+    max_length: int | None = option(None, "Text: tokens per text, at most the model's "
+                                    "positions (default: the model's own length: its "
+                                    "sentence-transformers max_seq_length, e.g. MiniLM's 256, "
+                                    "else its positions up to 512).")
     finetune_epochs: int | None = option(None, "Text: also end each fine-tuning after this many "
                                          "epochs.")
     finetune_head: str | None = option(None, "The fine-tuning head starts as a linear 'probe' "

@@ -54,14 +54,22 @@ class TextModel:
         return int(self.encoder.max_length)
 
     @property
+    def sentence_length(self) -> int:
+        """The tokens it reads a text at unless told otherwise (HFTextEncoder.sentence_length:
+        the starting folder's ``max_seq_length``, else the positions up to 512)."""
+        return int(getattr(self.encoder, "sentence_length", self.max_length))
+
+    @property
     def pad_id(self) -> int:
         return int(self.encoder.pad_id)
 
     @property
     def pooling(self) -> dict[str, Any]:
-        """How the encoder makes one vector of a text (``{"pooling", "normalize"}``)."""
+        """How the encoder makes one vector of a text (``{"pooling", "normalize",
+        "max_seq_length"}``)."""
         return {"pooling": getattr(self.encoder, "pooling", "mean"),
-                "normalize": bool(getattr(self.encoder, "normalize", False))}
+                "normalize": bool(getattr(self.encoder, "normalize", False)),
+                "max_seq_length": getattr(self.encoder, "max_seq_length", None)}
 
     def fresh(self, seed: int = 0) -> TextModel:
         """The same architecture, pooling and tokenizer, randomly initialised (the from-scratch
@@ -181,9 +189,11 @@ def tokenize_texts(
     model: TextModel, texts: list[str], max_length: int | None = None, *, what: str = "texts",
     chunk: int = 2048,
 ) -> Tokenized:
-    """Tokenise ``texts`` for ``model``, cut to min(max_length, the model's positions); the
-    number of cut texts is logged (they are embedded from their first tokens)."""
-    limit = model.max_length if max_length is None else min(int(max_length), model.max_length)
+    """Tokenise ``texts`` for ``model``, cut to min(max_length, the model's positions), or
+    without ``max_length`` to the model's own :attr:`TextModel.sentence_length`; the number of
+    cut texts is logged (they are embedded from their first tokens)."""
+    limit = (model.sentence_length if max_length is None
+             else min(int(max_length), model.max_length))
     if limit < 2:
         raise SelfsupError(f"max_length must be at least 2, not {max_length}")
     ids: list[np.ndarray] = []

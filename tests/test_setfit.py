@@ -303,7 +303,7 @@ def test_probes_read_the_models_own_sentence_pipeline(tiny_model: TextModel, tmp
     folder = tmp_path / "st"
     save_hf_folder(tiny_model.encoder.model, tiny_model.tokenizer, folder)
     plain = load_folder_model(folder)
-    assert plain.pooling == {"pooling": "mean", "normalize": False}
+    assert plain.pooling == {"pooling": "mean", "normalize": False, "max_seq_length": None}
     tokens = tokenize_texts(plain, ["good film", "a bad and dull plot"])
     raw = text_features(plain.encoder, tokens, plain.pad_id)
     modules = [{"idx": 0, "name": "0", "path": "",
@@ -318,7 +318,7 @@ def test_probes_read_the_models_own_sentence_pipeline(tiny_model: TextModel, tmp
              "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(flags))
     model = load_folder_model(folder)
-    assert model.pooling == {"pooling": "mean", "normalize": True}
+    assert model.pooling == {"pooling": "mean", "normalize": True, "max_seq_length": None}
     vectors = text_features(model.encoder, tokens, model.pad_id)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.allclose(vectors, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)

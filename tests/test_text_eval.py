@@ -348,6 +348,25 @@ def test_evaluate_hf_folder_with_finetune(hf_folder: Path, labelled: tuple[Path,
     assert isinstance(load_text_model(hf_folder).encoder, HFTextEncoder)
 
 
+def test_evaluate_reads_texts_at_the_models_declared_length(
+        tiny_model: TextModel, labelled: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without --max-length a sentence-transformers folder is read at its max_seq_length (what
+    SentenceTransformer encodes at), not at its positions; an explicit length still wins."""
+    folder = tmp_path / "declared"
+    save_hf_folder(tiny_model.encoder.model, tiny_model.tokenizer, folder,
+                   {"pooling": "mean", "normalize": True, "max_seq_length": 8})
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 8
+    assert load_text_model(folder).sentence_length == 8
+    train, test = labelled
+    declared = evaluate_text_model(folder, str(train), str(test), out=tmp_path / "a",
+                                   baseline=False, test_size=30)
+    assert declared["max_length"] == 8
+    assert declared["truncated"]["model"]["train"] > 0  # the toy texts run past 8 tokens
+    given = evaluate_text_model(folder, str(train), str(test), out=tmp_path / "b",
+                                baseline=False, test_size=30, max_length=1000)
+    assert given["max_length"] == 32  # capped at the positions
+
+
 def test_evaluate_cli_on_folder_and_bad_input(hf_folder: Path, labelled: tuple[Path, Path],
                                               tmp_path: Path) -> None:
     from typer.testing import CliRunner

@@ -7,8 +7,9 @@ from the training data only):
 
 - **sentence embeddings** as the model's own pipeline makes them (a sentence-transformers
   folder's pooling and normalisation; else mean-pooled token states, Reimers & Gurevych 2019),
-  texts cut to the model's positions (``max_length``) with the number cut logged and recorded,
-  never a crash;
+  texts cut to ``max_length`` tokens, by default the model's own length (its starting folder's
+  sentence-transformers ``max_seq_length``, MiniLM's 256; else its positions up to 512), the
+  length its export encodes at, with the number cut logged and recorded, never a crash;
 - **linear probe and kNN** on those cached features, hyper-parameters chosen by
   cross-validation over a small subset, else on a validation carve of it
   (text_protocol.TEXT_PROBES, selfsup/evaluate/probes.py);
@@ -130,7 +131,7 @@ def evaluate_text_model(
     finetune_epochs: int | None = None,
     finetune_head: str = TEXT_HEAD_INIT,
     setfit_options: dict[str, Any] | None = None,
-    max_length: int | None = 128,
+    max_length: int | None = None,
     seed: int = 0,
     seeds: int = 1,
     test_size: int | None = None,

@@ -112,7 +112,7 @@ def evaluate_models(
     finetune_epochs: int | None = None,
     finetune_head: str = TEXT_HEAD_INIT,
     scratch_lr: float = SCRATCH_LR,
-    max_length: int | None = 128,
+    max_length: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     seeds: int = 1,
@@ -271,7 +271,8 @@ def evaluate_models(
         "num_classes": int(num_classes),
         "class_names": train.class_names,
         "chance_accuracy": float(np.bincount(test_y).max() / len(test_y)),
-        "max_length": int(min(max_length or model.max_length, model.max_length)),
+        "max_length": int(model.sentence_length if max_length is None
+                          else min(max_length, model.max_length)),
         "truncated": {k: {s: v[s]["truncated"] for s in v} for k, v in embeddings.items()},
         "embedding": embeddings,
         "seed": seed,

@@ -57,8 +57,9 @@ OFFSET_POSITION_TYPES = frozenset({
 })
 #: Encoder-decoder families whose encoder stack alone is the text encoder.
 ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel"}
-#: The longest input ``selfsup.load(run).embed`` reads (and an exported sentence-transformers
-#: folder's ``max_seq_length``, so that both encode a long text alike).
+#: The longest input ``selfsup.load(run).embed`` and the evaluation read (and an exported
+#: sentence-transformers folder's ``max_seq_length``, so that all encode a long text alike)
+#: where the starting folder declares no ``max_seq_length`` of its own.
 EMBED_MAX_LENGTH = 512
 
 
@@ -224,8 +225,9 @@ def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path,
 
     The tokenizer's ``model_max_length`` is the model's (:func:`max_positions`), so that
     ``AutoTokenizer(...)(text, truncation=True)`` cuts a long text to what the model reads.
-    With ``sentence`` (``{"pooling": mode, "normalize": bool}``) the folder is also a
-    sentence-transformers model (selfsup/models/sentence.py) that encodes as selfsup does.
+    With ``sentence`` (``{"pooling": mode, "normalize": bool, "max_seq_length": int}``) the
+    folder is also a sentence-transformers model (selfsup/models/sentence.py) that encodes as
+    selfsup does; without ``max_seq_length``, the positions up to :data:`EMBED_MAX_LENGTH`.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -248,7 +250,8 @@ def save_hf_folder(model, tokenizer: Tokenizer, folder: str | Path,
             write_sentence_transformers(
                 staging, pooling=sentence["pooling"], normalize=sentence["normalize"],
                 dim=_width(model.config),
-                max_seq_length=min(max_positions(model.config), EMBED_MAX_LENGTH))
+                max_seq_length=min(sentence.get("max_seq_length") or EMBED_MAX_LENGTH,
+                                   max_positions(model.config)))
     return Path(folder)
 
 
@@ -324,10 +327,12 @@ class HFTextEncoder(nn.Module):
 
     ``pooling`` and ``normalize`` make its sentence vector the one its starting model declares
     (a sentence-transformers folder's Pooling and Normalize modules; selfsup/models/sentence.py):
-    mean pooling without normalisation unless told otherwise.
+    mean pooling without normalisation unless told otherwise. ``max_seq_length``, the length
+    its starting folder encodes texts at, is kept as declared: :attr:`sentence_length`.
     """
 
-    def __init__(self, config, pooling: str = "mean", normalize: bool = False) -> None:
+    def __init__(self, config, pooling: str = "mean", normalize: bool = False,
+                 max_seq_length: int | None = None) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
             raise SelfsupError(f"pooling {pooling!r} is not one of {', '.join(POOLING_MODES)}")
@@ -337,19 +342,28 @@ class HFTextEncoder(nn.Module):
         self.max_length = max_positions(config)
         self.pad_id = int(config.pad_token_id or 0)
         self.pooling, self.normalize = pooling, bool(normalize)
+        self.max_seq_length = None if max_seq_length is None else int(max_seq_length)
 
     @property
     def config(self):
         return self.model.config
 
+    @property
+    def sentence_length(self) -> int:
+        """The tokens it reads a text at as a sentence encoder (embedding, evaluation, its
+        export's ``max_seq_length``): its starting folder's declared length, else its positions
+        up to :data:`EMBED_MAX_LENGTH`."""
+        return min(self.max_seq_length or EMBED_MAX_LENGTH, self.max_length)
+
     def config_dict(self) -> dict[str, Any]:
         """The options that rebuild this encoder through the registry (``hf_text``)."""
         return {"config": self.model.config.to_dict(), "pooling": self.pooling,
-                "normalize": self.normalize}
+                "normalize": self.normalize, "max_seq_length": self.max_seq_length}
 
     def sentence_config(self) -> dict[str, Any]:
-        """How it pools (:func:`save_hf_folder`'s ``sentence``)."""
-        return {"pooling": self.pooling, "normalize": self.normalize}
+        """How it pools and how long a text it reads (:func:`save_hf_folder`'s ``sentence``)."""
+        return {"pooling": self.pooling, "normalize": self.normalize,
+                "max_seq_length": self.sentence_length}
 
     @classmethod
     def from_folder(cls, path: str | Path) -> HFTextEncoder:
@@ -400,12 +414,13 @@ class HFTextEncoder(nn.Module):
 
 
 @ENCODERS.register("hf_text")
-def hf_text(config: dict[str, Any], pooling: str = "mean", normalize: bool = False
-            ) -> HFTextEncoder:
+def hf_text(config: dict[str, Any], pooling: str = "mean", normalize: bool = False,
+            max_seq_length: int | None = None) -> HFTextEncoder:
     """A Hugging Face text encoder, randomly initialised from a config dict (``to_dict()``),
     pooling its tokens by ``pooling`` (mean, cls, max, mean_sqrt_len, last), L2-normalised
-    with ``normalize``."""
-    return HFTextEncoder(config_from_dict(config), pooling, normalize)
+    with ``normalize``, reading texts at ``max_seq_length`` tokens where its start declared
+    one."""
+    return HFTextEncoder(config_from_dict(config), pooling, normalize, max_seq_length)
 
 
 __all__ = [

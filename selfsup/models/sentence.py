@@ -76,9 +76,22 @@ def _pooling_mode(config: dict[str, Any], path: Path) -> str:
     return modes[0]
 
 
+def _max_seq_length(folder: Path) -> int | None:
+    path = folder / "sentence_bert_config.json"
+    value = _json(path).get("max_seq_length") if path.is_file() else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise SelfsupError(f"{path}: max_seq_length must be an integer of at least 2, not "
+                           f"{value!r}")
+    return value
+
+
 def sentence_pooling(folder: str | Path) -> dict[str, Any] | None:
-    """``{"pooling": mode, "normalize": bool}`` as the folder's ``modules.json`` declares, or
-    None when it has none (then: mean pooling, no normalisation)."""
+    """``{"pooling": mode, "normalize": bool, "max_seq_length": int | None}`` as the folder's
+    ``modules.json`` and ``sentence_bert_config.json`` declare, or None when it has no
+    ``modules.json`` (then: mean pooling, no normalisation). ``max_seq_length`` is the length
+    the model's users encode a text at (MiniLM: 256), which selfsup then reads texts at too."""
     folder = Path(folder)
     listing = folder / "modules.json"
     if not listing.is_file():
@@ -86,7 +99,8 @@ def sentence_pooling(folder: str | Path) -> dict[str, Any] | None:
     modules = _json(listing)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise SelfsupError(f"{listing}: expected a list of modules")
-    found: dict[str, Any] = {"pooling": "mean", "normalize": False}
+    found: dict[str, Any] = {"pooling": "mean", "normalize": False,
+                             "max_seq_length": _max_seq_length(folder)}
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
