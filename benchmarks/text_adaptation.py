@@ -322,6 +322,16 @@ def epochs_words(s: dict[str, Any]) -> str:
     return f"{epochs} epochs (the learning-rate schedule paced by them) and " if epochs else ""
 
 
+#: The settings a command line may change (text_adaptation_validation.py's too).
+SETTING_FLAGS = ("minutes", "finetune_epochs", "finetune_minutes", "max_length")
+
+
+def with_flags(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``base`` with the SETTING_FLAGS the command line gave."""
+    return {**base, **{key: getattr(args, key) for key in SETTING_FLAGS
+                       if getattr(args, key, None)}}
+
+
 def flags(r: dict[str, Any]) -> str:
     """The command-line flags that made an IMDB results file, beyond --part."""
     s, tag, part = r["settings"], r.get("tag"), r["imdb"]
@@ -329,9 +339,8 @@ def flags(r: dict[str, Any]) -> str:
     scored = [name for name in part["contenders"] if name != "start"]
     chosen = "" if part.get("rerun") or scored == list(OBJECTIVES) else \
         f" --objectives {','.join(scored)}"
-    changed = "".join(f" --{key.replace('_', '-')} {s[key]:g}" for key in (
-        "minutes", "finetune_epochs", "finetune_minutes", "max_length")
-        if s.get(key) and s[key] != base.get(key))
+    changed = "".join(f" --{key.replace('_', '-')} {s[key]:g}" for key in SETTING_FLAGS
+                      if s.get(key) and s[key] != base.get(key))
     return chosen + changed + (f" --tag {tag}" if tag else "")
 
 
@@ -467,15 +476,7 @@ def main() -> None:
         return
     if not DATA.is_dir():
         sys.exit(f"{DATA} is missing: this benchmark reads ../shared/data")
-    settings = dict(QUICK if args.quick else FULL)
-    if args.minutes:
-        settings["minutes"] = args.minutes
-    if args.finetune_epochs:
-        settings["finetune_epochs"] = args.finetune_epochs
-    if args.finetune_minutes:
-        settings["finetune_minutes"] = args.finetune_minutes
-    if args.max_length:
-        settings["max_length"] = args.max_length
+    settings = with_flags(QUICK if args.quick else FULL, args)
     work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-"))
     work.mkdir(parents=True, exist_ok=True)
     objectives = tuple(o for o in args.objectives.split(",") if o)

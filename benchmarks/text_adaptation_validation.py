@@ -38,11 +38,13 @@ from imdb_finetune_diagnosis import reviews_outside  # noqa: E402
 from text_adaptation import (  # noqa: E402
     FULL,
     QUICK,
+    SETTING_FLAGS,
     SPANS,
     continue_minilm,
     epochs_words,
     paired_gains,
     pm,
+    with_flags,
 )
 
 from selfsup import atomic  # noqa: E402
@@ -129,22 +131,11 @@ def main() -> None:
     if not recipes or (args.recipes and len(recipes) != len(args.recipes.split(";"))):
         sys.exit(f"--recipes: choose among {'; '.join(RECIPES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    s = dict(QUICK if args.quick else FULL)
+    s = with_flags(QUICK if args.quick else FULL, args)
     if args.quick:
         args.held_size = 60
-    if args.minutes:
-        s["minutes"] = args.minutes
-    if args.finetune_epochs:
-        s["finetune_epochs"] = args.finetune_epochs
-    if args.finetune_minutes:
-        s["finetune_minutes"] = args.finetune_minutes
-    if args.max_length:
-        s["max_length"] = args.max_length
-    flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in (
-        ("recipes", args.recipes), ("minutes", args.minutes),
-        ("finetune_epochs", args.finetune_epochs),
-        ("finetune_minutes", args.finetune_minutes), ("max_length", args.max_length),
-        ("tag", args.tag)) if v)
+    flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(getattr(args, k)))}"
+                    for k in ("recipes", *SETTING_FLAGS, "tag") if getattr(args, k))
     began = time.monotonic()
     full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
     pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
