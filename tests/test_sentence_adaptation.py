@@ -376,6 +376,9 @@ def test_sentence_pooling_reads_both_layouts(tmp_path):
     (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
     with pytest.raises(selfsup.SelfsupError, match="max_seq_length must be an integer"):
         sentence_pooling(tmp_path)
+    (tmp_path / "sentence_bert_config.json").write_text('[256]')
+    with pytest.raises(selfsup.SelfsupError, match="expected a JSON object"):
+        sentence_pooling(tmp_path)
     (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
     assert sentence_pooling(tmp_path)["max_seq_length"] == 128
     (tmp_path / "p" / "config.json").write_text('{"pooling_mode": ["cls", "mean"]}')

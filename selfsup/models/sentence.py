@@ -77,8 +77,12 @@ def _pooling_mode(config: dict[str, Any], path: Path) -> str:
 
 
 def _max_seq_length(folder: Path) -> int | None:
+    """``sentence_bert_config.json``'s ``max_seq_length``, None where it declares none."""
     path = folder / "sentence_bert_config.json"
-    value = _json(path).get("max_seq_length") if path.is_file() else None
+    config = _json(path) if path.is_file() else {}
+    if not isinstance(config, dict):
+        raise SelfsupError(f"{path}: expected a JSON object")
+    value = config.get("max_seq_length")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
