@@ -311,7 +311,7 @@ def options_dataclass(cls: type, values: dict[str, Any], what: str) -> Any:
 _POSITIVE = ("temperature", "_dim", "_size", "_layers", "_heads", "_width", "_depth",
              "_tokens", "_length", "_scale")
 _POSITIVE_NAMES = {"dim", "layers", "heads", "span", "local_crops_size"}
-_FRACTION = ("momentum", "_ratio", "_prob", "_p", "dropout", "density", "head_warmup",
+_FRACTION = ("momentum", "_ratio", "_prob", "_p", "dropout", "density", "_warmup",
              "replace_mask", "replace_random")
 _NON_NEGATIVE = ("_weight", "eps", "lambda_", "alpha", "minutes", "images", "local_crops")
 

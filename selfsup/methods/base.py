@@ -9,6 +9,7 @@ makes its views or masks, and returns a loss. :class:`Method` is modality-free;
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +22,8 @@ from selfsup.data.base import DataInfo  # defined with the readers, which fill i
 from selfsup.errors import SelfsupError
 from selfsup.methods.image_start import load_image_start, read_image_start, start_config
 from selfsup.models import ImageEncoder
+
+log = logging.getLogger("selfsup")
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -125,6 +128,20 @@ class Method(nn.Module):
 
     def on_train_step_end(self, progress: float) -> None:
         """Per-step hook (EMA teachers, schedules); ``progress`` goes 0 -> 1 over the budget."""
+
+    def freeze_encoder(self, frozen: bool, what: str) -> None:
+        """Stop (or restart) the encoder's training while a new head or decoder (``what``)
+        warms up; its weights stay in the optimiser, which skips a weight without a gradient
+        (AdamW neither moves nor decays it)."""
+        if frozen == getattr(self, "encoder_frozen", False):
+            return
+        if frozen and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise SelfsupError(f"the {what} warm-up runs in a single process only")
+        self.encoder.requires_grad_(not frozen)
+        self.encoder_frozen = frozen
+        log.info("%s warm-up %s", what, "started: encoder frozen" if frozen
+                 else "over: the encoder trains")
 
     def callbacks(self, run: RunDir) -> list[pl.Callback]:
         """Extra Lightning callbacks for this method's run (e.g. MAE's reconstruction images)."""

@@ -267,23 +267,9 @@ class MLMMethod(Method):
         )
         self.init = extra.get("init")
         self.mlm = masked_lm_model(encoder, self.init)
-        self.encoder_frozen = False
 
     def on_train_step_start(self, progress: float) -> None:
-        self.freeze_encoder(progress < self.options.head_warmup)
-
-    def freeze_encoder(self, frozen: bool) -> None:
-        """Stop (or restart) the encoder's training; its weights stay in the optimiser, which
-        skips a weight without a gradient (AdamW neither moves nor decays it)."""
-        if frozen == self.encoder_frozen:
-            return
-        if frozen and torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            raise SelfsupError("mlm's head_warmup runs in a single process only")
-        self.encoder.model.requires_grad_(not frozen)
-        self.encoder_frozen = frozen
-        log.info("masked-LM head warm-up %s", "started: encoder frozen" if frozen
-                 else "over: the encoder trains")
+        self.freeze_encoder(progress < self.options.head_warmup, "masked-LM head")
 
     @property
     def head(self) -> torch.nn.Module | None:
