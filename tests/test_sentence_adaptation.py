@@ -203,7 +203,8 @@ def test_tsdae_deletes_sixty_percent_and_never_specials():
 
 
 def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
-    method = method_for("tsdae", tokenizer_file, 120).eval()
+    method = method_for("tsdae", tokenizer_file, 120, center_memory=True,
+                        memory_norm=False).eval()
     assert method.options.deletion_ratio == 0.6
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 120, (3, 12), generator=generator)
@@ -240,6 +241,82 @@ def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
     method.options.center_memory = False  # the paper's form: a shared shift does change them
     assert not torch.allclose(method.reconstruct(sentence.detach() + 0.5, ids, mask)[0],
                               logits, atol=1e-3)
+
+
+def test_tsdae_tied_decoder_is_the_encoder_made_causal(tokenizer_file):
+    method = method_for("tsdae", tokenizer_file, 120, decoder="tied").eval()
+    encoder = dict(method.encoder.model.named_parameters())
+    decoder = dict(method.decoder.named_parameters())
+    # Every encoder weight is the decoder's too (one tensor, trained once); only the
+    # cross-attention is new.
+    assert all(decoder[name] is weight for name, weight in encoder.items())
+    assert {n for n in decoder if n not in encoder} and all(
+        ".crossattention." in n for n in decoder if n not in encoder)
+    assert len(list(method.parameters())) == len(decoder) + 3  # + output bias, memory norm
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 120, (3, 12), generator=generator)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    memories = []
+    hook = method.decoder.encoder.layer[0].crossattention.register_forward_pre_hook(
+        lambda module, args, kwargs: memories.append(args[2].shape), with_kwargs=True)
+    with torch.no_grad():
+        sentence = method.encoder(ids, mask)
+        logits, targets = method.reconstruct(sentence, ids, mask)
+        later = ids.clone()
+        later[:, 8:] = 7  # tokens 8.. changed: the predictions of tokens 1..8 must not move
+        moved = method.reconstruct(sentence, later, mask)[0]
+        shift = torch.zeros_like(sentence)
+        shift[0] = torch.randn(32, generator=generator)
+        other = method.reconstruct(sentence + shift, ids, mask)[0]
+    hook.remove()
+    assert memories[0] == (3, 1, 32)  # its memory: one sentence vector per text
+    assert len(targets) == int(mask[:, 1:].sum())
+    rows = torch.cumsum(mask[:, 1:].flatten(), 0).view(3, 11) - 1  # row of each real target
+    early = rows[:, :7][mask[:, 1:8].bool()]
+    torch.testing.assert_close(moved[early], logits[early])
+    assert not torch.allclose(moved, logits, atol=1e-3)
+    assert not torch.allclose(other, logits, atol=1e-3)
+    method.train()
+    step = method.training_step({"input_ids": ids, "attention_mask": mask}, generator)
+    step.loss.backward()
+    assert torch.isfinite(step.loss)
+    assert method.encoder.model.embeddings.word_embeddings.weight.grad is not None
+    with pytest.raises(selfsup.SelfsupError, match="light or tied"):
+        method_for("tsdae", tokenizer_file, 120, decoder="deep")
+
+
+def test_tsdae_memory_norm_and_decoder_warmup(tokenizer_file):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 120, (3, 12), generator=generator)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    for decoder in ("light", "tied"):
+        normed = method_for("tsdae", tokenizer_file, 120, decoder=decoder,
+                            memory_norm=True).eval()
+        plain = method_for("tsdae", tokenizer_file, 120, decoder=decoder,
+                           memory_norm=False).eval()
+        with torch.no_grad():
+            sentence = normed.encoder(ids, mask)
+            # Read at a token state's scale: the vector's own length no longer matters...
+            torch.testing.assert_close(normed.reconstruct(3 * sentence, ids, mask)[0],
+                                       normed.reconstruct(sentence, ids, mask)[0])
+            # ...where without the norm it does.
+            assert not torch.allclose(plain.reconstruct(3 * sentence, ids, mask)[0],
+                                      plain.reconstruct(sentence, ids, mask)[0], atol=1e-4)
+    method = method_for("tsdae", tokenizer_file, 120, decoder_warmup=0.25).train()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    method.on_train_step_start(0.1)  # inside the warm-up: only the decoder learns
+    method.training_step(batch, generator).loss.backward()
+    assert all(p.grad is None for p in method.encoder.parameters())
+    assert all(p.grad is not None for p in method.decoder.parameters())
+    method.zero_grad()
+    method.on_train_step_start(0.3)  # over: the encoder learns too
+    method.training_step(batch, generator).loss.backward()
+    assert method.encoder.model.embeddings.word_embeddings.weight.grad is not None
+    with pytest.raises(selfsup.SelfsupError, match="decoder_warmup must be in"):
+        method_for("tsdae", tokenizer_file, 120, decoder_warmup=1.0)
 
 
 # ---------------------------------------------------------------------------- runs + export

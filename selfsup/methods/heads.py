@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from selfsup.errors import SelfsupError
 
 
 class ProjectionHead(nn.Sequential):
@@ -96,3 +100,43 @@ class DINOHead(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = F.normalize(x.float(), dim=-1)
             return F.linear(x, F.normalize(self.prototypes.weight.float(), dim=1))
+
+
+class SentenceDecoder(nn.Module):
+    """A causal Transformer decoder whose cross-attention memory is one vector per text
+    (TSDAE's light decoder: the text is rebuilt from its sentence vector alone)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, max_length: int) -> None:
+        super().__init__()
+        self.positions = nn.Embedding(max_length, dim)
+        self.norm = nn.LayerNorm(dim)
+        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.1, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(dim))
+
+    def forward(self, inputs: torch.Tensor, padding: torch.Tensor, sentence: torch.Tensor
+                ) -> torch.Tensor:
+        """States (B, T, D) from input embeddings (B, T, D), True where padded, and the
+        sentence vectors (B, D): the memory is (B, 1, D)."""
+        length = inputs.shape[1]
+        x = self.norm(inputs + self.positions(torch.arange(length, device=inputs.device)))
+        causal = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(1)
+        return self.layers(x, sentence.unsqueeze(1).to(x.dtype), tgt_mask=causal,
+                           tgt_is_causal=True, tgt_key_padding_mask=padding)
+
+
+def tied_decoder(model: nn.Module) -> nn.Module:
+    """A causal copy of a ``transformers`` encoder with cross-attention added, sharing every
+    weight of ``model`` (TSDAE's tie, Wang et al. 2021): only the cross-attention is new."""
+    config = copy.deepcopy(model.config)
+    config.is_decoder, config.add_cross_attention = True, True
+    decoder = type(model)(config)
+    if getattr(model, "pooler", 0) is None:  # built without one: no unused weights
+        decoder.pooler = None
+    new = set(dict(decoder.named_parameters())) - set(dict(model.named_parameters()))
+    if not new:
+        raise SelfsupError(f"a tied decoder: {type(model).__name__} has no cross-attention")
+    for name, weight in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        setattr(decoder.get_submodule(owner), leaf, weight)
+    return decoder

@@ -10,24 +10,22 @@ The loss is the reconstruction's cross-entropy. The paper reports it beating mas
 domain-adaptation objective for sentence encoders; batch 8 and lr 3e-5 from a pretrained start
 are its setting.
 
-Departures, and why: the decoder is light (one causal Transformer layer by default; the paper
-ties a full-size copy of the encoder) so that a few CPU minutes go into the encoder; its input
-and output word embeddings are the encoder's own (tied, as the paper ties them), so it adds no
-vocabulary-sized matrix. Deletion is per token (WordPiece piece) of the tokenized corpus, not per
-word; special tokens are never deleted and at least one token of each text is kept (as the
-paper's implementation in sentence-transformers does). The sentence vector is the starting
-model's (its pooling; MiniLM: mean + L2 normalisation), trained and exported alike.
+Departures, and why: by default the decoder is light (``decoder=light``: one fresh causal layer)
+so that CPU minutes go into the encoder; ``decoder=tied`` is the paper's (sec. 3): a causal copy
+of the encoder with cross-attention added, every other weight shared with the encoder. Either
+reads and writes words through the encoder's own embeddings (tied), with no vocabulary-sized
+matrix of its own. Deletion is per token (WordPiece piece), not per word; special tokens are
+never deleted and at least one token of each text is kept (as sentence-transformers' own code
+does). The sentence vector is the starting model's (MiniLM: mean + L2 normalisation).
 
-One more departure, ``center_memory`` (on by default): the decoder reads each sentence vector
-minus the batch's mean vector. A fresh decoder's errors are mostly the same for every text (it
-does not yet know which tokens are common), so the gradient reaching the sentence vectors is
-mostly one direction shared by the batch, and it pulls every text's vector the same way: from
-MiniLM on IMDB without centering, the batch's std ratio fell from 0.65 at step 10 to 0.07 at
-step 300 and its uniformity from -2.1 to -0.02 (collapse); with it, 0.75 -> 0.84 and -2.8 ->
--2.1 over 242 steps (benchmarks/README.md, text adaptation). Centering removes exactly that
-shared part (the gradients over a batch sum to zero), so only what tells texts apart is
-trained; the paper avoids the problem with a pretrained full-size decoder that CPU minutes do
-not afford.
+Two more, which a fresh decoder on a pretrained, normalised encoder needs (chosen on held-out
+IMDB train reviews, never test: benchmarks/tsdae_spread.py). ``memory_norm``: the decoder reads
+LayerNorm(vector). MiniLM's vector has length 1, a twentieth of the decoder's layer-normed token
+states (sqrt(384)); read raw, the encoder's spread fell (effective rank 273 -> 71), presumably
+as the decoder amplified the few directions it used first. ``decoder_warmup``: for the first
+quarter of the run only the decoder trains (LP-FT's idea, Kumar et al. 2022), so its first,
+noisy errors never reach the encoder. Together: rank 191, uniformity kept, linear probe +3.8.
+``center_memory`` (reading vector - batch mean) was the earlier remedy for that noise; off.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from torch import nn
 
 from selfsup.errors import SelfsupError
 from selfsup.methods.base import StepOutput
+from selfsup.methods.heads import SentenceDecoder, tied_decoder
 from selfsup.methods.registry import METHODS
 from selfsup.methods.sentence_base import SentenceMethod, SentenceOptions
 
@@ -48,9 +47,12 @@ from selfsup.methods.sentence_base import SentenceMethod, SentenceOptions
 @dataclass
 class TSDAEOptions(SentenceOptions):
     deletion_ratio: float = 0.6  # share of (non-special) tokens deleted, the paper's
-    decoder_layers: int = 1
-    decoder_heads: int | None = None  # None: the encoder's
-    center_memory: bool = True  # the decoder reads vector - batch mean (module docstring)
+    decoder: str = "light"  # light: fresh layers; tied: the encoder's own, causal (module doc)
+    decoder_layers: int = 1  # of the light decoder
+    decoder_heads: int | None = None  # of the light decoder; None: the encoder's
+    memory_norm: bool = True  # the decoder reads LayerNorm(vector) (module docstring)
+    decoder_warmup: float = 0.25  # share of the run in which only the decoder trains (ditto)
+    center_memory: bool = False  # it reads vector - batch mean (ditto; the form before these)
 
 
 def delete_tokens(ids: torch.Tensor, mask: torch.Tensor, special_ids: torch.Tensor, ratio: float,
@@ -74,28 +76,6 @@ def delete_tokens(ids: torch.Tensor, mask: torch.Tensor, special_ids: torch.Tens
     return damaged[:, :width].to(ids.device), new_mask[:, :width].long().to(ids.device)
 
 
-class SentenceDecoder(nn.Module):
-    """A causal Transformer decoder whose cross-attention memory is one vector per text."""
-
-    def __init__(self, dim: int, layers: int, heads: int, max_length: int) -> None:
-        super().__init__()
-        self.positions = nn.Embedding(max_length, dim)
-        self.norm = nn.LayerNorm(dim)
-        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.1, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.layers = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(dim))
-
-    def forward(self, inputs: torch.Tensor, padding: torch.Tensor, sentence: torch.Tensor
-                ) -> torch.Tensor:
-        """States (B, T, D) from input embeddings (B, T, D), True where padded, and the
-        sentence vectors (B, D): the memory is (B, 1, D)."""
-        length = inputs.shape[1]
-        x = self.norm(inputs + self.positions(torch.arange(length, device=inputs.device)))
-        causal = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(1)
-        return self.layers(x, sentence.unsqueeze(1).to(x.dtype), tgt_mask=causal,
-                           tgt_is_causal=True, tgt_key_padding_mask=padding)
-
-
 @METHODS.register("tsdae")
 class TSDAE(SentenceMethod):
     """Deletion noise -> sentence vector -> a decoder rebuilds the original tokens."""
@@ -107,6 +87,8 @@ class TSDAE(SentenceMethod):
         o, config = self.options, self.encoder.config
         if not 0 < o.deletion_ratio < 1:
             raise SelfsupError(f"deletion_ratio must be in (0, 1), not {o.deletion_ratio}")
+        if not 0 <= o.decoder_warmup < 1:
+            raise SelfsupError(f"decoder_warmup must be in [0, 1), not {o.decoder_warmup}")
         dim, words = self.encoder.embed_dim, self.word_embeddings().shape[1]
         if words != dim:
             raise SelfsupError(f"tsdae ties its decoder to the encoder's word embeddings; this "
@@ -114,10 +96,17 @@ class TSDAE(SentenceMethod):
         heads = o.decoder_heads or int(getattr(config, "num_attention_heads", 0) or 4)
         if dim % heads:
             raise SelfsupError(f"decoder_heads {heads} must divide the encoder's width {dim}")
-        self.decoder = SentenceDecoder(dim, o.decoder_layers, heads, int(self.info.length))
+        if o.decoder not in ("light", "tied"):
+            raise SelfsupError(f"tsdae decoder must be light or tied, not {o.decoder!r}")
+        self.decoder = (tied_decoder(self.encoder.model) if o.decoder == "tied" else
+                        SentenceDecoder(dim, o.decoder_layers, heads, int(self.info.length)))
+        self.memory_norm = nn.LayerNorm(dim) if o.memory_norm else None
         self.output_bias = nn.Parameter(torch.zeros(self.word_embeddings().shape[0]))
         self.register_buffer("special_ids", torch.tensor(self.info.extra["special_token_ids"],
                                                          dtype=torch.long), persistent=False)
+
+    def on_train_step_start(self, progress: float) -> None:
+        self.freeze_encoder(progress < self.options.decoder_warmup, "tsdae decoder")
 
     def word_embeddings(self) -> torch.Tensor:
         return self.encoder.model.get_input_embeddings().weight
@@ -130,7 +119,13 @@ class TSDAE(SentenceMethod):
         inputs, targets, real = ids[:, :-1], ids[:, 1:], mask[:, 1:].bool()
         if self.options.center_memory and len(sentence) > 1:
             sentence = sentence - sentence.mean(0, keepdim=True)
-        states = self.decoder(F.embedding(inputs, words), ~mask[:, :-1].bool(), sentence)
+        if self.memory_norm is not None:
+            sentence = self.memory_norm(sentence)
+        if self.options.decoder == "tied":
+            states = self.decoder(input_ids=inputs, attention_mask=mask[:, :-1],
+                                  encoder_hidden_states=sentence.unsqueeze(1)).last_hidden_state
+        else:
+            states = self.decoder(F.embedding(inputs, words), ~mask[:, :-1].bool(), sentence)
         return states[real] @ words.T + self.output_bias, targets[real]
 
     def training_step(
