@@ -202,15 +202,24 @@ def test_tsdae_deletes_sixty_percent_and_never_specials():
         assert out[1][out_mask[1].bool()].tolist() == [2, 3]
 
 
-def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
-    method = method_for("tsdae", tokenizer_file, 120, center_memory=True,
-                        memory_norm=False).eval()
-    assert method.options.deletion_ratio == 0.6
+def tsdae_batch(padded_from: int | None = None
+                ) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """A seeded generator and 3 texts of 12 random tokens after [CLS] (id 2), the second
+    padded from ``padded_from`` on: (generator, ids, mask)."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 120, (3, 12), generator=generator)
     ids[:, 0] = 2
     mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
+    if padded_from is not None:
+        mask[1, padded_from:] = 0
+    return generator, ids, mask
+
+
+def test_tsdae_decoder_reads_only_the_sentence_vector(tokenizer_file):
+    method = method_for("tsdae", tokenizer_file, 120, center_memory=True,
+                        memory_norm=False).eval()
+    assert method.options.deletion_ratio == 0.6
+    generator, ids, mask = tsdae_batch(padded_from=8)
     memories = []
     hook = method.decoder.layers.layers[0].multihead_attn.register_forward_pre_hook(
         lambda module, args: memories.append(args[1].shape))
@@ -253,11 +262,7 @@ def test_tsdae_tied_decoder_is_the_encoder_made_causal(tokenizer_file):
     assert {n for n in decoder if n not in encoder} and all(
         ".crossattention." in n for n in decoder if n not in encoder)
     assert len(list(method.parameters())) == len(decoder) + 3  # + output bias, memory norm
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 120, (3, 12), generator=generator)
-    ids[:, 0] = 2
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
+    generator, ids, mask = tsdae_batch(padded_from=9)
     memories = []
     hook = method.decoder.encoder.layer[0].crossattention.register_forward_pre_hook(
         lambda module, args, kwargs: memories.append(args[2].shape), with_kwargs=True)
@@ -288,10 +293,7 @@ def test_tsdae_tied_decoder_is_the_encoder_made_causal(tokenizer_file):
 
 
 def test_tsdae_memory_norm_and_decoder_warmup(tokenizer_file):
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 120, (3, 12), generator=generator)
-    ids[:, 0] = 2
-    mask = torch.ones_like(ids)
+    generator, ids, mask = tsdae_batch()
     for decoder in ("light", "tied"):
         normed = method_for("tsdae", tokenizer_file, 120, decoder=decoder,
                             memory_norm=True).eval()
