@@ -68,6 +68,14 @@ PROTOCOLS = ("linear", "knn", "finetune")
 log = logging.getLogger("selfsup")
 
 
+def pool_and_held(s: dict[str, Any], held_size: int) -> tuple[LabelledText, LabelledText]:
+    """text_adaptation.py's label pool of IMDB train, and ``held_size`` other IMDB train
+    reviews (seed 7): where recipes are chosen, never the test split."""
+    full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
+    pool = full.sample(s["train_size"], 0, "--train-size")
+    return pool, reviews_outside(full, set(pool.texts), held_size, 7, "the label pool")
+
+
 def score(model: Any, pool: LabelledText, held: LabelledText, s: dict[str, Any]) -> dict:
     budget = LabelBudget(per_class=s["labels_per_class"])
     return evaluate_models(model, pool, held, budgets=[budget], seeds=s["seeds"], finetune=True,
@@ -137,9 +145,7 @@ def main() -> None:
     flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(getattr(args, k)))}"
                     for k in ("recipes", *SETTING_FLAGS, "tag") if getattr(args, k))
     began = time.monotonic()
-    full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
-    pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
-    held = reviews_outside(full, set(pool.texts), args.held_size, 7, "the label pool")
+    pool, held = pool_and_held(s, args.held_size)
     work = Path(args.work or tempfile.mkdtemp(prefix="text-adaptation-validation-"))
     contenders: dict[str, Any] = {"start": {"eval": score(load_folder_model(minilm_folder()),
                                                           pool, held, s)}}

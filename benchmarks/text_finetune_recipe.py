@@ -34,12 +34,11 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from imdb_continued import IMDB, RESULTS, minilm_folder  # noqa: E402  (siblings)
-from imdb_finetune_diagnosis import reviews_outside  # noqa: E402
+from imdb_continued import RESULTS, minilm_folder  # noqa: E402  (siblings)
 from text_adaptation import FULL, OBJECTIVES, QUICK, continue_minilm, pm  # noqa: E402
+from text_adaptation_validation import pool_and_held  # noqa: E402
 
 from selfsup import atomic  # noqa: E402
-from selfsup.data.labelled_text import read_labelled_text  # noqa: E402
 from selfsup.evaluate.budgets import LabelBudget, label_subset  # noqa: E402
 from selfsup.evaluate.scores import spread  # noqa: E402
 from selfsup.evaluate.setfit import SetFitConfig, setfit_text  # noqa: E402
@@ -97,9 +96,7 @@ def main() -> None:
     if args.quick:
         args.held_size, s["seeds"] = 60, 2
     began = time.monotonic()
-    full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
-    pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
-    held = reviews_outside(full, set(pool.texts), args.held_size, 7, "the label pool")
+    pool, held = pool_and_held(s, args.held_size)
     work = Path(args.work or tempfile.mkdtemp(prefix="text-finetune-recipe-"))
     run, record = continue_minilm(OBJECTIVES["simcse-spans-lr1e-4"], s, work / "adapted")
     models = {"start": load_folder_model(minilm_folder()), "adapted": load_run_model(run)[0]}

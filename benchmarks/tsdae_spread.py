@@ -34,12 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-from imdb_continued import IMDB, RESULTS, minilm_folder  # noqa: E402  (siblings)
-from imdb_finetune_diagnosis import geometry, reviews_outside  # noqa: E402
+from imdb_continued import RESULTS, minilm_folder  # noqa: E402  (siblings)
+from imdb_finetune_diagnosis import geometry  # noqa: E402
 from text_adaptation import FULL, QUICK, continue_minilm, paired_gains, pm  # noqa: E402
+from text_adaptation_validation import pool_and_held  # noqa: E402
 
 from selfsup import atomic  # noqa: E402
-from selfsup.data.labelled_text import LabelledText, read_labelled_text  # noqa: E402
+from selfsup.data.labelled_text import LabelledText  # noqa: E402
 from selfsup.evaluate.budgets import LabelBudget  # noqa: E402
 from selfsup.evaluate.text import (  # noqa: E402
     budget_accuracy,
@@ -153,9 +154,7 @@ def main() -> None:
     flags = (f" --variants {shlex.quote(args.variants)}" * (args.variants != ",".join(VARIANTS))
              + " --quick" * args.quick + " --reuse" * args.reuse)
     began = time.monotonic()
-    full = read_labelled_text(IMDB / "imdb_train.jsonl.gz")
-    pool = full.sample(s["train_size"], 0, "--train-size")  # text_adaptation.py's pool
-    held = reviews_outside(full, set(pool.texts), held_size, 7, "the label pool")
+    pool, held = pool_and_held(s, held_size)
     work = Path(args.work or tempfile.mkdtemp(prefix="tsdae-spread-"))
     stem = RESULTS / f"tsdae_spread{'_quick' * args.quick}"
     kept = json.loads(stem.with_suffix(".json").read_text()) if args.reuse else {}
