@@ -20,7 +20,12 @@ calibration is kept beside the runs and reused.
 Everything is cached: the pre-training is skipped when the run exists, and each finished
 baseline keeps its score in ``RUN/sweep/baseline-*/result.json`` (and an unfinished one continues
 from its last checkpoint), so the sweep (about three and a half hours on 2 cores) may be spread
-over several sittings; run the same command again.
+over several sittings; run the same command again. A sitting on another machine (a fresh clone)
+starts from ``benchmarks/results/STEM_kept/``: the pre-trained encoder (its weights, config and
+summary), the calibration and every finished unit's score, copied there whenever the sweep stops
+(finished, failed or killed with SIGTERM) and restored into the runs folder when it starts. A
+fine-tuning is reused only for the encoder weights it was measured with (its key holds their
+digest); a baseline does not depend on them.
 
 With ``--finetune-minutes M`` every point also fine-tunes the pre-trained encoder end to end on
 its label subset for M minutes, and the same network from scratch with the same recipe for
@@ -42,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +81,32 @@ def calibrate(args: argparse.Namespace, folder: Path) -> dict:
     return {"minutes": args.calibrate_minutes, "steps": summary["steps"],
             "seconds": summary["train_seconds"], "steps_per_s": rate,
             "precision": summary["precision"], "date": time.strftime("%Y-%m-%d")}
+
+
+# What a sitting keeps, relative to the runs folder (METHOD stands for the method's name): small
+# files only; checkpoints, features and logs are rebuilt or not needed.
+KEPT = ("settings.json", "calibration.json", "METHOD/config.yaml", "METHOD/pretrain.json",
+        "METHOD/encoder.json", "METHOD/encoder.safetensors", "METHOD/sweep/*/result.json",
+        "METHOD/sweep/*/finetune.json")
+
+
+def kept_files(root: Path, method: str) -> list[Path]:
+    """The KEPT files present under ``root``, relative to it."""
+    found = []
+    for pattern in KEPT:
+        found += [p.relative_to(root) for p in root.glob(pattern.replace("METHOD", method))]
+    return sorted(found)
+
+
+def copy_kept(source: Path, target: Path, method: str) -> int:
+    """Copy the kept files from ``source`` to ``target`` (each replaced atomically); the count."""
+    files = kept_files(source, method)
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        partial = (target / name).with_name((target / name).name + ".partial")
+        shutil.copyfile(source / name, partial)
+        partial.replace(target / name)
+    return len(files)
 
 
 def fmt(stat: dict | None, scale: float = 100.0) -> str:
@@ -216,8 +248,24 @@ def main() -> None:
     if args.runs.exists() and (not recorded.is_file()
                                or json.loads(recorded.read_text()) != settings):
         shutil.rmtree(args.runs)
+    keep = None if args.quick else RESULTS / f"{stem}_kept"
+    if keep and keep.is_dir() and json.loads((keep / "settings.json").read_text()) != settings:
+        sys.exit(f"{keep} holds a sweep with other settings; move it away to start afresh")
     args.runs.mkdir(parents=True, exist_ok=True)
+    if keep and keep.is_dir():
+        print(f"restored {copy_kept(keep, args.runs, args.method)} kept files from {keep}")
     recorded.write_text(json.dumps(settings, indent=2) + "\n")
+    # Keep what is finished whenever the sweep stops (SIGTERM included: a sitting's end).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
+    try:
+        sweep(args, settings, stem)
+    finally:
+        if keep and (args.runs / args.method / "encoder.safetensors").is_file():
+            print(f"kept {copy_kept(args.runs, keep, args.method)} files in {keep}")
+
+
+def sweep(args: argparse.Namespace, settings: dict, stem: str) -> None:
+    """Pre-train (unless cached), calibrate (unless cached), evaluate, report."""
     result = {
         **settings,
         "command": "python benchmarks/cifar10_sweep.py" + (" --quick" if args.quick else "")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -306,6 +307,9 @@ def sweep(
         raise SelfsupError(f"--baseline-minutes must be positive, got {baseline_minutes}")
     run = as_run(run_path)
     encoder, spec = load_encoder(run)
+    # A kept fine-tuning is reused only for these weights (a run folder may be rebuilt from a
+    # kept copy, as benchmarks/cifar10_sweep.py does across machines).
+    weights_digest = hashlib.sha256(run.encoder_weights.read_bytes()).hexdigest()[:16]
     pretrain_config = run.read_config()
     summary = run.read_summary()
     check_writable(run.path, "sweep.json and the baselines")
@@ -377,7 +381,8 @@ def sweep(
                     key = {"train": train.source, "test": test_source, "budget": budget.name,
                            "seed": seed, "rows_sum": int(rows.sum()),
                            "num_labels": int(len(rows)), "minutes": finetune_minutes,
-                           "scratch": "the pre-trained run's steps", "head": finetune_head}
+                           "scratch": "the pre-trained run's steps", "head": finetune_head,
+                           "encoder": weights_digest}
                     entry.update(_finetune(
                         encoder, spec, train.subset(rows, train.source), test_data, config,
                         run.path / "sweep" / f"finetune-{budget.tag}-seed{seed}", key, bar,
