@@ -75,6 +75,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     "memory-norm": variant(memory_norm=True),
     "light-warmup-memory-norm-uncentred": variant(decoder_warmup=0.25, memory_norm=True,
                                                   center_memory=False),
+    # The chosen one keeps uniformity but loses a third of the effective rank: does the encoder
+    # move less far from MiniLM with a longer warm-up, or a smaller step after it?
+    "warmup-half-memory-norm-uncentred": variant(decoder_warmup=0.5, memory_norm=True,
+                                                 center_memory=False),
+    "warmup-memory-norm-uncentred-lr1e-5": variant(1e-5, decoder_warmup=0.25, memory_norm=True,
+                                                   center_memory=False),
 }
 PROTOCOLS = ("linear", "knn")
 log = logging.getLogger("selfsup")
