@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 
 from selfsup.cli import main
 from selfsup.errors import SelfsupError
@@ -138,7 +139,7 @@ def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
     # The baselines are kept per point and reused, not retrained, when asked again; this time
     # with the optional fine-tuning of the pre-trained encoder (a second or so).
     record = tiny_run / "sweep" / "baseline-10pct-seed0" / "result.json"
-    stamp = record.stat().st_mtime_ns
+    stamp = baseline_stamp = record.stat().st_mtime_ns
     again = ("evaluate", str(tiny_run), "--data", "digits", "--fractions", "0.1", "--seeds", "1",
              "--baseline-steps", "2", "--protocol", "finetune", "--finetune-minutes", "0.02",
              "--no-progress")
@@ -161,6 +162,18 @@ def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
     assert kept.stat().st_mtime_ns == stamp
     reused = json.loads((tiny_run / "sweep.json").read_text())["points"][0]["runs"][0]
     assert reused["finetune"] == tuned["finetune"]
+    # ... but only for the weights they were measured with: other weights fine-tune again
+    # (the baseline, which does not depend on them, is still reused).
+    weights = tiny_run / "encoder.safetensors"
+    original = load_file(weights)
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in original.items()}, weights)
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, *again)
+    finally:
+        save_file(original, weights)  # the module's run, as the later tests expect it
+    assert code == 0, err
+    assert kept.stat().st_mtime_ns != stamp
+    assert record.stat().st_mtime_ns == baseline_stamp
 
 
 def test_sweep_bad_options_are_one_message(tiny_run, monkeypatch, capsys):
