@@ -81,6 +81,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
                                                  center_memory=False),
     "warmup-memory-norm-uncentred-lr1e-5": variant(1e-5, decoder_warmup=0.25, memory_norm=True,
                                                    center_memory=False),
+    # Neither: the encoder moves as far. The light decoder writes through the encoder's word
+    # table, so every step's softmax gradient moves all of its rows; here only the encoder's
+    # own reading trains them.
+    "warmup-memory-norm-uncentred-words-fixed": variant(decoder_warmup=0.25, memory_norm=True,
+                                                        center_memory=False, word_grad=False),
 }
 PROTOCOLS = ("linear", "knn")
 log = logging.getLogger("selfsup")

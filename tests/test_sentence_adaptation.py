@@ -321,6 +321,24 @@ def test_tsdae_memory_norm_and_decoder_warmup(tokenizer_file):
         method_for("tsdae", tokenizer_file, 120, decoder_warmup=1.0)
 
 
+def test_tsdae_word_grad_off_leaves_the_word_table_to_the_encoder(tokenizer_file):
+    # The light decoder writes through the encoder's word table: its softmax moves every row,
+    # the text's tokens or not. With word_grad off only the encoder's reading trains the table,
+    # so the rows of tokens absent from the (damaged) texts get no gradient.
+    generator, ids, mask = tsdae_batch()
+    moved = {}
+    for word_grad in (True, False):
+        method = method_for("tsdae", tokenizer_file, 120, decoder_warmup=0.0,
+                            word_grad=word_grad).train()
+        method.training_step({"input_ids": ids, "attention_mask": mask},
+                             torch.Generator().manual_seed(0)).loss.backward()
+        grad = method.encoder.model.embeddings.word_embeddings.weight.grad
+        moved[word_grad] = set(grad.abs().sum(1).nonzero().flatten().tolist())
+    present = set(ids.flatten().tolist()) | set(method.info.extra["special_token_ids"])
+    assert moved[False] and moved[False] <= present
+    assert moved[True] - present  # the decoder's softmax reached rows of absent tokens
+
+
 # ---------------------------------------------------------------------------- runs + export
 
 

@@ -53,6 +53,7 @@ class TSDAEOptions(SentenceOptions):
     memory_norm: bool = True  # the decoder reads LayerNorm(vector) (module docstring)
     decoder_warmup: float = 0.25  # share of the run in which only the decoder trains (ditto)
     center_memory: bool = False  # it reads vector - batch mean (ditto; the form before these)
+    word_grad: bool = True  # the decoder's reading and writing train the shared word table
 
 
 def delete_tokens(ids: torch.Tensor, mask: torch.Tensor, special_ids: torch.Tensor, ratio: float,
@@ -116,6 +117,7 @@ class TSDAE(SentenceMethod):
         """(logits of every real next token (N, vocab), their targets (N,)) when the decoder,
         fed ``ids`` shifted right, rebuilds ``ids`` from ``sentence`` (B, D) alone."""
         words = self.word_embeddings()
+        words = words if self.options.word_grad else words.detach()
         inputs, targets, real = ids[:, :-1], ids[:, 1:], mask[:, 1:].bool()
         if self.options.center_memory and len(sentence) > 1:
             sentence = sentence - sentence.mean(0, keepdim=True)
