@@ -86,6 +86,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     # own reading trains them.
     "warmup-memory-norm-uncentred-words-fixed": variant(decoder_warmup=0.25, memory_norm=True,
                                                         center_memory=False, word_grad=False),
+    # Nor that. A pull towards the starting model's vector of each (damaged) text.
+    "warmup-memory-norm-uncentred-anchor": variant(decoder_warmup=0.25, memory_norm=True,
+                                                   center_memory=False, anchor=1.0),
 }
 PROTOCOLS = ("linear", "knn")
 log = logging.getLogger("selfsup")

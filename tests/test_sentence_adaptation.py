@@ -339,6 +339,32 @@ def test_tsdae_word_grad_off_leaves_the_word_table_to_the_encoder(tokenizer_file
     assert moved[True] - present  # the decoder's softmax reached rows of absent tokens
 
 
+def test_tsdae_anchor_pulls_towards_the_starting_model(tokenizer_file):
+    generator, ids, mask = tsdae_batch()
+    batch = {"input_ids": ids, "attention_mask": mask}
+
+    def loss(method) -> float:  # eval mode: no dropout, so equal weights give equal vectors
+        with torch.no_grad():
+            return float(method.training_step(batch, torch.Generator().manual_seed(0)).loss)
+
+    plain = method_for("tsdae", tokenizer_file, 120).eval()
+    anchored = method_for("tsdae", tokenizer_file, 120, anchor=2.0).eval()
+    anchored.load_state_dict(plain.state_dict(), strict=False)
+    anchored.start.load_state_dict(plain.encoder.state_dict())
+    # The start is frozen (the optimiser takes trainable weights only) and not the encoder.
+    assert not any(p.requires_grad for p in anchored.start.parameters())
+    assert anchored.start.model.embeddings.word_embeddings.weight is not \
+        anchored.encoder.model.embeddings.word_embeddings.weight
+    assert loss(anchored) == pytest.approx(loss(plain), abs=1e-5)  # at the start: no pull
+    with torch.no_grad():  # the encoder moves away from the start: the pull appears
+        for weight in anchored.encoder.parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+        plain.encoder.load_state_dict(anchored.encoder.state_dict())
+    assert loss(anchored) > loss(plain) + 1e-3
+    with pytest.raises(selfsup.SelfsupError, match="anchor must be at least 0"):
+        method_for("tsdae", tokenizer_file, 120, anchor=-1.0)
+
+
 # ---------------------------------------------------------------------------- runs + export
 
 

@@ -2,34 +2,31 @@
 
 Wang, Reimers, Gurevych. "TSDAE: Using Transformer-based Sequential Denoising Auto-Encoder for
 Unsupervised Sentence Embedding Learning", Findings of EMNLP 2021. Each text loses tokens at
-random (deletion, ratio 0.6: the best noise of the paper's study); the encoder turns the damaged
-text into one sentence vector; a decoder must write the original text back, token by token,
-reading the text only through that vector: its cross-attention's keys and values are the
-sentence embedding alone (sec. 3, eq. 3), so everything the decoder needs must be in it.
-The loss is the reconstruction's cross-entropy. The paper reports it beating masked LM as a
-domain-adaptation objective for sentence encoders; batch 8 and lr 3e-5 from a pretrained start
-are its setting.
+random (deletion, ratio 0.6, the paper's best); the encoder turns the damaged text into one
+vector; a decoder must write the original back, token by token, reading the text only through
+that vector (its cross-attention's keys and values, sec. 3, eq. 3). The loss is the
+reconstruction's cross-entropy; batch 8 and lr 3e-5 from a pretrained start, the paper's.
 
 Departures, and why: by default the decoder is light (``decoder=light``: one fresh causal layer)
-so that CPU minutes go into the encoder; ``decoder=tied`` is the paper's (sec. 3): a causal copy
-of the encoder with cross-attention added, every other weight shared with the encoder. Either
-reads and writes words through the encoder's own embeddings (tied), with no vocabulary-sized
-matrix of its own. Deletion is per token (WordPiece piece), not per word; special tokens are
-never deleted and at least one token of each text is kept (as sentence-transformers' own code
-does). The sentence vector is the starting model's (MiniLM: mean + L2 normalisation).
+so that CPU minutes go into the encoder; ``decoder=tied`` is the paper's: the encoder made
+causal, cross-attention added, every other weight shared. Either reads and writes words through
+the encoder's word table. Deletion is per WordPiece token; special tokens are never deleted and
+each text keeps at least one (as sentence-transformers does). The vector is the starting
+model's (MiniLM: mean + L2 normalisation).
 
 Two more, which a fresh decoder on a pretrained, normalised encoder needs (chosen on held-out
 IMDB train reviews, never test: benchmarks/tsdae_spread.py). ``memory_norm``: the decoder reads
-LayerNorm(vector). MiniLM's vector has length 1, a twentieth of the decoder's layer-normed token
-states (sqrt(384)); read raw, the encoder's spread fell (effective rank 273 -> 71), presumably
-as the decoder amplified the few directions it used first. ``decoder_warmup``: for the first
-quarter of the run only the decoder trains (LP-FT's idea, Kumar et al. 2022), so its first,
-noisy errors never reach the encoder. Together: rank 191, uniformity kept, linear probe +3.8.
-``center_memory`` (reading vector - batch mean) was the earlier remedy for that noise; off.
+LayerNorm(vector); MiniLM's vector has length 1, a twentieth of the decoder's token states, and
+read raw the encoder's spread fell (effective rank 273 -> 71). ``decoder_warmup``: only the
+decoder trains for the first quarter (LP-FT's idea, Kumar et al. 2022), so its first, noisy
+errors never reach the encoder. Together: rank 191, uniformity kept, linear probe +3.8.
+Tried there, off by default: ``center_memory`` (it reads vector - batch mean), ``word_grad``
+off (its softmax spares the word table), ``anchor`` (a pull to the start's vectors; L2-SP's idea).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +51,7 @@ class TSDAEOptions(SentenceOptions):
     decoder_warmup: float = 0.25  # share of the run in which only the decoder trains (ditto)
     center_memory: bool = False  # it reads vector - batch mean (ditto; the form before these)
     word_grad: bool = True  # the decoder's reading and writing train the shared word table
+    anchor: float = 0.0  # weight of 1 - cos(vector, the starting model's vector of the text)
 
 
 def delete_tokens(ids: torch.Tensor, mask: torch.Tensor, special_ids: torch.Tensor, ratio: float,
@@ -86,10 +84,13 @@ class TSDAE(SentenceMethod):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         o, config = self.options, self.encoder.config
-        if not 0 < o.deletion_ratio < 1:
-            raise SelfsupError(f"deletion_ratio must be in (0, 1), not {o.deletion_ratio}")
-        if not 0 <= o.decoder_warmup < 1:
-            raise SelfsupError(f"decoder_warmup must be in [0, 1), not {o.decoder_warmup}")
+        checks = {"deletion_ratio": (0 < o.deletion_ratio < 1, "in (0, 1)"),
+                  "decoder_warmup": (0 <= o.decoder_warmup < 1, "in [0, 1)"),
+                  "anchor": (o.anchor >= 0, "at least 0"),
+                  "decoder": (o.decoder in ("light", "tied"), "light or tied")}
+        for name, (ok, valid) in checks.items():
+            if not ok:
+                raise SelfsupError(f"tsdae {name} must be {valid}, not {getattr(o, name)!r}")
         dim, words = self.encoder.embed_dim, self.word_embeddings().shape[1]
         if words != dim:
             raise SelfsupError(f"tsdae ties its decoder to the encoder's word embeddings; this "
@@ -97,12 +98,11 @@ class TSDAE(SentenceMethod):
         heads = o.decoder_heads or int(getattr(config, "num_attention_heads", 0) or 4)
         if dim % heads:
             raise SelfsupError(f"decoder_heads {heads} must divide the encoder's width {dim}")
-        if o.decoder not in ("light", "tied"):
-            raise SelfsupError(f"tsdae decoder must be light or tied, not {o.decoder!r}")
         self.decoder = (tied_decoder(self.encoder.model) if o.decoder == "tied" else
                         SentenceDecoder(dim, o.decoder_layers, heads, int(self.info.length)))
         self.memory_norm = nn.LayerNorm(dim) if o.memory_norm else None
         self.output_bias = nn.Parameter(torch.zeros(self.word_embeddings().shape[0]))
+        self.start = copy.deepcopy(self.encoder).requires_grad_(False) if o.anchor else None
         self.register_buffer("special_ids", torch.tensor(self.info.extra["special_token_ids"],
                                                          dtype=torch.long), persistent=False)
 
@@ -140,6 +140,11 @@ class TSDAE(SentenceMethod):
         sentence = self.encoder(damaged, damaged_mask)
         logits, targets = self.reconstruct(sentence, ids, mask)
         loss = F.cross_entropy(logits.float(), targets)
+        if self.start is not None:  # stay near where the starting model put the text
+            with torch.no_grad():
+                before = self.start.eval()(damaged, damaged_mask)
+            loss = loss + self.options.anchor * (
+                1 - F.cosine_similarity(sentence.float(), before.float()).mean())
         accuracy = (logits.argmax(-1) == targets).float().mean()
         return StepOutput(loss=loss, embeddings=sentence.detach(),
                           logs={"token_accuracy": accuracy.detach()})
