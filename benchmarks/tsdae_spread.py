@@ -89,6 +89,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     # Nor that. A pull towards the starting model's vector of each (damaged) text.
     "warmup-memory-norm-uncentred-anchor": variant(decoder_warmup=0.25, memory_norm=True,
                                                    center_memory=False, anchor=1.0),
+    # That kept the rank (269) and gained nothing: a fifth of the pull.
+    "warmup-memory-norm-uncentred-anchor-0.2": variant(decoder_warmup=0.25, memory_norm=True,
+                                                       center_memory=False, anchor=0.2),
 }
 PROTOCOLS = ("linear", "knn")
 log = logging.getLogger("selfsup")
