@@ -21,7 +21,7 @@ read raw the encoder's spread fell (effective rank 273 -> 71). ``decoder_warmup`
 decoder trains for the first quarter (LP-FT's idea, Kumar et al. 2022), so its first, noisy
 errors never reach the encoder: rank 191, linear probe +3.8. ``anchor`` 0.2: a pull to the
 start's vector of each text (L2-SP's idea, on outputs) keeps the rank (259 of 273), linear +1.9.
-Tried there, off: ``center_memory`` (vector - batch mean), ``word_grad`` (softmax to words).
+Tried there, not taken: ``center_memory`` (vector - batch mean), ``word_grad=False``.
 """
 
 from __future__ import annotations
