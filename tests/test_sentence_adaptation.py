@@ -50,14 +50,15 @@ def sentence_folder(folder: Path, pooling: str, normalize: bool) -> Path:
     return folder
 
 
-def method_for(name: str, tokenizer_file: Path, vocab: int, length: int = 64, **options):
-    """A method on a random tiny encoder, as fit() builds it."""
+def method_for(name: str, tokenizer_file: Path, vocab: int, length: int = 64,
+               init: Path | None = None, **options):
+    """A method on a random tiny encoder (or ``init``'s weights), as fit() builds it."""
     torch.manual_seed(0)
     config = small_bert_config(vocab, dim=32, layers=1, heads=2, max_length=length)
     encoder = HFTextEncoder(config)
     info = DataInfo(vocab_size=vocab, length=length, extra={
         "tokenizer_file": str(tokenizer_file), "special_ids": {"pad": 0, "cls": 2, "sep": 3},
-        "special_token_ids": [0, 1, 2, 3, 4], "init": None})
+        "special_token_ids": [0, 1, 2, 3, 4], "init": str(init) if init else None})
     return METHODS.get(name)(encoder, info, options)
 
 
@@ -340,7 +341,7 @@ def test_tsdae_word_grad_off_leaves_the_word_table_to_the_encoder(tokenizer_file
     assert moved[True] - present  # the decoder's softmax reached rows of absent tokens
 
 
-def test_tsdae_anchor_pulls_towards_the_starting_model(tokenizer_file):
+def test_tsdae_anchor_pulls_towards_the_starting_model(tokenizer_file, tmp_path):
     generator, ids, mask = tsdae_batch()
     batch = {"input_ids": ids, "attention_mask": mask}
 
@@ -349,9 +350,12 @@ def test_tsdae_anchor_pulls_towards_the_starting_model(tokenizer_file):
             return float(method.training_step(batch, torch.Generator().manual_seed(0)).loss)
 
     plain = method_for("tsdae", tokenizer_file, 120, anchor=0.0).eval()
-    anchored = method_for("tsdae", tokenizer_file, 120, anchor=2.0).eval()
-    anchored.load_state_dict(plain.state_dict(), strict=False)
-    anchored.start.load_state_dict(plain.encoder.state_dict())
+    plain.encoder.model.save_pretrained(tmp_path / "start")  # the --init folder
+    anchored = method_for("tsdae", tokenizer_file, 120, init=tmp_path / "start",
+                          anchor=2.0).eval()
+    anchored.load_state_dict(plain.state_dict(), strict=False)  # the same decoder too
+    # From scratch there is no start worth keeping: no anchor.
+    assert method_for("tsdae", tokenizer_file, 120, anchor=2.0).start is None
     # The start is frozen (the optimiser takes trainable weights only) and not the encoder.
     assert not any(p.requires_grad for p in anchored.start.parameters())
     assert anchored.start.model.embeddings.word_embeddings.weight is not \

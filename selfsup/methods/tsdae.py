@@ -11,8 +11,7 @@ Departures, and why: by default the decoder is light (``decoder=light``: one fre
 so that CPU minutes go into the encoder; ``decoder=tied`` is the paper's: the encoder made
 causal, cross-attention added, every other weight shared. Either reads and writes words through
 the encoder's word table. Deletion is per WordPiece token; special tokens are never deleted and
-each text keeps at least one (as sentence-transformers does). The vector is the starting
-model's (MiniLM: mean + L2 normalisation).
+each text keeps at least one (as sentence-transformers does). Pooling: the starting model's.
 
 Two more, which a fresh decoder on a pretrained, normalised encoder needs (chosen on held-out
 IMDB train reviews, never test: benchmarks/tsdae_spread.py). ``memory_norm``: the decoder reads
@@ -102,7 +101,8 @@ class TSDAE(SentenceMethod):
                         SentenceDecoder(dim, o.decoder_layers, heads, int(self.info.length)))
         self.memory_norm = nn.LayerNorm(dim) if o.memory_norm else None
         self.output_bias = nn.Parameter(torch.zeros(self.word_embeddings().shape[0]))
-        self.start = copy.deepcopy(self.encoder).requires_grad_(False) if o.anchor else None
+        anchored = o.anchor and self.init  # from scratch there is no start worth keeping
+        self.start = copy.deepcopy(self.encoder).requires_grad_(False) if anchored else None
         self.register_buffer("special_ids", torch.tensor(self.info.extra["special_token_ids"],
                                                          dtype=torch.long), persistent=False)
 
