@@ -148,7 +148,10 @@ def markdown(result: dict) -> str:
             f"point in `{result['stem']}.json`). Accountings: (a) fine-tune − scratch, an "
             f"equal budget on the labels; (b) fine-tune − supervised, {result['minutes']} min "
             f"of pre-training + {result['finetune_minutes']} min of fine-tuning against "
-            f"supervised training for their sum.",
+            f"supervised training for their sum. The sweep spans sittings, and each sitting's "
+            f"machine buys its own number of steps in those minutes:",
+            "",
+            *budget_lines(sweep),
             "",
         ]
     lines.append(sweep_markdown(sweep).rstrip("\n"))
@@ -170,6 +173,19 @@ def markdown(result: dict) -> str:
         lines += ["", "Targets (issue 26; means over the seeds):", "",
                   *targets_markdown(targets(result["sweep"]))]
     return "\n".join(lines) + "\n"
+
+
+def budget_lines(sweep: dict) -> list[str]:
+    """Each point's fine-tuning steps and seconds per seed (scratch takes the same steps)."""
+    lines = []
+    for point in sweep["points"]:
+        runs = [r for r in point["runs"] if "finetune" in r]
+        if runs:
+            steps = ", ".join(f"{r['finetune']['steps']:,}" for r in runs)
+            seconds = [r["finetune"]["seconds"] for r in runs]
+            lines.append(f"- {point['budget']} labels: {steps} steps (seeds 0–{len(runs) - 1}) "
+                         f"in {min(seconds):.0f}–{max(seconds):.0f} s each")
+    return lines
 
 
 def targets(sweep: dict) -> list[dict]:
