@@ -35,9 +35,18 @@ together. So the table answers both accountings: (a) fine-tuning against from sc
 equal budget on the labels, and (b) pre-training + fine-tuning against supervised training
 given their sum. ``--tag`` writes a table (and runs) of its own.
 
+A recipe change to the pre-training (``--augment-option KEY=VALUE``, passed to ``selfsup
+pretrain``) needs no new baselines, which do not depend on the encoder: ``--baselines-from RUNS``
+copies another sweep's calibration and finished baselines in, and each is reused only where its
+key still matches. ``--pretrain-only`` stops after the pre-training, so the new encoder can be
+compared with the old on a carve of cifar10/train before the fine-tunings' hours.
+
     .venv/bin/python benchmarks/cifar10_sweep.py
     .venv/bin/python benchmarks/cifar10_sweep.py --quick     # 1-minute runs, 2 seeds, a _quick file
     .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag finetune
+    .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag progressive \
+        --augment-option progressive_min_size=16 --augment-option progressive_until=0.5 \
+        --baselines-from runs/bench-cifar10-sweep-finetune
 """
 
 from __future__ import annotations
@@ -128,7 +137,8 @@ def markdown(result: dict) -> str:
         "# CIFAR-10: label-efficiency sweep (SSL + probes vs supervised from scratch)",
         "",
         f"Machine: {result['machine']}. Run: `selfsup pretrain {result['method']} --minutes "
-        f"{result['minutes']} --encoder {result['encoder']} --batch-size {result['batch_size']}` "
+        f"{result['minutes']} --encoder {result['encoder']} --batch-size {result['batch_size']}"
+        f"{augment_flags(result)}` "
         f"on cifar10/train ({result['pretrain']['steps']} steps, {result['pretrain']['precision']})"
         f". Sweep: `selfsup evaluate RUN --data cifar10/train --test cifar10/test --fractions "
         f"{result['fractions']} --seeds {result['seeds']} --baseline-steps "
@@ -225,6 +235,10 @@ def targets_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def augment_flags(result: dict) -> str:
+    return "".join(f" --augment-option {o}" for o in result.get("augment_options", []))
+
+
 def finetune_flags(result: dict) -> str:
     minutes = result.get("finetune_minutes")
     return f" --protocol finetune --finetune-minutes {minutes}" if minutes else ""
@@ -234,6 +248,21 @@ def baseline_minutes(result: dict) -> str:
     """The minutes the baseline's steps stand for: pre-training (+ fine-tuning, accounting b)."""
     minutes = result.get("finetune_minutes")
     return f"({result['minutes']} + {minutes})" if minutes else f"{result['minutes']}"
+
+
+def copy_baselines(source: Path, target: Path, method: str) -> int:
+    """Copy ``source``'s calibration and finished baselines into ``target`` (what is not there
+    yet); the count. The evaluation reuses a baseline only where its key (data, label subset,
+    seed, steps) matches, so a copied baseline cannot stand in for a different one."""
+    names = [Path("calibration.json")] + [
+        p.relative_to(source) for p in source.glob(f"{method}/sweep/baseline-*/*.json")]
+    copied = 0
+    for name in names:
+        if (source / name).is_file() and not (target / name).exists():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+            copied += 1
+    return copied
 
 
 def main() -> None:
@@ -250,6 +279,15 @@ def main() -> None:
     parser.add_argument("--finetune-minutes", type=float, help="fine-tune at every point too "
                         "(and the same network from scratch), this long each")
     parser.add_argument("--tag", help="a table and runs of their own, cifar10_sweep_TAG")
+    parser.add_argument("--augment-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to the pre-training (e.g. progressive_min_size=16)")
+    parser.add_argument("--pretrain-only", action="store_true",
+                        help="stop after the pre-training, so its encoder can be checked on a "
+                        "carve of train before the sweep's hours")
+    parser.add_argument("--baselines-from", type=Path, metavar="RUNS",
+                        help="another sweep's runs folder: its calibration and finished "
+                        "baselines are copied in (a baseline does not depend on the encoder; "
+                        "each is reused only where its key still matches)")
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.seeds, args.calibrate_minutes = 1.0, 2, 0.5
@@ -263,7 +301,8 @@ def main() -> None:
     settings = {"method": args.method, "minutes": args.minutes, "encoder": args.encoder,
                 "batch_size": args.batch_size, "fractions": args.fractions, "seeds": args.seeds,
                 "calibrate_minutes": args.calibrate_minutes,
-                **({"finetune_minutes": args.finetune_minutes} if args.finetune_minutes else {})}
+                **({"finetune_minutes": args.finetune_minutes} if args.finetune_minutes else {}),
+                **({"augment_options": args.augment_option} if args.augment_option else {})}
     # The cache (pre-training, calibration, finished baselines) holds for these settings only.
     recorded = args.runs / "settings.json"
     if args.runs.exists() and (not recorded.is_file()
@@ -291,7 +330,8 @@ def sweep(args: argparse.Namespace, settings: dict, stem: str) -> None:
         **settings,
         "command": "python benchmarks/cifar10_sweep.py" + (" --quick" if args.quick else "")
         + (f" --finetune-minutes {args.finetune_minutes}" if args.finetune_minutes else "")
-        + (f" --tag {args.tag}" if args.tag else ""),
+        + (f" --tag {args.tag}" if args.tag else "") + augment_flags(settings)
+        + (f" --baselines-from {args.baselines_from}" if args.baselines_from else ""),
         "stem": stem,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
@@ -302,7 +342,13 @@ def sweep(args: argparse.Namespace, settings: dict, stem: str) -> None:
             shutil.rmtree(target)
         run(selfsup("pretrain", args.method, "--data", str(CIFAR / "train"),
                     "--minutes", str(args.minutes), "--encoder", args.encoder,
-                    "--batch-size", str(args.batch_size), "--out", str(target), "--no-progress"))
+                    "--batch-size", str(args.batch_size), "--out", str(target), "--no-progress",
+                    *[f"--augment-option={o}" for o in args.augment_option]))
+    if args.pretrain_only:
+        return
+    if args.baselines_from:  # after the pre-training, which starts its folder afresh
+        print(f"copied {copy_baselines(args.baselines_from, args.runs, args.method)} files "
+              f"from {args.baselines_from}")
     pretrain = json.loads((target / "pretrain.json").read_text())
     result["pretrain"] = {k: pretrain.get(k) for k in
                           ("steps", "train_seconds", "images_per_s", "precision", "final_loss")}
