@@ -38,15 +38,17 @@ given their sum. ``--tag`` writes a table (and runs) of its own.
 A recipe change to the pre-training (``--augment-option KEY=VALUE``, passed to ``selfsup
 pretrain``) needs no new baselines, which do not depend on the encoder: ``--baselines-from RUNS``
 copies another sweep's calibration and finished baselines in, and each is reused only where its
-key still matches. ``--pretrain-only`` stops after the pre-training, so the new encoder can be
-compared with the old on a carve of cifar10/train before the fine-tunings' hours.
+key still matches; ``benchmarks/results/cifar10_sweep_baselines/`` holds the nine baselines of
+the 25-minute sweeps (6,157 steps each). ``--pretrain-only`` stops after the pre-training, so
+the new encoder can be compared with the old on a carve of cifar10/train
+(``benchmarks/cifar10_carve_probe.py``) before the fine-tunings' hours.
 
     .venv/bin/python benchmarks/cifar10_sweep.py
     .venv/bin/python benchmarks/cifar10_sweep.py --quick     # 1-minute runs, 2 seeds, a _quick file
     .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag finetune
     .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag progressive \
         --augment-option progressive_min_size=16 --augment-option progressive_until=0.5 \
-        --baselines-from runs/bench-cifar10-sweep-finetune
+        --baselines-from benchmarks/results/cifar10_sweep_baselines
 """
 
 from __future__ import annotations
