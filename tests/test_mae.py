@@ -17,6 +17,7 @@ from selfsup.data.images import ImageData
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.finetune import (
     FinetuneConfig,
+    FinetuneModule,
     finetune,
     finetune_protocol,
     label_subset,
@@ -264,6 +265,31 @@ def test_finetune_learns_an_easy_task_and_protocol_runs_the_baseline():
         rows["50%"]["gain"],
         rows["50%"]["pretrained"]["accuracy"] - rows["50%"]["scratch"]["accuracy"],
     )
+
+
+def test_image_finetune_runs_conv_nets_channels_last_with_fused_adamw(monkeypatch):
+    """As pre-training runs them (selfsup/engine.py): oneDNN's native layout, AdamW's one-pass
+    kernel; ``channels_last=False`` keeps the channels-first layout."""
+    seen = []
+    configure = FinetuneModule.configure_optimizers
+
+    def spy(self):
+        optimiser = configure(self)
+        seen.append(optimiser.defaults["fused"])
+        return optimiser
+
+    monkeypatch.setattr(FinetuneModule, "configure_optimizers", spy)
+    train, test = _bright_or_dark(96, 0), _bright_or_dark(32, 1)
+    for channels_last in (True, False):
+        encoder = build_encoder("resnet_small")
+        config = FinetuneConfig(minutes=None, steps=2, batch_size=32, precision="bf16",
+                                channels_last=channels_last)  # the sweep's precision
+        assert finetune(encoder, train, test, config)["steps"] == 2
+        conv = next(m for m in encoder.modules()
+                    if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert conv.weight.is_contiguous() is not channels_last
+    assert seen == [True, True]
 
 
 def test_image_finetune_can_start_from_a_linear_probe():

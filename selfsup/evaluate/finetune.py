@@ -40,7 +40,7 @@ from selfsup.augment import BatchedImageAugment, ImageAugmentConfig
 from selfsup.config import options_dataclass
 from selfsup.data.base import TrainData
 from selfsup.data.datasets import ResumableLoader, keep_batch
-from selfsup.engine import build_trainer
+from selfsup.engine import build_trainer, fused_adamw
 from selfsup.errors import SelfsupError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.plan import PlanBar
@@ -81,6 +81,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
     precision: str = "bf16"
+    # Convolution nets' weights and batches channels-last, as pre-training runs them
+    # (PretrainConfig.channels_last): oneDNN's native layout (benchmarks/finetune_layout.py).
+    channels_last: bool = True
     seed: int = 0
     augment_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
@@ -221,6 +224,8 @@ class FinetuneModule(pl.LightningModule):
         self.augment = BatchedImageAugment(
             options_dataclass(ImageAugmentConfig, augment, "fine-tuning augment_options")
         )
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.started = time.monotonic()
         self.best_accuracy = -1.0
@@ -257,6 +262,8 @@ class FinetuneModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images = self.augment(batch["images"], self.generator)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = (self.compiled or self.model)(images)
         loss = F.cross_entropy(
             logits.float(), batch["labels"], label_smoothing=self.config.label_smoothing
@@ -275,11 +282,21 @@ class FinetuneModule(pl.LightningModule):
             self.best_accuracy, self.best_epoch = accuracy, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip by the global norm directly, as pre-training does: Lightning's mixed-precision
+        plugin refuses to clip for a fused optimizer (an fp16 scaler would have to unscale
+        first); bf16 has no scaler, so these gradients are the true ones."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), gradient_clip_val)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = parameter_groups(
             self.model.encoder, self.model.head, self.config.weight_decay, self.config.layer_decay
         )
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999))
+        fused = fused_adamw(p for group in groups for p in group["params"])
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.999), fused=fused)
 
 
 def finetune_compile(config: FinetuneConfig, steps_per_epoch: int) -> str:

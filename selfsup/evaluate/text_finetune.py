@@ -36,7 +36,8 @@ from selfsup.text_models import (  # re-exported: the evaluation's public names
 
 #: Fine-tuning recipe for pre-trained text encoders (BERT's: Devlin et al. 2019, appendix A.3).
 TEXT_FINETUNE = {"batch_size": 16, "lr": 5e-5, "weight_decay": 0.01, "layer_decay": None,
-                 "warmup_fraction": 0.1, "label_smoothing": 0.0, "val_fraction": 0.1}
+                 "warmup_fraction": 0.1, "label_smoothing": 0.0, "val_fraction": 0.1,
+                 "channels_last": False}  # no convolutions
 #: A randomly initialised transformer needs a larger step than a pre-trained one.
 SCRATCH_LR = 5e-4
 #: Validation carves larger than this only cost time: the carve is capped at this many texts.
