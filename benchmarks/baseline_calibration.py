@@ -19,31 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "train"
+from cifar10_sweep import RESULTS, steady_rate  # the sweep's own short-run rate
+
 SWEEP = RESULTS / "cifar10_sweep_progressive80cl.json"
 PROGRESSIVE = ["progressive_min_size=16", "progressive_until=0.8"]
-
-
-def rate(method: str, minutes: float, options: list[str], folder: Path) -> dict:
-    """Steady steps per second of a short ``selfsup pretrain`` run (its samples/s over batch)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    subprocess.run([str(REPO / ".venv" / "bin" / "selfsup"), "pretrain", method, "--data",
-                    str(CIFAR), "--minutes", str(minutes), "--encoder", "resnet_small",
-                    "--batch-size", "256", "--out", str(folder), "--no-progress",
-                    *[f"--augment-option={o}" for o in options]], check=True)
-    summary = json.loads((folder / "pretrain.json").read_text())
-    return {"method": method, "steps": summary["steps"], "seconds": summary["train_seconds"],
-            "steps_per_s": summary["samples_per_s"] / summary["global_batch_size"]}
 
 
 def main() -> None:
@@ -56,8 +40,9 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            runs.append(rate("vicreg", args.minutes, PROGRESSIVE, Path(tmp) / "vicreg"))
-            runs.append(rate("supervised", args.minutes, [], Path(tmp) / "supervised"))
+            for method, options in (("vicreg", PROGRESSIVE), ("supervised", [])):
+                runs.append({"method": method, **steady_rate(
+                    method, args.minutes, "resnet_small", 256, Path(tmp) / method, options)})
             load.append(os.getloadavg()[0])
     pairs = [(runs[i]["steps_per_s"], runs[i + 1]["steps_per_s"]) for i in range(0, len(runs), 2)]
     ratios = [s / v for v, s in pairs]

@@ -62,6 +62,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +80,9 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def calibrate(args: argparse.Namespace, folder: Path) -> dict:
-    """Steps per second of the supervised baseline on all of cifar10/train, quiet machine.
+def steady_rate(method: str, minutes: float, encoder: str, batch_size: int, folder: Path,
+                augment_options: Sequence[str] = ()) -> dict:
+    """A short ``selfsup pretrain`` run on all of cifar10/train: its steps and its steady rate.
 
     The steady rate (the run's samples per second: without its compilation and the data
     loader's restarts), not steps over wall time: a 3-minute run spends a tenth of it compiling,
@@ -88,19 +90,23 @@ def calibrate(args: argparse.Namespace, folder: Path) -> dict:
     """
     if folder.exists():
         shutil.rmtree(folder)
-    run(selfsup("pretrain", "supervised", "--data", str(CIFAR / "train"),
-                "--minutes", str(args.calibrate_minutes), "--encoder", args.encoder,
-                "--batch-size", str(args.batch_size), "--out", str(folder), "--no-progress"))
+    run(selfsup("pretrain", method, "--data", str(CIFAR / "train"), "--minutes", str(minutes),
+                "--encoder", encoder, "--batch-size", str(batch_size), "--out", str(folder),
+                "--no-progress", *[f"--augment-option={o}" for o in augment_options]))
     summary = json.loads((folder / "pretrain.json").read_text())
-    rate = summary["samples_per_s"] / summary["global_batch_size"]
     shutil.rmtree(folder)
-    return {"minutes": args.calibrate_minutes, "steps": summary["steps"],
-            "seconds": summary["train_seconds"], "steps_per_s": rate,
-            "precision": summary["precision"], "date": time.strftime("%Y-%m-%d")}
+    return {"steps": summary["steps"], "seconds": summary["train_seconds"],
+            "steps_per_s": summary["samples_per_s"] / summary["global_batch_size"],
+            "precision": summary["precision"]}
 
 
-# What a sitting keeps, relative to the runs folder (METHOD stands for the method's name): small
-# files only; checkpoints, features and logs are rebuilt or not needed.
+def calibrate(args: argparse.Namespace, folder: Path) -> dict:
+    """Steps per second of the supervised baseline on all of cifar10/train, quiet machine."""
+    rate = steady_rate("supervised", args.calibrate_minutes, args.encoder, args.batch_size,
+                       folder)
+    return {"minutes": args.calibrate_minutes, **rate, "date": time.strftime("%Y-%m-%d")}
+
+
 KEPT = ("settings.json", "calibration.json", "METHOD/config.yaml", "METHOD/pretrain.json",
         "METHOD/encoder.json", "METHOD/encoder.safetensors", "METHOD/sweep/*/result.json",
         "METHOD/sweep/*/finetune.json")
