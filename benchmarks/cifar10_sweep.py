@@ -12,10 +12,13 @@ baseline (the same encoder from scratch, same labels) is trained by the same eng
 is on the 10,000 test images.
 
 The baseline's budget is the pre-training's, counted in steps so that it does not depend on what
-else the machine is doing while nine baselines train for hours: a short supervised run on all of
-cifar10/train on a quiet machine measures its steps per second, and every baseline gets
-``minutes x 60 x that rate`` steps (the steps the pre-training's minutes buy the baseline). The
-calibration is kept beside the runs and reused.
+else the machine is doing while nine baselines train for hours: every baseline gets
+``minutes x 60 x rate`` steps, the steps the pre-training's minutes buy the supervised step on
+the machine as it was while it pre-trained. The rate is measured around the pre-training: a short
+supervised run on all of cifar10/train just before it and one just after, their steady rates
+averaged (a single run on another day missed it by half: the machine's speed drifts). Where the
+pre-training is cached, a stand-in of the same settings is bracketed instead, and the rate scaled
+by the cached run's steps over the stand-in's. The calibration is kept beside the runs and reused.
 
 Everything is cached: the pre-training is skipped when the run exists, and each finished
 baseline keeps its score in ``RUN/sweep/baseline-*/result.json`` (and an unfinished one continues
@@ -35,11 +38,13 @@ together. So the table answers both accountings: (a) fine-tuning against from sc
 equal budget on the labels, and (b) pre-training + fine-tuning against supervised training
 given their sum. ``--tag`` writes a table (and runs) of its own.
 
-A recipe change to the pre-training (``--augment-option KEY=VALUE``, passed to ``selfsup
-pretrain``) needs no new baselines, which do not depend on the encoder: ``--baselines-from RUNS``
-copies another sweep's calibration and finished baselines in, and each is reused only where its
-key still matches; ``benchmarks/results/cifar10_sweep_baselines/`` holds the nine baselines of
-the 25-minute sweeps (6,157 steps each). ``--pretrain-only`` stops after the pre-training, so
+A baseline does not depend on the encoder, only on its steps: ``--baselines-from RUNS`` copies
+another sweep's finished baselines in, and each is reused only where its key (steps included)
+still matches; ``benchmarks/results/cifar10_sweep_baselines/`` holds the nine baselines of the
+25-minute sweeps before the bracketed calibration (6,157 steps each, from a single 3-minute
+supervised run on 2026-12-05; 54-73% of an equal budget, as ``benchmarks/baseline_calibration.py``
+found). A recipe change to the pre-training (``--augment-option KEY=VALUE``, passed to
+``selfsup pretrain``) is calibrated anew. ``--pretrain-only`` stops after the pre-training, so
 the new encoder can be compared with the old on a carve of cifar10/train
 (``benchmarks/cifar10_carve_probe.py``) before the fine-tunings' hours.
 
@@ -47,8 +52,7 @@ the new encoder can be compared with the old on a carve of cifar10/train
     .venv/bin/python benchmarks/cifar10_sweep.py --quick     # 1-minute runs, 2 seeds, a _quick file
     .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag finetune
     .venv/bin/python benchmarks/cifar10_sweep.py --finetune-minutes 5 --tag progressive \
-        --augment-option progressive_min_size=16 --augment-option progressive_until=0.5 \
-        --baselines-from benchmarks/results/cifar10_sweep_baselines
+        --augment-option progressive_min_size=16 --augment-option progressive_until=0.5
 """
 
 from __future__ import annotations
@@ -100,11 +104,54 @@ def steady_rate(method: str, minutes: float, encoder: str, batch_size: int, fold
             "precision": summary["precision"]}
 
 
-def calibrate(args: argparse.Namespace, folder: Path) -> dict:
-    """Steps per second of the supervised baseline on all of cifar10/train, quiet machine."""
-    rate = steady_rate("supervised", args.calibrate_minutes, args.encoder, args.batch_size,
-                       folder)
-    return {"minutes": args.calibrate_minutes, **rate, "date": time.strftime("%Y-%m-%d")}
+def pre_train(args: argparse.Namespace, folder: Path) -> None:
+    """The sweep's pre-training into ``folder`` (afresh)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    run(selfsup("pretrain", args.method, "--data", str(CIFAR / "train"),
+                "--minutes", str(args.minutes), "--encoder", args.encoder,
+                "--batch-size", str(args.batch_size), "--out", str(folder), "--no-progress",
+                *[f"--augment-option={o}" for o in args.augment_option]))
+
+
+def calibrate(args: argparse.Namespace, target: Path) -> dict:
+    """The supervised step's rate while the machine pre-trains: steady rates just before and just
+    after the pre-training (into ``target``, unless cached there: then a stand-in, and the rate
+    scaled by the cached run's steps over the stand-in's)."""
+    folder = args.runs / "calibration"
+    rates = [steady_rate("supervised", args.calibrate_minutes, args.encoder, args.batch_size,
+                         folder)]
+    load = [os.getloadavg()[0]]
+    cached = (target / "pretrain.json").is_file()
+    bracketed = folder if cached else target
+    pre_train(args, bracketed)
+    steps = json.loads((bracketed / "pretrain.json").read_text())["steps"]
+    if cached:
+        shutil.rmtree(folder)
+    load.append(os.getloadavg()[0])
+    rates.append(steady_rate("supervised", args.calibrate_minutes, args.encoder,
+                             args.batch_size, folder))
+    load.append(os.getloadavg()[0])
+    own = json.loads((target / "pretrain.json").read_text())["steps"]
+    mean = sum(r["steps_per_s"] for r in rates) / len(rates)
+    return {"minutes": args.calibrate_minutes, "before": rates[0], "after": rates[1],
+            "bracketed": "a stand-in pre-training" if cached else "the pre-training",
+            "bracketed_steps": steps, "pretrain_steps": own, "steps_per_s": mean * own / steps,
+            "load_1min": load, "date": time.strftime("%Y-%m-%d")}
+
+
+def calibration_line(result: dict) -> str:
+    """How the baselines' steps were counted, for the table's header."""
+    c = result["calibration"]
+    scaled = (f", scaled by the pre-training's {c['pretrain_steps']:,} steps over the "
+              f"stand-in's {c['bracketed_steps']:,}" if c["bracketed_steps"] != c["pretrain_steps"]
+              else "")
+    return (f"Each baseline: {result['baseline_steps']} steps = {baseline_minutes(result)} min x "
+            f"{c['steps_per_s']:.3f} steps/s: the supervised step's steady rate on all of "
+            f"cifar10/train in {c['minutes']:g}-min runs just before and just after "
+            f"{c['bracketed']} ({c['before']['steps_per_s']:.2f} and "
+            f"{c['after']['steps_per_s']:.2f} steps/s{scaled}; load average "
+            f"{min(c['load_1min']):.2f}–{max(c['load_1min']):.2f}) on {c['date']}.")
 
 
 KEPT = ("settings.json", "calibration.json", "METHOD/config.yaml", "METHOD/pretrain.json",
@@ -152,10 +199,7 @@ def markdown(result: dict) -> str:
         f"{result['fractions']} --seeds {result['seeds']} --baseline-steps "
         f"{result['baseline_steps']}{finetune_flags(result)}`. Command: `{result['command']}`.",
         "",
-        f"Each baseline: {result['baseline_steps']} steps = {baseline_minutes(result)} min x "
-        f"{result['calibration']['steps_per_s']:.3f} steps/s (the supervised run's steady rate "
-        f"on all of cifar10/train, measured over {result['calibration']['minutes']} min on "
-        f"{result['calibration']['date']}). Accuracy in %, mean ± std over seeds; "
+        f"{calibration_line(result)} Accuracy in %, mean ± std over seeds; "
         f"{sweep['num_test']} test images.",
         "",
     ]
@@ -259,11 +303,11 @@ def baseline_minutes(result: dict) -> str:
 
 
 def copy_baselines(source: Path, target: Path, method: str) -> int:
-    """Copy ``source``'s calibration and finished baselines into ``target`` (what is not there
-    yet); the count. The evaluation reuses a baseline only where its key (data, label subset,
-    seed, steps) matches, so a copied baseline cannot stand in for a different one."""
-    names = [Path("calibration.json")] + [
-        p.relative_to(source) for p in source.glob(f"{method}/sweep/baseline-*/*.json")]
+    """Copy ``source``'s finished baselines into ``target`` (what is not there yet); the count.
+    The evaluation reuses a baseline only where its key (data, label subset, seed, steps)
+    matches, so a copied baseline cannot stand in for a different one. The calibration is not
+    copied: it belongs to this sweep's pre-training."""
+    names = [p.relative_to(source) for p in source.glob(f"{method}/sweep/baseline-*/*.json")]
     copied = 0
     for name in names:
         if (source / name).is_file() and not (target / name).exists():
@@ -345,13 +389,12 @@ def sweep(args: argparse.Namespace, settings: dict, stem: str) -> None:
     }
 
     target = args.runs / args.method
+    calibration = args.runs / "calibration.json"
+    if not calibration.is_file() or "before" not in json.loads(calibration.read_text()):
+        # (a calibration without "before" is the single run of earlier sweeps: measured anew)
+        calibration.write_text(json.dumps(calibrate(args, target), indent=2) + "\n")
     if not (target / "pretrain.json").is_file():
-        if target.exists():
-            shutil.rmtree(target)
-        run(selfsup("pretrain", args.method, "--data", str(CIFAR / "train"),
-                    "--minutes", str(args.minutes), "--encoder", args.encoder,
-                    "--batch-size", str(args.batch_size), "--out", str(target), "--no-progress",
-                    *[f"--augment-option={o}" for o in args.augment_option]))
+        pre_train(args, target)
     if args.pretrain_only:
         return
     if args.baselines_from:  # after the pre-training, which starts its folder afresh
@@ -360,9 +403,6 @@ def sweep(args: argparse.Namespace, settings: dict, stem: str) -> None:
     pretrain = json.loads((target / "pretrain.json").read_text())
     result["pretrain"] = {k: pretrain.get(k) for k in
                           ("steps", "train_seconds", "images_per_s", "precision", "final_loss")}
-    calibration = args.runs / "calibration.json"
-    if not calibration.is_file():
-        calibration.write_text(json.dumps(calibrate(args, args.runs / "calibration"), indent=2))
     result["calibration"] = json.loads(calibration.read_text())
     steps = round((args.minutes + (args.finetune_minutes or 0)) * 60
                   * result["calibration"]["steps_per_s"])
