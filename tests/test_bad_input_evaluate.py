@@ -152,6 +152,14 @@ def test_the_plan_line_counts_the_units_and_adds_up_their_budgets() -> None:
         "about 30 min in all")
     steps = sweep_plan(1, 2, minutes=None, steps=500, finetune_minutes=None).describe()
     assert "2 supervised baselines of up to 500 steps" in steps and "about" not in steps
+    # A resumed sweep: what an earlier sitting finished is taken off what is left.
+    resumed = sweep_plan(1, 3, minutes=None, steps=500, finetune_minutes=5.0)
+    assert resumed.describe_kept([]) is None
+    assert resumed.describe_kept([plan.Unit("fine-tuning", 5.0),
+                                  plan.Unit("from-scratch fine-tuning", 5.0),
+                                  plan.Unit("supervised baseline", None, "500 steps")]) == (
+        "3 of the 9 training units were finished by an earlier sitting and are reused; about "
+        "20 min left, plus 2 bounded by steps or epochs only")
     single = protocol.evaluation_plan(0.5, 2.0, (0.1, 1.0), True)
     assert single.describe() == ("plan: probes, 1 supervised baseline of 30 s, 2 fine-tunings "
                                  "of 2.0 min, 2 from-scratch fine-tunings of 2.0 min; about "

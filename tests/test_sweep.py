@@ -4,6 +4,7 @@ touch the test split, mean/spread, and one real (tiny) sweep end to end through 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -88,7 +89,7 @@ def run_cli(monkeypatch, capsys, *args):
     return exited.value.code, captured.out, captured.err
 
 
-def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
+def test_sweep_end_to_end(tiny_run, monkeypatch, capsys, caplog):
     from selfsup.data.images import load_digits
 
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(tiny_run), "--data", "digits",
@@ -157,9 +158,14 @@ def test_sweep_end_to_end(tiny_run, monkeypatch, capsys):
     # The fine-tunings are kept per point too, and reused when asked again.
     kept = tiny_run / "sweep" / "finetune-10pct-seed0" / "finetune.json"
     stamp = kept.stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="selfsup")
+    caplog.clear()
     code, _, err = run_cli(monkeypatch, capsys, *again)
     assert code == 0, err
     assert kept.stat().st_mtime_ns == stamp
+    # ... and the plan says so before the work: nothing but features and probes is left.
+    assert ("3 of the 3 training units were finished by an earlier sitting and are reused; "
+            "only features and probes left") in caplog.text
     reused = json.loads((tiny_run / "sweep.json").read_text())["points"][0]["runs"][0]
     assert reused["finetune"] == tuned["finetune"]
     # ... but only for the weights they were measured with: other weights fine-tune again

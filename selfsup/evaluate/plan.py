@@ -86,6 +86,31 @@ class Plan:
         """Log the plan's line, before the long work starts."""
         log.info("%s", self.describe())
 
+    def describe_kept(self, kept: list[Unit]) -> str | None:
+        """'3 of the 27 training units were finished by an earlier sitting and are reused;
+        about 60 min left' (None when none were): a resumed evaluation's plan, corrected."""
+        if not kept:
+            return None
+        training = [u for u in self.units if u.minutes or u.limit]
+        left = self.minutes - sum(u.minutes or 0.0 for u in kept)
+        untimed = (sum(1 for u in training if not u.minutes)
+                   - sum(1 for u in kept if u.limit and not u.minutes))
+        if left > 1e-9:  # (float sums: what is left of all kept is 0 up to rounding)
+            rest = f"about {format_minutes(left)} left"
+            rest += f", plus {untimed} bounded by steps or epochs only" if untimed else ""
+        elif untimed:
+            rest = f"{untimed} bounded by steps or epochs only left"
+        else:
+            rest = "only features and probes left"
+        return (f"{len(kept)} of the {len(training)} training units were finished by an "
+                f"earlier sitting and are reused; {rest}")
+
+    def announce_kept(self, kept: list[Unit]) -> None:
+        """Log :meth:`describe_kept`'s line, if any unit was kept."""
+        line = self.describe_kept(kept)
+        if line:
+            log.info("%s", line)
+
 
 class PlanBar:
     """One progress bar over a plan's units (rich, on stderr), or nothing when disabled.

@@ -53,7 +53,7 @@ from selfsup.evaluate.finetune import (
     scratch_recipe,
 )
 from selfsup.evaluate.minirocket import minirocket_reference
-from selfsup.evaluate.plan import Plan, PlanBar
+from selfsup.evaluate.plan import Plan, PlanBar, Unit
 from selfsup.evaluate.probes import stratified_split
 from selfsup.evaluate.protocol import baseline_values, check_matches, load_labelled, reader_config
 from selfsup.evaluate.quality import alignment, collapse_signals, quality_metrics
@@ -72,12 +72,24 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 EMBEDDINGS_FILE = "embeddings_sample.npz"  # test-split features for the report's 2-D map
 SUBSETS_FILE = "sweep/label_subsets.npz"  # the rows of --data each point used, for audits
+BASELINE_RECORD = "result.json"  # in sweep/baseline-<budget>-seed<k>/, with its key
+FINETUNE_RECORD = "finetune.json"  # in sweep/finetune-<budget>-seed<k>/, with its key
 
 
 
 
 # ---------------------------------------------------------------------------------------------
 # The supervised baseline per point
+
+
+def kept_result(record: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The result an earlier sitting kept in ``record`` for ``key``; None when there is none
+    (or it was kept for another key: other labels, seed, budget or weights)."""
+    if record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["result"]
+    return None
 
 
 def train_baseline(
@@ -103,11 +115,10 @@ def train_baseline(
     checkpoint; any other leftover is removed and the baseline starts afresh.
     """
 
-    record = folder / "result.json"
-    if record.is_file():
-        saved = json.loads(record.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["result"]
+    record = folder / BASELINE_RECORD
+    kept = kept_result(record, key)
+    if kept is not None:
+        return kept
     started_key = folder / "started.json"  # written atomically, as result.json is
     resume = (RunDir(folder).last_checkpoint.is_file() and started_key.is_file()
               and json.loads(started_key.read_text(encoding="utf-8")) == key)
@@ -204,13 +215,12 @@ def _finetune(encoder: torch.nn.Module, spec: dict[str, Any], train: Any, test: 
     a sweep of many hours may stop and go on, as its baselines do."""
     if spec.get("modality", "image") != "image":
         raise SelfsupError("the sweep's fine-tuning handles image encoders only for now")
-    kept = folder / "finetune.json"
-    if kept.is_file():
-        saved = json.loads(kept.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            bar.done()  # both of the plan's fine-tuning units
-            bar.done()
-            return saved["result"]
+    kept = folder / FINETUNE_RECORD
+    earlier = kept_result(kept, key)
+    if earlier is not None:
+        bar.done()  # both of the plan's fine-tuning units
+        bar.done()
+        return earlier
     scores: dict[str, Any] = {}
     bar.start(f"fine-tuning, {where}")
     scores["finetune"] = _scores(finetune(copy.deepcopy(encoder).train(), train, test, config))
@@ -347,6 +357,36 @@ def sweep(
         test_source = test
     train_y, test_y = np.asarray(train.labels), np.asarray(test_data.labels)
 
+    # Every point's label subset and the keys its kept results must match; what an earlier
+    # sitting finished is said before the hours start, so a resumed sweep's plan reads true.
+    units = []
+    for budget in budgets:
+        for seed in range(int(seeds)):
+            rows = label_subset(train_y, budget, seed)
+            common = {"train": train.source, "test": test_source, "budget": budget.name,
+                      "seed": seed}
+            tune = None if finetune_minutes is None else {
+                **common, "rows_sum": int(rows.sum()), "num_labels": int(len(rows)),
+                "minutes": finetune_minutes, "scratch": "the pre-trained run's steps",
+                "head": finetune_head, "encoder": weights_digest}
+            base = None if not baseline else {
+                **common, "num_labels": int(len(rows)), "minutes": minutes,
+                "steps": baseline_steps, "rows_sum": int(rows.sum())}
+            units.append((budget, seed, rows, tune, base))
+    folder = run.path / "sweep"
+    kept: list[Unit] = []
+    for budget, seed, _, tune, base in units:
+        name = f"{budget.tag}-seed{seed}"
+        if tune is not None and kept_result(folder / f"finetune-{name}" / FINETUNE_RECORD,
+                                            tune) is not None:
+            kept += [Unit("fine-tuning", finetune_minutes),
+                     Unit("from-scratch fine-tuning", finetune_minutes)]
+        if base is not None and kept_result(folder / f"baseline-{name}" / BASELINE_RECORD,
+                                            base) is not None:
+            kept.append(Unit("supervised baseline", minutes,
+                             f"{baseline_steps} steps" if baseline_steps else None))
+    plan.announce_kept(kept)
+
     precision = pretrain_config.get("precision", "bf16")
     with PlanBar(plan, progress) as bar:  # its units run without bars of their own
         bar.start("features")
@@ -357,8 +397,7 @@ def sweep(
         points = []
         for budget in budgets:
             runs = []
-            for seed in range(int(seeds)):
-                rows = label_subset(train_y, budget, seed)
+            for _, seed, rows, tune, base in (u for u in units if u[0] is budget):
                 subsets[f"{budget.tag}_seed{seed}"] = pool_idx[rows]
                 where = f"{budget.name} labels, seed {seed}"
                 bar.start(f"probes, {where}")
@@ -378,26 +417,17 @@ def sweep(
                     config = FinetuneConfig(minutes=finetune_minutes, seed=seed,
                                             precision=precision, compile=compile,
                                             head_init=finetune_head)
-                    key = {"train": train.source, "test": test_source, "budget": budget.name,
-                           "seed": seed, "rows_sum": int(rows.sum()),
-                           "num_labels": int(len(rows)), "minutes": finetune_minutes,
-                           "scratch": "the pre-trained run's steps", "head": finetune_head,
-                           "encoder": weights_digest}
                     entry.update(_finetune(
                         encoder, spec, train.subset(rows, train.source), test_data, config,
-                        run.path / "sweep" / f"finetune-{budget.tag}-seed{seed}", key, bar,
-                        where))
-                if baseline:
-                    key = {"train": train.source, "test": test_source, "budget": budget.name,
-                           "seed": seed, "num_labels": int(len(rows)), "minutes": minutes,
-                           "steps": baseline_steps, "rows_sum": int(rows.sum())}
+                        folder / f"finetune-{budget.tag}-seed{seed}", tune, bar, where))
+                if base is not None:
                     bar.start(f"supervised baseline, {where}")
                     entry["supervised"] = train_baseline(
                         run, pretrain_config, spec,
                         train.subset(rows, f"{train.source}, {where}"),
                         test_data, minutes=minutes, steps=baseline_steps, seed=seed,
-                        folder=run.path / "sweep" / f"baseline-{budget.tag}-seed{seed}",
-                        key=key, progress=False,
+                        folder=folder / f"baseline-{budget.tag}-seed{seed}",
+                        key=base, progress=False,
                     )
                     bar.done()
                 runs.append(entry)
