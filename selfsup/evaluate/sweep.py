@@ -241,6 +241,23 @@ def _scores(result: dict[str, Any]) -> dict[str, Any]:
             "seconds": result["seconds"], "val_accuracy": result["val_accuracy"]}
 
 
+def _kept_units(folder: Path, units: list[tuple], finetune_minutes: float | None,
+                minutes: float | None, steps: int | None) -> list[Unit]:
+    """The plan's units whose results an earlier sitting kept in ``folder`` for these keys
+    (``units``: per point its budget, seed, rows, fine-tuning key and baseline key)."""
+    kept: list[Unit] = []
+    for budget, seed, _, tune, base in units:
+        name = f"{budget.tag}-seed{seed}"
+        if tune is not None and kept_result(folder / f"finetune-{name}" / FINETUNE_RECORD,
+                                            tune) is not None:
+            kept += [Unit("fine-tuning", finetune_minutes),
+                     Unit("from-scratch fine-tuning", finetune_minutes)]
+        if base is not None and kept_result(folder / f"baseline-{name}" / BASELINE_RECORD,
+                                            base) is not None:
+            kept.append(Unit("supervised baseline", minutes, f"{steps} steps" if steps else None))
+    return kept
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
@@ -374,18 +391,7 @@ def sweep(
                 "steps": baseline_steps, "rows_sum": int(rows.sum())}
             units.append((budget, seed, rows, tune, base))
     folder = run.path / "sweep"
-    kept: list[Unit] = []
-    for budget, seed, _, tune, base in units:
-        name = f"{budget.tag}-seed{seed}"
-        if tune is not None and kept_result(folder / f"finetune-{name}" / FINETUNE_RECORD,
-                                            tune) is not None:
-            kept += [Unit("fine-tuning", finetune_minutes),
-                     Unit("from-scratch fine-tuning", finetune_minutes)]
-        if base is not None and kept_result(folder / f"baseline-{name}" / BASELINE_RECORD,
-                                            base) is not None:
-            kept.append(Unit("supervised baseline", minutes,
-                             f"{baseline_steps} steps" if baseline_steps else None))
-    plan.announce_kept(kept)
+    plan.announce_kept(_kept_units(folder, units, finetune_minutes, minutes, baseline_steps))
 
     precision = pretrain_config.get("precision", "bf16")
     with PlanBar(plan, progress) as bar:  # its units run without bars of their own
