@@ -25,9 +25,9 @@ baseline keeps its score in ``RUN/sweep/baseline-*/result.json`` (and an unfinis
 from its last checkpoint), so the sweep (about four hours on 2 cores, six with fine-tuning) may
 be spread over several sittings; run the same command again. A sitting on another machine (a
 fresh clone) starts from ``benchmarks/results/STEM_kept/``: the pre-trained encoder (its weights,
-config and summary), the calibration and every finished unit's score, copied there whenever the sweep stops
-(finished, failed or killed with SIGTERM) and restored into the runs folder when it starts. A
-fine-tuning is reused only for the encoder weights it was measured with (its key holds their
+config and summary), the calibration and every finished unit's score, copied there whenever the
+sweep stops (finished, failed or killed with SIGTERM) and restored into the runs folder when it
+starts. A fine-tuning is reused only for the encoder weights it was measured with (its key holds their
 digest); a baseline does not depend on them.
 
 With ``--finetune-minutes M`` every point also fine-tunes the pre-trained encoder end to end on
