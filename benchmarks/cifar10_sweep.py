@@ -27,8 +27,8 @@ be spread over several sittings; run the same command again. A sitting on anothe
 fresh clone) starts from ``benchmarks/results/STEM_kept/``: the pre-trained encoder (its weights,
 config and summary), the calibration and every finished unit's score, copied there whenever the
 sweep stops (finished, failed or killed with SIGTERM) and restored into the runs folder when it
-starts. A fine-tuning is reused only for the encoder weights it was measured with (its key holds their
-digest); a baseline does not depend on them.
+starts. A fine-tuning is reused only for the encoder weights it was measured with (its key holds
+their digest); a baseline does not depend on them.
 
 With ``--finetune-minutes M`` every point also fine-tunes the pre-trained encoder end to end on
 its label subset for M minutes, and the same network from scratch with the same recipe for
