@@ -23,6 +23,7 @@ from selfsup.evaluate import checks, dispatch, plan, protocol
 from selfsup.evaluate.sweep import sweep, sweep_plan
 from selfsup.evaluate.text import text_plan
 from selfsup.report import build_report, verdict
+from selfsup.report.html import budget_sentence
 
 
 def one_error_line(err: str) -> str:
@@ -77,6 +78,16 @@ def test_verdict_states_both_budgets_and_says_same_only_within_5_percent() -> No
     assert "not the same budget" in apart  # 4 s of 60 is 6.7%
     unknown = verdict(None, evaluation(0.9, 0.8, baseline_seconds=None))
     assert "time was not recorded" in unknown and "same budget" not in unknown
+
+
+def test_a_sweep_with_fine_tuning_compares_its_baselines_with_the_sum() -> None:
+    # Its baselines were given 20 + 5 minutes: measured against the pre-training alone they
+    # would read 125% and "not the same budget".
+    said = budget_sentence(1200.0, [1490.0, 1510.0], finetune_seconds=300.0)
+    assert said == ("Budgets as measured: pre-training 20.0 min + fine-tuning 5.0 min, each of "
+                    "the 2 supervised baselines 25.0 min: the same budget (within 5%)")
+    short = budget_sentence(1200.0, [1200.0], finetune_seconds=300.0)
+    assert "the supervised baseline 20.0 min (80% of their sum): not the same budget" in short
 
 
 def test_a_baseline_at_or_below_chance_is_called_out_not_beaten() -> None:

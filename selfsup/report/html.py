@@ -167,12 +167,15 @@ def _seconds(value: float) -> str:
 
 
 def budget_sentence(pretrain_seconds: float | None, baseline_seconds: list[float],
-                    budget_minutes: float | None = None) -> str:
+                    budget_minutes: float | None = None,
+                    finetune_seconds: float | None = None) -> str:
     """Both budgets as measured; "the same budget" only when they agree within SAME_BUDGET.
 
     ``baseline_seconds``: the measured training time of each baseline (one per seed and label
     budget in a sweep); ``budget_minutes`` is what the baseline was allowed, said when its
-    time was not recorded (an eval.json from before it was).
+    time was not recorded (an eval.json from before it was). ``finetune_seconds``: a sweep
+    with fine-tuning gives its baselines the pre-training's and the fine-tuning's minutes
+    together, so they are compared with that sum (the mean measured fine-tuning).
     """
     if not baseline_seconds:
         allowed = (f" (its budget: {budget_minutes:.2g} min)" if budget_minutes else "")
@@ -192,14 +195,18 @@ def budget_sentence(pretrain_seconds: float | None, baseline_seconds: list[float
                 f"{_seconds(high)}")
     if pretrain_seconds is None:
         return f"Budgets as measured: {base}; no pre-training time recorded"
-    every = [pretrain_seconds, *baseline_seconds]
+    ssl, of = f"pre-training {_seconds(pretrain_seconds)}", "of it"
+    total = pretrain_seconds
+    if finetune_seconds is not None:
+        ssl += f" + fine-tuning {_seconds(finetune_seconds)}"
+        of, total = "of their sum", pretrain_seconds + finetune_seconds
+    every = [total, *baseline_seconds]
     if max(every) - min(every) <= SAME_BUDGET * max(every):
-        return (f"Budgets as measured: pre-training {_seconds(pretrain_seconds)}, {base}: "
-                "the same budget (within 5%)")
-    share = mean / pretrain_seconds if pretrain_seconds > 0 else float("inf")
+        return f"Budgets as measured: {ssl}, {base}: the same budget (within 5%)"
+    share = mean / total if total > 0 else float("inf")
     average = "on average " if len(baseline_seconds) > 1 else ""
-    return (f"Budgets as measured: pre-training {_seconds(pretrain_seconds)}, {base} "
-            f"({average}{100 * share:.0f}% of it): not the same budget")
+    return (f"Budgets as measured: {ssl}, {base} ({average}{100 * share:.0f}% {of}): "
+            "not the same budget")
 
 
 def _baseline_seconds(entry: dict[str, Any] | None) -> float | None:
@@ -213,6 +220,14 @@ def _baseline_seconds(entry: dict[str, Any] | None) -> float | None:
 def _sweep_baseline_seconds(points: list[dict[str, Any]]) -> list[float]:
     found = [_baseline_seconds(r.get("supervised")) for p in points for r in p.get("runs") or []]
     return [s for s in found if s is not None]
+
+
+def _sweep_finetune_seconds(points: list[dict[str, Any]]) -> float | None:
+    """The mean measured time of the sweep's fine-tunings; None in a sweep without them."""
+    found = [(r.get("finetune") or {}).get("seconds") for p in points
+             for r in p.get("runs") or []]
+    found = [s for s in found if s is not None]
+    return sum(found) / len(found) if found else None
 
 
 def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = None,
@@ -270,7 +285,8 @@ def verdict(sweep: dict[str, Any] | None, evaluation: dict[str, Any] | None = No
         if any(_stat(p["summary"], "supervised", "accuracy") for p in points):
             sentences.append(budget_sentence(sweep.get("pretrain_seconds"),
                                              _sweep_baseline_seconds(points),
-                                             (sweep.get("baseline") or {}).get("minutes")))
+                                             (sweep.get("baseline") or {}).get("minutes"),
+                                             _sweep_finetune_seconds(points)))
     elif evaluation and evaluation.get("supervised"):
         lin = evaluation["linear"]["accuracy"]
         sup = evaluation["supervised"]["accuracy"]
