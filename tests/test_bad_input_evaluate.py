@@ -88,6 +88,17 @@ def test_a_sweep_with_fine_tuning_compares_its_baselines_with_the_sum() -> None:
                     "the 2 supervised baselines 25.0 min: the same budget (within 5%)")
     short = budget_sentence(1200.0, [1200.0], finetune_seconds=300.0)
     assert "the supervised baseline 20.0 min (80% of their sum): not the same budget" in short
+    # The verdict takes the fine-tunings' mean measured time from the sweep's runs.
+    runs = [{"supervised": {"accuracy": 0.7, "train_seconds": 1500.0},
+             "finetune": {"accuracy": 0.8, "seconds": seconds}} for seconds in (290.0, 310.0)]
+    stat = {"mean": 0.7, "std": 0.0, "n": 2, "values": [0.7, 0.7]}
+    summary = {"linear": {"accuracy": {**stat, "mean": 0.6}}, "supervised": {"accuracy": stat}}
+    sweep = {"seeds": 2, "num_test": 360, "test_data": "digits", "chance_accuracy": 0.1,
+             "pretrain_seconds": 1200.0, "finetune_minutes": 5.0, "points": [
+                 {"budget": "10%", "fraction": 0.1, "labels_per_class": None, "num_labels": 140,
+                  "runs": runs, "summary": summary}]}
+    assert ("pre-training 20.0 min + fine-tuning 5.0 min, each of the 2 supervised baselines "
+            "25.0 min: the same budget (within 5%)") in verdict(sweep)
 
 
 def test_a_baseline_at_or_below_chance_is_called_out_not_beaten() -> None:
